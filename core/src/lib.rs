@@ -1,0 +1,41 @@
+//! fixnn: a fixed-point neural-network training and inference core.
+//!
+//! `#![no_std]`, no heap, no panics in the public API: every fallible
+//! function returns [`Result`] with the small [`Error`] enum. The same code
+//! runs on a desktop and on a Cortex-M0 to M55 and computes the same bits.
+//!
+//! # The numeric contract
+//!
+//! A quantized tensor is a slice of integer codes `q` plus a
+//! [`Format`]` { bits, scale }`:
+//!
+//! * real value = `q * 2^(scale + 1 - bits)` (the *step* is `2^(scale + 1 - bits)`);
+//! * `bits` is in `2..=16`; codes are stored as `i8` for `bits <= 8` and `i16` up to 16;
+//! * codes saturate to the two's complement range `[-2^(bits-1), 2^(bits-1) - 1]`.
+//!   (nics_fix_pt clamps at `+2^scale`, one step above what a `bits`-bit
+//!   register holds; fixnn follows the hardware. This is the one documented
+//!   difference.)
+//!
+//! Every operation on codes is integer arithmetic in a fixed order, so the
+//! result does not depend on the machine, the thread count or the
+//! optimisation level. See [`quant`] for quantization, requantization,
+//! rounding, automatic scale selection and the straight-through mask.
+//!
+//! # Modules, in the order data flows
+//!
+//! * [`quant`]: formats, per-tensor configs, rounding, scale selection.
+//! * [`error`]: the error type shared by every module.
+#![no_std]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod error;
+pub mod quant;
+
+pub use error::{Error, Result};
+pub use quant::{
+    Code, Format, Group, Method, QuantConfig, QuantReport, RangeMethod, Rounder, Rounding, Stream,
+};

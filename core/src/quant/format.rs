@@ -1,0 +1,210 @@
+//! [`Format`]: bit width and power-of-two scale of a tensor's integer codes,
+//! and the [`Code`] storage types.
+
+use crate::error::{Error, Result};
+
+/// Smallest supported bit width.
+pub const MIN_BITS: u8 = 2;
+/// Largest supported bit width.
+pub const MAX_BITS: u8 = 16;
+
+/// The format of a quantized tensor: `bits`-bit two's complement codes whose
+/// real value is `code * 2^(scale + 1 - bits)`.
+///
+/// `scale` is the exponent of the range: codes cover
+/// `[-2^scale, 2^scale - step]` with `step = 2^(scale + 1 - bits)`.
+/// A `Format` is always valid: `bits` is in `2..=16` (checked by [`Format::new`]).
+///
+/// # Examples
+///
+/// ```
+/// use fixnn::Format;
+/// let f = Format::new(8, 0)?; // Q0.7: step 2^-7, range [-1, 1 - 2^-7]
+/// assert_eq!(f.step_exp(), -7);
+/// assert_eq!((f.min_code(), f.max_code()), (-128, 127));
+/// assert_eq!(f.to_f32(64), 0.5);
+/// # Ok::<(), fixnn::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Format {
+    bits: u8,
+    scale: i8,
+}
+
+impl Format {
+    /// A format of `bits` bits and range exponent `scale`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BitsOutOfRange`] if `bits` is not in `2..=16`.
+    pub const fn new(bits: u8, scale: i8) -> Result<Self> {
+        if bits < MIN_BITS || bits > MAX_BITS {
+            return Err(Error::BitsOutOfRange { bits });
+        }
+        Ok(Format { bits, scale })
+    }
+
+    /// The bit width, in `2..=16`.
+    pub const fn bits(self) -> u8 {
+        self.bits
+    }
+
+    /// The range exponent: values lie in `[-2^scale, 2^scale - step]`.
+    pub const fn scale(self) -> i8 {
+        self.scale
+    }
+
+    /// The exponent of one step: `scale + 1 - bits`, in `-143..=126`.
+    pub const fn step_exp(self) -> i32 {
+        self.scale as i32 + 1 - self.bits as i32
+    }
+
+    /// The smallest code, `-2^(bits-1)`.
+    pub const fn min_code(self) -> i32 {
+        -(1 << (self.bits - 1))
+    }
+
+    /// The largest code, `2^(bits-1) - 1`.
+    pub const fn max_code(self) -> i32 {
+        (1 << (self.bits - 1)) - 1
+    }
+
+    /// The step `2^(scale + 1 - bits)` as f32 (exact: every step of a valid
+    /// format is a power of two that f32 represents, subnormals included).
+    pub fn step(self) -> f32 {
+        pow2_f32(self.step_exp())
+    }
+
+    /// The real value of `code`, `code * 2^(scale + 1 - bits)`, as f32.
+    ///
+    /// Exact for every code in `min_code()..=max_code()`: the result has at
+    /// most 16 significant bits and magnitude at most `2^scale <= 2^127`.
+    /// Codes outside the range are not an error (a wide accumulator may be
+    /// passed); the result is then the correctly rounded product.
+    pub fn to_f32(self, code: i32) -> f32 {
+        code as f32 * pow2_f32(self.step_exp())
+    }
+
+    /// Clamp a wide integer to the code range.
+    ///
+    /// Returns the code and whether it was clamped (saturated).
+    pub const fn saturate(self, v: i128) -> (i32, bool) {
+        let lo = self.min_code() as i128;
+        let hi = self.max_code() as i128;
+        if v < lo {
+            (lo as i32, true)
+        } else if v > hi {
+            (hi as i32, true)
+        } else {
+            (v as i32, false)
+        }
+    }
+}
+
+/// `2^e` as f32, built from its bit pattern (no `powi`, no approximation).
+///
+/// Exact for `e` in `-149..=127` (subnormals below `-126`); `0.0` below and
+/// `+inf` above that range.
+pub const fn pow2_f32(e: i32) -> f32 {
+    if e > 127 {
+        f32::INFINITY
+    } else if e >= -126 {
+        f32::from_bits(((e + 127) as u32) << 23)
+    } else if e >= -149 {
+        f32::from_bits(1u32 << (e + 149))
+    } else {
+        0.0
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for i8 {}
+    impl Sealed for i16 {}
+}
+
+/// Storage type of integer codes: `i8` (formats up to 8 bits) or `i16` (up to 16).
+pub trait Code: Copy + Default + Into<i64> + sealed::Sealed {
+    /// Width of the storage type in bits.
+    const STORAGE_BITS: u8;
+
+    /// Narrow a code that is known to lie in the storage range.
+    ///
+    /// Callers pass only values already saturated to a format that fits the
+    /// storage type (checked with [`check_storage`]); other values wrap.
+    fn from_code(code: i32) -> Self;
+
+    /// Widen to `i32`.
+    fn to_i32(self) -> i32;
+}
+
+impl Code for i8 {
+    const STORAGE_BITS: u8 = 8;
+    fn from_code(code: i32) -> Self {
+        code as i8
+    }
+    fn to_i32(self) -> i32 {
+        self as i32
+    }
+}
+
+impl Code for i16 {
+    const STORAGE_BITS: u8 = 16;
+    fn from_code(code: i32) -> Self {
+        code as i16
+    }
+    fn to_i32(self) -> i32 {
+        self as i32
+    }
+}
+
+/// Check that codes of `format` fit the storage type `C`.
+///
+/// # Errors
+///
+/// [`Error::BitsExceedStorage`] if `format.bits() > C::STORAGE_BITS`.
+pub const fn check_storage<C: Code>(format: Format) -> Result<()> {
+    if format.bits > C::STORAGE_BITS {
+        return Err(Error::BitsExceedStorage {
+            bits: format.bits,
+            storage: C::STORAGE_BITS,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pow2_is_exact_over_the_whole_range() {
+        for e in -149..=127 {
+            let v = pow2_f32(e) as f64;
+            assert_eq!(v, 2f64.powi(e), "2^{e}");
+        }
+        assert_eq!(pow2_f32(-150), 0.0);
+        assert_eq!(pow2_f32(128), f32::INFINITY);
+    }
+
+    #[test]
+    fn format_ranges() {
+        let f = Format::new(2, -1).unwrap();
+        assert_eq!((f.min_code(), f.max_code(), f.step()), (-2, 1, 0.25));
+        let f = Format::new(16, 127).unwrap();
+        assert_eq!(f.to_f32(f.min_code()), -(2f32.powi(127)));
+        let f = Format::new(16, -128).unwrap();
+        assert_eq!(f.to_f32(1) as f64, 2f64.powi(-143));
+        for bits in [0, 1, 17, 255] {
+            assert_eq!(Format::new(bits, 0), Err(Error::BitsOutOfRange { bits }));
+        }
+    }
+
+    #[test]
+    fn storage_check() {
+        let f9 = Format::new(9, 0).unwrap();
+        assert!(check_storage::<i8>(f9).is_err());
+        assert!(check_storage::<i16>(f9).is_ok());
+    }
+}

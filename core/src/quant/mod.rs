@@ -1,0 +1,276 @@
+//! Quantization: f32 to codes, codes and wide accumulators to another
+//! format, scale selection, stochastic rounding and the straight-through mask.
+//!
+//! The slice functions here are the reference the layers, kernels and
+//! backends build on. Each writes into a caller-provided buffer, checks every
+//! length first (nothing is written on error), counts saturations and can
+//! record them in a [`mask`] for the backward pass.
+//!
+//! # Examples
+//!
+//! nics_fix_pt's first quantizer test: 2 bits, scale -1 (step 0.25).
+//!
+//! ```
+//! use fixnn::{quant, Format, Rounder};
+//! let fmt = Format::new(2, -1)?;
+//! let mut codes = [0i8; 3];
+//! let sat = quant::quantize_f32(&[0.2513, -0.5, 0.0], fmt, &Rounder::default(), &mut codes, None)?;
+//! assert_eq!((codes, sat), ([1, -2, 0], 0));
+//! let mut values = [0f32; 3];
+//! quant::dequantize(&codes, fmt, &mut values)?;
+//! assert_eq!(values, [0.25, -0.5, 0.0]);
+//! # Ok::<(), fixnn::Error>(())
+//! ```
+
+mod config;
+mod format;
+pub mod mask;
+pub mod range;
+mod rng;
+mod round;
+
+pub use config::{Group, Method, QuantConfig, RangeMethod, Rounding};
+pub use format::{check_storage, pow2_f32, Code, Format, MAX_BITS, MIN_BITS};
+pub use rng::Stream;
+pub use round::{decompose_f32, requantize_one};
+
+use crate::error::{Error, Result};
+
+/// A rounding mode together with the random stream stochastic rounding
+/// draws from, and the index of the first element of the slice being
+/// processed (so a tensor processed in chunks, on any thread, gets the
+/// draws of its global element indices).
+///
+/// For the deterministic modes the stream and base are ignored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Rounder {
+    /// The rounding mode.
+    pub rounding: Rounding,
+    /// The stream of the tensor and step (used by `Rounding::Stochastic`).
+    pub stream: Stream,
+    /// Global index of element 0 of the slice.
+    pub base: u32,
+}
+
+impl Rounder {
+    /// `rounding` with `stream`, starting at element 0.
+    pub const fn new(rounding: Rounding, stream: Stream) -> Self {
+        Rounder {
+            rounding,
+            stream,
+            base: 0,
+        }
+    }
+
+    /// The same rounder for a chunk that starts at global element `base`.
+    pub const fn at(self, base: u32) -> Self {
+        Rounder { base, ..self }
+    }
+
+    fn check_len(&self, len: usize) -> Result<()> {
+        let end = self.base as u64 + len as u64;
+        if end > 1 << 32 {
+            return Err(Error::TooManyElements { len: end });
+        }
+        Ok(())
+    }
+
+    /// Round `v * 2^exp` to a code of `format` as element `i` of the slice.
+    fn round(&self, i: usize, v: i64, exp: i32, format: Format) -> (i32, bool) {
+        let draw = match self.rounding {
+            Rounding::Stochastic => self.stream.draw(self.base.wrapping_add(i as u32)),
+            _ => 0,
+        };
+        requantize_one(v, exp, format, self.rounding, draw)
+    }
+}
+
+/// What a config-driven quantization did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct QuantReport {
+    /// The format used (`None` for `Method::None`: data left as it was).
+    pub format: Option<Format>,
+    /// Number of elements clamped to the code range.
+    pub saturated: usize,
+}
+
+fn check_buffers(input: usize, output: usize, mask: Option<&[u32]>) -> Result<()> {
+    if input != output {
+        return Err(Error::LengthMismatch {
+            expected: input,
+            found: output,
+        });
+    }
+    match mask {
+        Some(m) => mask::check(m, input),
+        None => Ok(()),
+    }
+}
+
+/// Run `f(i) -> saturated` for every element `i < len` (`f` stores the
+/// result itself), count saturations and record them in `mask`.
+fn fill(len: usize, mut mask: Option<&mut [u32]>, mut f: impl FnMut(usize) -> bool) -> usize {
+    if let Some(m) = mask.as_deref_mut() {
+        m.iter_mut().take(mask::words(len)).for_each(|w| *w = 0);
+    }
+    let mut saturated = 0;
+    for i in 0..len {
+        if f(i) {
+            saturated += 1;
+            if let Some(m) = mask.as_deref_mut() {
+                m[i / 32] |= 1 << (i % 32);
+            }
+        }
+    }
+    saturated
+}
+
+/// Quantize f32 values to codes of `format`:
+/// `q = saturate(round(x * 2^(bits - 1 - scale)))`.
+///
+/// The product is formed exactly (from the f32's integer significand and
+/// exponent, never as a float multiplication that could underflow or
+/// overflow), then rounded with `rounder` and saturated. Returns the number
+/// of saturated elements; if `mask` is given its first `ceil(len / 32)` words
+/// are overwritten with the saturation bits.
+///
+/// # Errors
+///
+/// Nothing is written on error.
+/// * [`Error::LengthMismatch`] if `out.len() != x.len()`;
+/// * [`Error::MaskTooShort`] if `mask` is too short;
+/// * [`Error::BitsExceedStorage`] if `format` is wider than `C`;
+/// * [`Error::NonFinite`] naming the first NaN or infinity;
+/// * [`Error::TooManyElements`] if `rounder.base + len > 2^32`.
+pub fn quantize_f32<C: Code>(
+    x: &[f32],
+    format: Format,
+    rounder: &Rounder,
+    out: &mut [C],
+    mask: Option<&mut [u32]>,
+) -> Result<usize> {
+    check_buffers(x.len(), out.len(), mask.as_deref())?;
+    check_storage::<C>(format)?;
+    rounder.check_len(x.len())?;
+    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite { index });
+    }
+    Ok(fill(x.len(), mask, |i| {
+        let (m, e) = decompose_f32(x[i]).unwrap_or((0, 0));
+        let (q, sat) = rounder.round(i, m, e, format);
+        out[i] = C::from_code(q);
+        sat
+    }))
+}
+
+/// Requantize integers `src[i] * 2^exp` (codes of another format, or wide
+/// accumulators) to codes of `format`, with `rounder`'s rounding and
+/// saturation. Exact integer arithmetic for every shift and every value.
+///
+/// Returns the number of saturated elements; `mask` as in [`quantize_f32`].
+///
+/// # Errors
+///
+/// Nothing is written on error: [`Error::LengthMismatch`],
+/// [`Error::MaskTooShort`], [`Error::BitsExceedStorage`],
+/// [`Error::TooManyElements`] as for [`quantize_f32`].
+///
+/// # Examples
+///
+/// ```
+/// use fixnn::{quant, Format, Rounder, Rounding, Stream};
+/// // An i32 accumulator of products of two Q0.7 codes has exponent -14.
+/// let acc = [16_384i32, -8_320, 100];
+/// let fmt = Format::new(8, 1)?; // step 2^-6
+/// let mut out = [0i8; 3];
+/// let r = Rounder::new(Rounding::NearestEven, Stream::default());
+/// let sat = quant::requantize(&acc, -14, fmt, &r, &mut out, None)?;
+/// assert_eq!((out, sat), ([64, -32, 0], 0)); // 1.0, -0.5078 -> -0.5, 0.0061 -> 0
+/// # Ok::<(), fixnn::Error>(())
+/// ```
+pub fn requantize<S: Copy + Into<i64>, C: Code>(
+    src: &[S],
+    exp: i32,
+    format: Format,
+    rounder: &Rounder,
+    out: &mut [C],
+    mask: Option<&mut [u32]>,
+) -> Result<usize> {
+    check_buffers(src.len(), out.len(), mask.as_deref())?;
+    check_storage::<C>(format)?;
+    rounder.check_len(src.len())?;
+    Ok(fill(src.len(), mask, |i| {
+        let (q, sat) = rounder.round(i, src[i].into(), exp, format);
+        out[i] = C::from_code(q);
+        sat
+    }))
+}
+
+/// Real values of codes: `out[i] = codes[i] * 2^(scale + 1 - bits)`, exact.
+///
+/// # Errors
+///
+/// [`Error::LengthMismatch`] if `out.len() != codes.len()`.
+pub fn dequantize<C: Code>(codes: &[C], format: Format, out: &mut [f32]) -> Result<()> {
+    check_buffers(codes.len(), out.len(), None)?;
+    for (o, &c) in out.iter_mut().zip(codes) {
+        *o = format.to_f32(c.to_i32());
+    }
+    Ok(())
+}
+
+/// nics_fix_pt's `quantitize` on f32 data, in place: apply `cfg`'s method
+/// (Auto chooses and stores the scale), quantize with `rounder` and replace
+/// each value by its dequantized code (exact). `Method::None` leaves `x`
+/// unchanged and reports no format.
+///
+/// `mask`, if given, receives the straight-through mask.
+///
+/// # Errors
+///
+/// Those of [`QuantConfig::update_scale_f32`] and [`quantize_f32`]; nothing
+/// (neither `x` nor `cfg`) changes on error.
+///
+/// # Examples
+///
+/// ```
+/// use fixnn::{quant, QuantConfig, Rounder};
+/// let mut cfg = QuantConfig::auto(2);
+/// let mut x = [0.2513, -0.52, 0.0];
+/// let report = quant::fake_quantize_f32(&mut cfg, &mut x, &Rounder::default(), None)?;
+/// assert_eq!((cfg.scale, x), (0, [0.5, -0.5, 0.0]));
+/// assert_eq!(report.saturated, 0);
+/// # Ok::<(), fixnn::Error>(())
+/// ```
+pub fn fake_quantize_f32(
+    cfg: &mut QuantConfig,
+    x: &mut [f32],
+    rounder: &Rounder,
+    mask: Option<&mut [u32]>,
+) -> Result<QuantReport> {
+    check_buffers(x.len(), x.len(), mask.as_deref())?;
+    rounder.check_len(x.len())?;
+    let mut next = *cfg;
+    let Some(format) = next.update_scale_f32(x)? else {
+        return Ok(QuantReport {
+            format: None,
+            saturated: 0,
+        });
+    };
+    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite { index });
+    }
+    *cfg = next;
+    let saturated = fill(x.len(), mask, |i| {
+        let (m, e) = decompose_f32(x[i]).unwrap_or((0, 0));
+        let (q, sat) = rounder.round(i, m, e, format);
+        x[i] = format.to_f32(q);
+        sat
+    });
+    Ok(QuantReport {
+        format: Some(format),
+        saturated,
+    })
+}

@@ -1,0 +1,317 @@
+//! Automatic scale selection ([`Method::Auto`](crate::Method::Auto)) with the
+//! four [`RangeMethod`]s, computed with integers only.
+//!
+//! f32 input is read through its exact bits ([`decompose_f32`]); integer input
+//! `q * 2^exp` is used as it is. No `log2`, `sqrt` or float sum is involved, so
+//! every target chooses the same scale.
+//!
+//! * `Max`: `ceil(log2(max |x|))` from the exponent and significand bits.
+//! * `MaxTenPercent`: the same of the `k`-th largest `|x|`, `k = max(n / 10, 1)`,
+//!   found by a binary search over scales (nine counting passes, no buffer).
+//! * `ThreeSigma`: the least `s` with `3 * std + |mean| <= 2^s`, decided exactly
+//!   by squaring (`9 n D <= (n - 1) R^2` with `D = n S2 - S1^2`,
+//!   `R = n 2^s - |S1|`, in 256-bit products). Values are read on the grid
+//!   `2^(c - 31)`, `c = ceil(log2(max |x|))`, rounding toward minus infinity;
+//!   integer input whose codes span at most 31 bits is read exactly.
+//! * `Sweep`: total absolute error of `s`, `s - 1`, `s - 2` (`s` from `Max`),
+//!   each summed exactly on the grid 24 bits below the finest step; the least
+//!   error wins, ties keep the larger scale. Stochastic rounding is evaluated
+//!   as nearest-even (its expectation).
+//!
+//! Results are clamped to the `i8` scale range `-128..=127`. When the
+//! selected magnitude is zero (all-zero data) the scale is
+//! [`ZERO_DATA_SCALE`] (`-16`, what nics_fix_pt's `eps = 1e-5` gives).
+//! Unlike nics_fix_pt, a non-zero maximum below `1e-5` gets its exact scale.
+
+use super::config::{RangeMethod, Rounding};
+use super::format::Format;
+use super::round::{ceil_log2_abs, decompose_f32, requantize_one, to_grid};
+use crate::error::{Error, Result};
+
+/// Scale chosen for data whose selected magnitude is zero.
+pub const ZERO_DATA_SCALE: i8 = -16;
+
+/// Data read as exact `(m, e)` pairs, value `m * 2^e`.
+trait Samples {
+    fn len(&self) -> usize;
+    fn get(&self, i: usize) -> (i64, i32);
+    /// A grid every element lies on, if there is one (integer input).
+    fn native_exp(&self) -> Option<i32>;
+}
+
+struct F32s<'a>(&'a [f32]);
+
+impl Samples for F32s<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn get(&self, i: usize) -> (i64, i32) {
+        // Finiteness was checked on entry.
+        decompose_f32(self.0[i]).unwrap_or((0, 0))
+    }
+    fn native_exp(&self) -> Option<i32> {
+        None
+    }
+}
+
+struct Ints<'a, S> {
+    q: &'a [S],
+    exp: i32,
+}
+
+impl<S: Copy + Into<i64>> Samples for Ints<'_, S> {
+    fn len(&self) -> usize {
+        self.q.len()
+    }
+    fn get(&self, i: usize) -> (i64, i32) {
+        (self.q[i].into(), self.exp)
+    }
+    fn native_exp(&self) -> Option<i32> {
+        Some(self.exp)
+    }
+}
+
+/// Choose the scale of f32 data with `range` for a `bits`-bit format.
+///
+/// `rounding` matters only to [`RangeMethod::Sweep`].
+///
+/// # Errors
+///
+/// [`Error::EmptyInput`] for empty `x`, [`Error::NonFinite`] naming the first
+/// NaN or infinity, [`Error::TooManyElements`] above `2^32` elements,
+/// [`Error::BitsOutOfRange`] for `bits` outside `2..=16`.
+///
+/// # Examples
+///
+/// ```
+/// use fixnn::{RangeMethod, Rounding};
+/// use fixnn::quant::range::choose_scale_f32;
+/// let x = [0.2513, -0.52, 0.0];
+/// assert_eq!(choose_scale_f32(RangeMethod::Max, 2, Rounding::NearestEven, &x)?, 0);
+/// # Ok::<(), fixnn::Error>(())
+/// ```
+pub fn choose_scale_f32(range: RangeMethod, bits: u8, rounding: Rounding, x: &[f32]) -> Result<i8> {
+    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite { index });
+    }
+    choose(range, bits, rounding, &F32s(x))
+}
+
+/// Choose the scale of integer data `q * 2^exp` with `range` for a
+/// `bits`-bit format. Integer arithmetic only.
+///
+/// # Errors
+///
+/// [`Error::EmptyInput`], [`Error::TooManyElements`], [`Error::BitsOutOfRange`]
+/// as for [`choose_scale_f32`].
+pub fn choose_scale_codes<S: Copy + Into<i64>>(
+    range: RangeMethod,
+    bits: u8,
+    rounding: Rounding,
+    exp: i32,
+    q: &[S],
+) -> Result<i8> {
+    choose(range, bits, rounding, &Ints { q, exp })
+}
+
+fn choose<S: Samples>(range: RangeMethod, bits: u8, rounding: Rounding, s: &S) -> Result<i8> {
+    Format::new(bits, 0)?;
+    let n = s.len();
+    if n == 0 {
+        return Err(Error::EmptyInput);
+    }
+    if n as u64 > u32::MAX as u64 {
+        return Err(Error::TooManyElements { len: n as u64 });
+    }
+    let Some(c) = max_ceil_log2(s) else {
+        return Ok(ZERO_DATA_SCALE);
+    };
+    Ok(match range {
+        RangeMethod::Max => clamp_scale(c),
+        RangeMethod::MaxTenPercent => ten_percent(s),
+        RangeMethod::ThreeSigma => three_sigma(s, c),
+        RangeMethod::Sweep => sweep(s, c, bits, rounding),
+    })
+}
+
+fn clamp_scale(s: i32) -> i8 {
+    s.clamp(i8::MIN as i32, i8::MAX as i32) as i8
+}
+
+fn max_ceil_log2<S: Samples>(s: &S) -> Option<i32> {
+    (0..s.len())
+        .filter_map(|i| {
+            let (m, e) = s.get(i);
+            ceil_log2_abs(m, e)
+        })
+        .max()
+}
+
+/// Largest clamped scale `t` with at least `k` elements of scale `>= t`.
+fn ten_percent<S: Samples>(s: &S) -> i8 {
+    let n = s.len();
+    let k = (n / 10).max(1);
+    let count_at_least = |t: i32| {
+        (0..n)
+            .filter(|&i| {
+                let (m, e) = s.get(i);
+                matches!(ceil_log2_abs(m, e), Some(c) if c.clamp(-128, 127) >= t)
+            })
+            .count()
+    };
+    if count_at_least(-128) < k {
+        return ZERO_DATA_SCALE; // the k-th largest |x| is zero
+    }
+    let (mut lo, mut hi) = (-128i32, 127i32); // count(lo) >= k
+    while lo < hi {
+        let mid = lo + (hi - lo + 1) / 2;
+        if count_at_least(mid) >= k {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo as i8
+}
+
+fn three_sigma<S: Samples>(s: &S, c: i32) -> i8 {
+    let grid = match s.native_exp() {
+        Some(ne) if c - ne <= 31 => ne,
+        _ => c - 31,
+    };
+    let n = s.len() as i128;
+    let (mut s1, mut s2) = (0i128, 0i128);
+    for i in 0..s.len() {
+        let (m, e) = s.get(i);
+        let v = to_grid(m, e, grid) as i128; // |v| <= 2^31
+        s1 += v;
+        s2 += v * v;
+    }
+    // n * (n - 1) * var = n * S2 - S1^2 >= 0; both terms < 2^127.
+    let d = (n * s2 - s1 * s1).max(0) as u128;
+    let fits = |s: i32| -> bool {
+        let shift = s - grid;
+        if shift < 0 {
+            return false;
+        }
+        let r = n * (1i128 << shift.min(60)) - s1.abs();
+        if r < 0 {
+            return false;
+        }
+        if n == 1 {
+            return true;
+        }
+        let lhs = mul_wide(9 * n as u128, d);
+        let rhs = mul_wide((n as u128 - 1) * r as u128, r as u128);
+        lhs <= rhs
+    };
+    let mut best = c + 3; // 3 std + |mean| < 3 sqrt(2) max + max < 2^(c+3)
+    while best < 127 && !fits(best) {
+        best += 1;
+    }
+    while best > -128 && best - 1 > grid && fits(best - 1) {
+        best -= 1;
+    }
+    clamp_scale(best)
+}
+
+/// Full 256-bit product `a * b` as `(high, low)` 128-bit halves.
+fn mul_wide(a: u128, b: u128) -> (u128, u128) {
+    const LO: u128 = u64::MAX as u128;
+    let (a1, a0) = (a >> 64, a & LO);
+    let (b1, b0) = (b >> 64, b & LO);
+    let p00 = a0 * b0;
+    let p01 = a0 * b1;
+    let p10 = a1 * b0;
+    let p11 = a1 * b1;
+    let mid = (p00 >> 64) + (p01 & LO) + (p10 & LO);
+    let low = (p00 & LO) | (mid << 64);
+    let high = p11 + (p01 >> 64) + (p10 >> 64) + (mid >> 64);
+    (high, low)
+}
+
+fn sweep<S: Samples>(s: &S, c: i32, bits: u8, rounding: Rounding) -> i8 {
+    let rounding = match rounding {
+        Rounding::Stochastic => Rounding::NearestEven,
+        r => r,
+    };
+    let top = clamp_scale(c) as i32;
+    let lowest = (top - 2).max(-128);
+    let finest = lowest + 1 - bits as i32;
+    let fine_grid = finest - 24;
+    let grid = match s.native_exp() {
+        Some(ne) if ne >= fine_grid => ne,
+        _ => fine_grid,
+    };
+    let unit = grid.min(finest); // every value and every step is a multiple of 2^unit
+    let mut best = (top, u128::MAX);
+    for scale in (lowest..=top).rev() {
+        let Ok(f) = Format::new(bits, scale as i8) else {
+            continue;
+        };
+        let mut err = 0u128;
+        for i in 0..s.len() {
+            let (m, e) = s.get(i);
+            let v = to_grid(m, e, grid);
+            let (q, _) = requantize_one(v, grid, f, rounding, 0);
+            let exact = (v as i128) << (grid - unit);
+            let back = (q as i128) << (f.step_exp() - unit);
+            err += (exact - back).unsigned_abs();
+        }
+        if err < best.1 {
+            best = (scale, err);
+        }
+    }
+    best.0 as i8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wide_product() {
+        assert_eq!(mul_wide(u128::MAX, u128::MAX), (u128::MAX - 1, 1));
+        assert_eq!(mul_wide(1 << 100, 1 << 100), (1 << 72, 0));
+        assert_eq!(mul_wide(12345, 678), (0, 12345 * 678));
+    }
+
+    #[test]
+    fn max_scale_is_exact_at_powers_of_two() {
+        let m = |x: &[f32]| choose_scale_f32(RangeMethod::Max, 8, Rounding::NearestEven, x);
+        assert_eq!(m(&[0.5]), Ok(-1));
+        assert_eq!(m(&[0.5000001]), Ok(0));
+        assert_eq!(m(&[-4.0, 1.0]), Ok(2));
+        assert_eq!(m(&[0.0, -0.0]), Ok(ZERO_DATA_SCALE));
+        assert_eq!(m(&[1e-45]), Ok(-128)); // 2^-149, clamped
+        assert_eq!(m(&[f32::MAX]), Ok(127)); // 2^128 - ..., clamped
+    }
+
+    #[test]
+    fn integer_input() {
+        // codes 3 and -4 at exponent -2: max |x| = 1.0 -> scale 0
+        let s = choose_scale_codes(RangeMethod::Max, 4, Rounding::NearestEven, -2, &[3i8, -4]);
+        assert_eq!(s, Ok(0));
+        let s = choose_scale_codes(RangeMethod::Max, 4, Rounding::NearestEven, 0, &[i64::MIN]);
+        assert_eq!(s, Ok(63));
+        let e = choose_scale_codes::<i32>(RangeMethod::Sweep, 4, Rounding::NearestEven, 0, &[]);
+        assert_eq!(e, Err(Error::EmptyInput));
+    }
+
+    #[test]
+    fn ten_percent_takes_the_kth_largest() {
+        // 20 elements: k = 2, second largest |x| is 3.0 -> scale 2
+        let mut x = [0.1f32; 20];
+        x[0] = 100.0;
+        x[7] = -3.0;
+        let s = choose_scale_f32(RangeMethod::MaxTenPercent, 8, Rounding::NearestEven, &x);
+        assert_eq!(s, Ok(2));
+        // fewer than 10 elements: k = 1, the maximum
+        let s = choose_scale_f32(RangeMethod::MaxTenPercent, 8, Rounding::NearestEven, &[5.0]);
+        assert_eq!(s, Ok(3));
+        let mut z = [0.0f32; 30];
+        z[3] = 1.0;
+        let s = choose_scale_f32(RangeMethod::MaxTenPercent, 8, Rounding::NearestEven, &z);
+        assert_eq!(s, Ok(ZERO_DATA_SCALE)); // third largest is zero
+    }
+}

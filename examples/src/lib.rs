@@ -1,0 +1,1 @@
+//! Runnable examples of fixnn live beside this crate as `[[example]]` targets.

@@ -1,0 +1,200 @@
+//! Argument parsing and dispatch of the `fixnn` program.
+//!
+//! [`run`] is the whole program minus the process exit, so tests call it in
+//! process. Exit status: 0 on success, 2 for bad input (one line on stderr
+//! naming what is wrong), 1 when writing the output fails.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fixnn::{Method, RangeMethod, Rounding};
+
+/// Exit status for bad input.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit status when the output cannot be written.
+pub const EXIT_IO: i32 = 1;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fixnn",
+    version,
+    about = "Fixed-point neural-network simulation, bit-exact with Cortex-M devices"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Quantize numbers to a fixed-point format and show codes and values.
+    Quantize(QuantizeArgs),
+}
+
+/// Arguments of `fixnn quantize`.
+#[derive(Args, Debug, Clone)]
+pub struct QuantizeArgs {
+    /// Bit width of the codes (2..=16).
+    #[arg(long, value_name = "B", default_value_t = 8,
+          value_parser = clap::value_parser!(u8).range(2..=16))]
+    pub bits: u8,
+    /// Range exponent: values lie in [-2^S, 2^S - step], step = 2^(S + 1 - B).
+    /// The starting scale for `auto`, the scale used by `fixed`.
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    pub scale: Option<i8>,
+    /// none: keep the values; auto: choose the scale from the data;
+    /// fixed: use --scale. Default: fixed if --scale is given, else auto.
+    #[arg(long, value_name = "M", value_enum)]
+    pub method: Option<MethodArg>,
+    /// How `auto` chooses the scale.
+    #[arg(long, value_name = "R", value_enum, default_value = "max")]
+    pub range: RangeArg,
+    /// Rounding of values between two codes.
+    #[arg(long, value_name = "MODE", value_enum, default_value = "nearest-even")]
+    pub rounding: RoundingArg,
+    /// Seed of stochastic rounding (tensor id 0, step 0).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+    /// Print exactly one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Read values from a JSON file (`[1.5, -2]` or `{"values": [...]}`; `-` is
+    /// standard input). They come before the VALUES on the command line.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// The numbers to quantize (negative numbers work, with or without `--`).
+    #[arg(value_name = "VALUES", allow_negative_numbers = true)]
+    pub values: Vec<String>,
+}
+
+/// `--method` names.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum MethodArg {
+    /// Keep full precision.
+    None,
+    /// Choose the scale from the data.
+    Auto,
+    /// Use the given scale.
+    Fixed,
+}
+
+/// `--range` names.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum RangeArg {
+    /// ceil(log2(max |x|)).
+    Max,
+    /// ceil(log2(3 std + |mean|)).
+    #[value(name = "3sigma")]
+    ThreeSigma,
+    /// ceil(log2(k-th largest |x|)), k = max(n/10, 1).
+    #[value(name = "max10")]
+    MaxTenPercent,
+    /// The best of s, s-1, s-2 by total absolute error.
+    Sweep,
+}
+
+/// `--rounding` names.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum RoundingArg {
+    /// Nearest, ties to even.
+    NearestEven,
+    /// Nearest, ties away from zero.
+    NearestAway,
+    /// Toward minus infinity.
+    Floor,
+    /// Stochastic, seeded.
+    Stochastic,
+}
+
+impl From<MethodArg> for Method {
+    fn from(m: MethodArg) -> Self {
+        match m {
+            MethodArg::None => Method::None,
+            MethodArg::Auto => Method::Auto,
+            MethodArg::Fixed => Method::Fixed,
+        }
+    }
+}
+
+impl From<RangeArg> for RangeMethod {
+    fn from(r: RangeArg) -> Self {
+        match r {
+            RangeArg::Max => RangeMethod::Max,
+            RangeArg::ThreeSigma => RangeMethod::ThreeSigma,
+            RangeArg::MaxTenPercent => RangeMethod::MaxTenPercent,
+            RangeArg::Sweep => RangeMethod::Sweep,
+        }
+    }
+}
+
+impl From<RoundingArg> for Rounding {
+    fn from(r: RoundingArg) -> Self {
+        match r {
+            RoundingArg::NearestEven => Rounding::NearestEven,
+            RoundingArg::NearestAway => Rounding::NearestAway,
+            RoundingArg::Floor => Rounding::Floor,
+            RoundingArg::Stochastic => Rounding::Stochastic,
+        }
+    }
+}
+
+/// Run the program on `args` (including the program name), writing normal
+/// output to `out` and errors to `err`. Returns the exit status.
+pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e, out, err),
+    };
+    let result = match cli.command {
+        Command::Quantize(args) => crate::quantize::run(&args, out),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(crate::quantize::Failure::Input(msg)) => {
+            let _ = writeln!(err, "fixnn: error: {msg}");
+            EXIT_USAGE
+        }
+        Err(crate::quantize::Failure::Output(e)) => {
+            let _ = writeln!(err, "fixnn: error: cannot write output: {e}");
+            EXIT_IO
+        }
+    }
+}
+
+/// Help and version go to `out` with status 0; a usage error becomes one
+/// line on `err` with status 2.
+fn clap_error(e: clap::Error, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = write!(out, "{}", e.render());
+            0
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = write!(err, "{}", e.render());
+            EXIT_USAGE
+        }
+        _ => {
+            let text = e.render().to_string();
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let first = lines.next().unwrap_or("invalid arguments");
+            let first = first.trim_start_matches("error: ");
+            // clap puts the accepted names on a line of their own: keep them.
+            match lines.find(|l| l.starts_with("[possible values:")) {
+                Some(possible) => {
+                    let _ = writeln!(err, "fixnn: error: {first} {possible}");
+                }
+                None => {
+                    let _ = writeln!(err, "fixnn: error: {first}");
+                }
+            }
+            EXIT_USAGE
+        }
+    }
+}

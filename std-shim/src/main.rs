@@ -1,0 +1,10 @@
+//! The `fixnn` command-line program. All logic is in [`fixnn_std::cli`].
+
+fn main() {
+    let code = fixnn_std::cli::run(
+        std::env::args_os(),
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    );
+    std::process::exit(code);
+}

@@ -1,0 +1,197 @@
+//! The `fixnn` binary as a user runs it: exit status, stdout, stderr.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn fixnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fixnn"))
+        .args(args)
+        .output()
+        .expect("run fixnn")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+#[test]
+fn issue_example_prints_codes_and_values() {
+    let o = fixnn(&[
+        "quantize", "--bits", "2", "--scale", "-1", "--method", "fixed", "--json", "--", "0.2513",
+        "-0.5", "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "{\"bits\":2,\"scale\":-1,\"step\":0.25,\"codes\":[1,-2,0],\"values\":[0.25,-0.5,0.0],\"saturated\":0}\n"
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["codes"], serde_json::json!([1, -2, 0]));
+    assert_eq!(v["values"], serde_json::json!([0.25, -0.5, 0.0]));
+}
+
+#[test]
+fn negative_values_work_with_and_without_double_dash() {
+    for args in [
+        &["quantize", "--bits", "4", "--json", "--", "-0.3", "-1"][..],
+        &["quantize", "-0.3", "-1", "--bits", "4", "--json"][..],
+    ] {
+        let o = fixnn(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["scale"], 0, "auto: ceil(log2 1) = 0");
+        assert_eq!(v["codes"], serde_json::json!([-2, -8]));
+    }
+}
+
+#[test]
+fn json_is_exactly_one_object_and_auto_reports_the_chosen_scale() {
+    let o = fixnn(&[
+        "quantize", "--bits", "8", "--method", "auto", "--json", "3.0", "-0.1",
+    ]);
+    assert!(o.status.success());
+    let text = stdout(&o);
+    assert_eq!(text.lines().count(), 1);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["scale"], 2);
+    assert_eq!(v["step"], 0.03125);
+    assert_eq!(v.as_object().unwrap().len(), 6);
+}
+
+#[test]
+fn table_marks_saturated_values() {
+    let o = fixnn(&[
+        "quantize", "--bits", "2", "--scale", "-1", "--", "0.2513", "0.6",
+    ]);
+    assert!(o.status.success());
+    let text = stdout(&o);
+    assert!(text.contains("step 0.25"), "{text}");
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(char::is_numeric))
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        !rows[0].contains("yes") && rows[1].ends_with("yes"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("saturated: 1 of 2"), "{text}");
+}
+
+#[test]
+fn input_file_and_stdin() {
+    let dir = std::env::temp_dir().join(format!("fixnn-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("values.json");
+    std::fs::write(&file, "{\"values\": [0.25, -0.5]}").unwrap();
+    let o = fixnn(&[
+        "quantize",
+        "--scale",
+        "-1",
+        "--bits",
+        "2",
+        "--json",
+        "--input",
+        file.to_str().unwrap(),
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["codes"], serde_json::json!([1, -2, 0]));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fixnn"))
+        .args([
+            "quantize", "--json", "--bits", "4", "--scale", "0", "--input", "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"[0.5, -1]").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["codes"], serde_json::json!([4, -8]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Each bad input: exit status 2, exactly one line on stderr naming the
+/// problem, nothing on stdout, no panic.
+#[test]
+fn bad_input_is_one_line_and_status_2() {
+    let dir = std::env::temp_dir().join(format!("fixnn-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let malformed = dir.join("malformed.json");
+    std::fs::write(&malformed, "[1, 2,").unwrap();
+    let wrong_type = dir.join("strings.json");
+    std::fs::write(&wrong_type, "[1, \"two\"]").unwrap();
+    let missing = dir.join("missing.json");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["quantize", "abc"], "cannot parse 'abc'"),
+        (vec!["quantize", "--", "1", "1.2.3"], "'1.2.3'"),
+        (vec!["quantize", "nan"], "not a finite"),
+        (vec!["quantize", "1e39"], "not a finite"),
+        (vec!["quantize", "--bits", "1", "1"], "'1' for '--bits"),
+        (vec!["quantize", "--bits", "17", "1"], "'17' for '--bits"),
+        (vec!["quantize", "--bits", "x", "1"], "'x' for '--bits"),
+        (
+            vec!["quantize", "--scale", "128", "1"],
+            "'128' for '--scale",
+        ),
+        (
+            vec!["quantize", "--scale", "-129", "1"],
+            "'-129' for '--scale",
+        ),
+        (
+            vec!["quantize", "--method", "sometimes", "1"],
+            "possible values: none, auto, fixed",
+        ),
+        (
+            vec!["quantize", "--range", "min", "1"],
+            "'min' for '--range",
+        ),
+        (
+            vec!["quantize", "--rounding", "up", "1"],
+            "'up' for '--rounding",
+        ),
+        (vec!["quantize"], "no values given"),
+        (
+            vec!["quantize", "--input", malformed.to_str().unwrap()],
+            "malformed.json: expected a JSON array",
+        ),
+        (
+            vec!["quantize", "--input", wrong_type.to_str().unwrap()],
+            "element 1 is not a number",
+        ),
+        (
+            vec!["quantize", "--input", missing.to_str().unwrap()],
+            "cannot read --input",
+        ),
+        (vec!["quantise", "1"], "unrecognized subcommand"),
+    ];
+    for (args, needle) in cases {
+        let o = fixnn(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("fixnn: error: "), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err} lacks {needle}");
+        assert!(stdout(&o).is_empty(), "{args:?}");
+        assert!(!err.contains("panicked"));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    let o = fixnn(&["quantize", "--help"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("--rounding"));
+    let o = fixnn(&["--version"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).starts_with("fixnn "));
+}
