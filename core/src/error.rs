@@ -50,6 +50,11 @@ pub enum Error {
     /// [`Method::None`](crate::Method::None) keeps full precision, so there is
     /// no integer format to quantize to.
     NoFormat,
+    /// Tensor shapes or layer geometry that do not fit together.
+    Shape {
+        /// What does not fit.
+        what: &'static str,
+    },
     /// A config field that is reserved for a later version holds a value this
     /// version does not implement.
     Unsupported {
@@ -87,6 +92,7 @@ impl fmt::Display for Error {
                     "{len} elements exceed the 2^32 element indices of a tensor"
                 )
             }
+            Error::Shape { what } => write!(f, "shape error: {what}"),
             Error::NoFormat => write!(f, "method `none` has no integer format"),
             Error::Unsupported { field } => {
                 write!(

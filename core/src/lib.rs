@@ -24,6 +24,10 @@
 //! # Modules, in the order data flows
 //!
 //! * [`quant`]: formats, per-tensor configs, rounding, scale selection.
+//! * [`tensor`]: statically sized tensors, activations and parameters.
+//! * [`backend`]: the compute operations and the sequential reference backend.
+//! * [`layers`]: layers with forward and backward passes, and the loss.
+//! * [`optim`]: SGD on f32 master parameters.
 //! * [`error`]: the error type shared by every module.
 #![no_std]
 #![deny(unsafe_code)]
@@ -32,8 +36,12 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod backend;
 pub mod error;
+pub mod layers;
+pub mod optim;
 pub mod quant;
+pub mod tensor;
 
 pub use error::{Error, Result};
 pub use quant::{

@@ -86,6 +86,27 @@ impl Format {
         code as f32 * pow2_f32(self.step_exp())
     }
 
+    /// The code of a value that is exact in this format: `v / step`.
+    ///
+    /// Exact for every value produced by [`Format::to_f32`] of a code in
+    /// range. Other values are truncated toward zero and NaN/infinity give 0
+    /// (not an error: kernels call this only on tensors whose format says
+    /// their values are exact).
+    pub fn code_of(self, v: f32) -> i32 {
+        let Some((m, e)) = super::round::decompose_f32(v) else {
+            return 0;
+        };
+        let d = e - self.step_exp();
+        let q = if d >= 0 {
+            m << d.min(40)
+        } else if d <= -40 {
+            0
+        } else {
+            m / (1i64 << -d)
+        };
+        q.clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    }
+
     /// Clamp a wide integer to the code range.
     ///
     /// Returns the code and whether it was clamped (saturated).

@@ -76,8 +76,9 @@ impl Rounder {
         Ok(())
     }
 
-    /// Round `v * 2^exp` to a code of `format` as element `i` of the slice.
-    fn round(&self, i: usize, v: i64, exp: i32, format: Format) -> (i32, bool) {
+    /// Round `v * 2^exp` to a code of `format` as element `i` of the slice
+    /// (global index `base + i`). Returns `(code, saturated)`.
+    pub fn round(&self, i: usize, v: i64, exp: i32, format: Format) -> (i32, bool) {
         let draw = match self.rounding {
             Rounding::Stochastic => self.stream.draw(self.base.wrapping_add(i as u32)),
             _ => 0,
@@ -273,4 +274,33 @@ pub fn fake_quantize_f32(
         format: Some(format),
         saturated,
     })
+}
+
+/// Replace f32 values in place by their quantized values in `format`
+/// (quantize with `rounder`, then dequantize; both exact). Returns the
+/// number of saturated elements.
+///
+/// # Errors
+///
+/// [`Error::NonFinite`], [`Error::TooManyElements`]; nothing changes on error.
+pub fn fake_quantize_in_place(x: &mut [f32], format: Format, rounder: &Rounder) -> Result<usize> {
+    rounder.check_len(x.len())?;
+    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite { index });
+    }
+    Ok(fill(x.len(), None, |i| {
+        let (m, e) = decompose_f32(x[i]).unwrap_or((0, 0));
+        let (q, sat) = rounder.round(i, m, e, format);
+        x[i] = format.to_f32(q);
+        sat
+    }))
+}
+
+/// The value `acc * 2^exp` as f32: `acc` rounded to 24 significant bits
+/// (nearest-even, exact when it fits), then scaled by the power of two
+/// (exact unless the result leaves the f32 range).
+pub fn acc_to_f32(acc: i64, exp: i32) -> f32 {
+    // Split the scaling so that neither factor overflows on its own.
+    let half = exp / 2;
+    acc as f32 * pow2_f32(half) * pow2_f32(exp - half)
 }

@@ -1,0 +1,621 @@
+//! The compute backend: one method per operation and per gradient, outputs
+//! written into caller-provided buffers.
+//!
+//! [`RefBackend`] is the sequential reference: its loops *are* the
+//! specification. Other backends (the rayon backend in `fixnn-std`, SIMD and
+//! Cortex-M DSP kernels) must return the same bits; they may split work
+//! across independent outputs but never reorder one reduction.
+//!
+//! # Arithmetic
+//!
+//! Each operation multiplies two [`Operand`]s and sums the products:
+//!
+//! * both operands quantized (`fmt` is `Some`): codes are multiplied as
+//!   integers and summed in an `i64` accumulator ([`AccOut::Int`]); the
+//!   result is exact, at exponent `step_exp(a) + step_exp(b)`
+//!   ([`product_exp`]). Codes have at most 16 bits, so a product has at most
+//!   31 bits and a sum of up to `2^32` products cannot overflow;
+//! * otherwise (a full-precision operand) products and sums are f32
+//!   ([`AccOut::Float`]), summed in the documented order of each method, so
+//!   the result is the same on every target.
+
+use crate::error::{Error, Result};
+use crate::quant::{pow2_f32, Format};
+
+/// A read-only operand: values, and the format they are exact codes of.
+#[derive(Clone, Copy, Debug)]
+pub struct Operand<'a> {
+    /// Values, row-major.
+    pub v: &'a [f32],
+    /// `Some`: every value is an exact code of this format.
+    pub fmt: Option<Format>,
+}
+
+/// Where an operation writes its sums.
+#[derive(Debug)]
+pub enum AccOut<'a> {
+    /// Exact integer sums of code products (both operands quantized).
+    Int(&'a mut [i64]),
+    /// f32 sums (an operand at full precision).
+    Float(&'a mut [f32]),
+}
+
+/// The exponent of integer products of `a` and `b`, or `None` if either is
+/// at full precision (the operation then computes in f32).
+pub fn product_exp(a: Operand<'_>, b: Operand<'_>) -> Option<i32> {
+    match (a.fmt, b.fmt) {
+        (Some(fa), Some(fb)) => Some(fa.step_exp() + fb.step_exp()),
+        _ => None,
+    }
+}
+
+/// Shape of a fully connected operation: `x[batch][inp]`, `w[out][inp]`,
+/// `y[batch][out]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct LinearGeom {
+    /// Batch size.
+    pub batch: usize,
+    /// Input features.
+    pub inp: usize,
+    /// Output features.
+    pub out: usize,
+}
+
+/// Shape of a 2-D convolution: `x[batch][cin][h][w]`,
+/// `weight[cout][cin / groups][kh][kw]`, `y[batch][cout][oh][ow]`, with
+/// `oh = (h + 2 pad_h - dil_h (kh - 1) - 1) / stride_h + 1` (likewise `ow`).
+/// Output channel `co` reads input channels of group `co / (cout / groups)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ConvGeom {
+    /// Batch size.
+    pub batch: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+    /// Stride (rows, columns).
+    pub stride: (usize, usize),
+    /// Zero padding (rows, columns).
+    pub pad: (usize, usize),
+    /// Dilation (rows, columns).
+    pub dil: (usize, usize),
+    /// Groups: `cin` and `cout` are multiples of it (`groups == cin` is depthwise).
+    pub groups: usize,
+}
+
+impl ConvGeom {
+    /// Check that the sizes fit together (non-zero sizes, strides and
+    /// dilations; channels divisible by groups; `oh`, `ow` as the formula says).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shape`] naming the first rule broken.
+    pub const fn check(&self) -> Result<()> {
+        if self.batch == 0 || self.cin == 0 || self.cout == 0 || self.kh == 0 || self.kw == 0 {
+            return Err(Error::Shape {
+                what: "convolution sizes must be non-zero",
+            });
+        }
+        if self.stride.0 == 0 || self.stride.1 == 0 || self.dil.0 == 0 || self.dil.1 == 0 {
+            return Err(Error::Shape {
+                what: "convolution stride and dilation must be non-zero",
+            });
+        }
+        if self.groups == 0
+            || !self.cin.is_multiple_of(self.groups)
+            || !self.cout.is_multiple_of(self.groups)
+        {
+            return Err(Error::Shape {
+                what: "convolution channels must be multiples of groups",
+            });
+        }
+        let span_h = self.dil.0 * (self.kh - 1) + 1;
+        let span_w = self.dil.1 * (self.kw - 1) + 1;
+        if self.h + 2 * self.pad.0 < span_h || self.w + 2 * self.pad.1 < span_w {
+            return Err(Error::Shape {
+                what: "convolution kernel larger than the padded input",
+            });
+        }
+        let oh = (self.h + 2 * self.pad.0 - span_h) / self.stride.0 + 1;
+        let ow = (self.w + 2 * self.pad.1 - span_w) / self.stride.1 + 1;
+        if oh != self.oh || ow != self.ow {
+            return Err(Error::Shape {
+                what: "convolution output size does not match stride, padding and dilation",
+            });
+        }
+        Ok(())
+    }
+
+    /// Input channels per group.
+    pub const fn cpg(&self) -> usize {
+        self.cin / self.groups
+    }
+
+    /// Output channels per group.
+    pub const fn opg(&self) -> usize {
+        self.cout / self.groups
+    }
+}
+
+/// The compute operations every backend provides. Each checks buffer
+/// lengths against the geometry and writes every output element.
+///
+/// The output variant must match the operands: [`AccOut::Int`] when both
+/// are quantized, [`AccOut::Float`] otherwise ([`product_exp`] tells which).
+///
+/// # Errors
+///
+/// [`Error::Shape`] for lengths that do not match the geometry or an output
+/// variant that does not match the operands.
+pub trait Backend {
+    /// `y[b][o] = sum_i x[b][i] * w[o][i]` (f32: `i` ascending).
+    fn linear(&self, g: LinearGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()>;
+
+    /// `dx[b][i] = sum_o dy[b][o] * w[o][i]` (f32: `o` ascending).
+    fn linear_input_grad(
+        &self,
+        g: LinearGeom,
+        dy: Operand<'_>,
+        w: Operand<'_>,
+        dx: AccOut<'_>,
+    ) -> Result<()>;
+
+    /// `dw[o][i] = sum_b dy[b][o] * x[b][i]` (f32: `b` ascending).
+    fn linear_weight_grad(
+        &self,
+        g: LinearGeom,
+        dy: Operand<'_>,
+        x: Operand<'_>,
+        dw: AccOut<'_>,
+    ) -> Result<()>;
+
+    /// `y[b][co][oy][ox] = sum_{ci, ky, kx} x[b][g cpg + ci][oy sh - ph + ky dh][ox sw - pw + kx dw] * w[co][ci][ky][kx]`,
+    /// `g = co / opg`, out-of-range input positions read zero (f32: `ci`, `ky`, `kx` ascending).
+    fn conv2d(&self, g: ConvGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()>;
+
+    /// `dx[b][c][iy][ix]`: the sum of `dy[b][co][oy][ox] * w[co][c - g cpg][ky][kx]`
+    /// over every `(co, ky, kx)` of the group of `c` whose output position
+    /// `(oy, ox)` reads `(iy, ix)` (f32: `co`, `ky`, `kx` ascending).
+    fn conv2d_input_grad(
+        &self,
+        g: ConvGeom,
+        dy: Operand<'_>,
+        w: Operand<'_>,
+        dx: AccOut<'_>,
+    ) -> Result<()>;
+
+    /// `dw[co][ci][ky][kx] = sum_{b, oy, ox} dy[b][co][oy][ox] * x[b][g cpg + ci][..]`
+    /// (f32: `b`, `oy`, `ox` ascending).
+    fn conv2d_weight_grad(
+        &self,
+        g: ConvGeom,
+        dy: Operand<'_>,
+        x: Operand<'_>,
+        dw: AccOut<'_>,
+    ) -> Result<()>;
+}
+
+/// The sequential reference backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefBackend;
+
+/// Reads operand elements as integer codes or as f32 values.
+trait Path {
+    type Acc: Copy;
+    const ZERO: Self::Acc;
+    /// `acc + a[i] * b[j]`.
+    fn mac(acc: Self::Acc, a: &Reader<'_>, i: usize, b: &Reader<'_>, j: usize) -> Self::Acc;
+}
+
+struct IntPath;
+struct FloatPath;
+
+/// An operand prepared for reading: the factor `2^-step_exp` that turns a
+/// value into its code, when f32 can hold it.
+struct Reader<'a> {
+    v: &'a [f32],
+    fmt: Option<Format>,
+    to_code: f32,
+}
+
+impl<'a> Reader<'a> {
+    fn new(o: Operand<'a>) -> Self {
+        let to_code = match o.fmt {
+            Some(f) => pow2_f32(-f.step_exp()),
+            None => 1.0,
+        };
+        Reader {
+            v: o.v,
+            fmt: o.fmt,
+            to_code,
+        }
+    }
+
+    #[inline]
+    fn code(&self, i: usize) -> i64 {
+        if self.to_code.is_finite() {
+            // Exact: the value is code * 2^e and 2^-e is a normal f32.
+            (self.v[i] * self.to_code) as i64
+        } else {
+            match self.fmt {
+                Some(f) => f.code_of(self.v[i]) as i64,
+                None => 0,
+            }
+        }
+    }
+}
+
+impl Path for IntPath {
+    type Acc = i64;
+    const ZERO: i64 = 0;
+    #[inline]
+    fn mac(acc: i64, a: &Reader<'_>, i: usize, b: &Reader<'_>, j: usize) -> i64 {
+        acc + a.code(i) * b.code(j)
+    }
+}
+
+impl Path for FloatPath {
+    type Acc = f32;
+    const ZERO: f32 = 0.0;
+    #[inline]
+    fn mac(acc: f32, a: &Reader<'_>, i: usize, b: &Reader<'_>, j: usize) -> f32 {
+        acc + a.v[i] * b.v[j]
+    }
+}
+
+fn shape_err(what: &'static str) -> Error {
+    Error::Shape { what }
+}
+
+fn check(len: usize, want: usize, what: &'static str) -> Result<()> {
+    if len != want {
+        return Err(shape_err(what));
+    }
+    Ok(())
+}
+
+/// Dispatch to the integer or f32 instance of a kernel, checking that the
+/// output variant matches the operands.
+fn dispatch(
+    a: Operand<'_>,
+    b: Operand<'_>,
+    out: AccOut<'_>,
+    int: impl FnOnce(&Reader<'_>, &Reader<'_>, &mut [i64]),
+    float: impl FnOnce(&Reader<'_>, &Reader<'_>, &mut [f32]),
+) -> Result<()> {
+    let (ra, rb) = (Reader::new(a), Reader::new(b));
+    match (product_exp(a, b), out) {
+        (Some(_), AccOut::Int(o)) => int(&ra, &rb, o),
+        (None, AccOut::Float(o)) => float(&ra, &rb, o),
+        _ => {
+            return Err(shape_err(
+                "output variant does not match the operands' formats",
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn out_len(out: &AccOut<'_>) -> usize {
+    match out {
+        AccOut::Int(o) => o.len(),
+        AccOut::Float(o) => o.len(),
+    }
+}
+
+fn linear_fwd<P: Path>(g: LinearGeom, x: &Reader<'_>, w: &Reader<'_>, y: &mut [P::Acc]) {
+    for b in 0..g.batch {
+        for o in 0..g.out {
+            let mut acc = P::ZERO;
+            for i in 0..g.inp {
+                acc = P::mac(acc, x, b * g.inp + i, w, o * g.inp + i);
+            }
+            y[b * g.out + o] = acc;
+        }
+    }
+}
+
+fn linear_dx<P: Path>(g: LinearGeom, dy: &Reader<'_>, w: &Reader<'_>, dx: &mut [P::Acc]) {
+    for b in 0..g.batch {
+        for i in 0..g.inp {
+            let mut acc = P::ZERO;
+            for o in 0..g.out {
+                acc = P::mac(acc, dy, b * g.out + o, w, o * g.inp + i);
+            }
+            dx[b * g.inp + i] = acc;
+        }
+    }
+}
+
+fn linear_dw<P: Path>(g: LinearGeom, dy: &Reader<'_>, x: &Reader<'_>, dw: &mut [P::Acc]) {
+    for o in 0..g.out {
+        for i in 0..g.inp {
+            let mut acc = P::ZERO;
+            for b in 0..g.batch {
+                acc = P::mac(acc, dy, b * g.out + o, x, b * g.inp + i);
+            }
+            dw[o * g.inp + i] = acc;
+        }
+    }
+}
+
+/// Input coordinate read by output coordinate `o` at kernel tap `k`, if inside.
+#[inline]
+fn tap(o: usize, k: usize, stride: usize, pad: usize, dil: usize, size: usize) -> Option<usize> {
+    (o * stride + k * dil)
+        .checked_sub(pad)
+        .filter(|&i| i < size)
+}
+
+/// Output coordinate that reads input coordinate `i` at kernel tap `k`, if any.
+#[inline]
+fn tap_back(
+    i: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    osize: usize,
+) -> Option<usize> {
+    let t = (i + pad).checked_sub(k * dil)?;
+    if !t.is_multiple_of(stride) {
+        return None;
+    }
+    Some(t / stride).filter(|&o| o < osize)
+}
+
+fn conv_fwd<P: Path>(g: ConvGeom, x: &Reader<'_>, w: &Reader<'_>, y: &mut [P::Acc]) {
+    let (cpg, opg) = (g.cpg(), g.opg());
+    for b in 0..g.batch {
+        for co in 0..g.cout {
+            let c0 = (co / opg) * cpg;
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let mut acc = P::ZERO;
+                    for ci in 0..cpg {
+                        for ky in 0..g.kh {
+                            let Some(iy) = tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h) else {
+                                continue;
+                            };
+                            for kx in 0..g.kw {
+                                let Some(ix) = tap(ox, kx, g.stride.1, g.pad.1, g.dil.1, g.w)
+                                else {
+                                    continue;
+                                };
+                                let xi = ((b * g.cin + c0 + ci) * g.h + iy) * g.w + ix;
+                                let wi = ((co * cpg + ci) * g.kh + ky) * g.kw + kx;
+                                acc = P::mac(acc, x, xi, w, wi);
+                            }
+                        }
+                    }
+                    y[((b * g.cout + co) * g.oh + oy) * g.ow + ox] = acc;
+                }
+            }
+        }
+    }
+}
+
+fn conv_dx<P: Path>(g: ConvGeom, dy: &Reader<'_>, w: &Reader<'_>, dx: &mut [P::Acc]) {
+    let (cpg, opg) = (g.cpg(), g.opg());
+    for b in 0..g.batch {
+        for c in 0..g.cin {
+            let grp = c / cpg;
+            let ci = c - grp * cpg;
+            for iy in 0..g.h {
+                for ix in 0..g.w {
+                    let mut acc = P::ZERO;
+                    for co in grp * opg..(grp + 1) * opg {
+                        for ky in 0..g.kh {
+                            let Some(oy) = tap_back(iy, ky, g.stride.0, g.pad.0, g.dil.0, g.oh)
+                            else {
+                                continue;
+                            };
+                            for kx in 0..g.kw {
+                                let Some(ox) = tap_back(ix, kx, g.stride.1, g.pad.1, g.dil.1, g.ow)
+                                else {
+                                    continue;
+                                };
+                                let yi = ((b * g.cout + co) * g.oh + oy) * g.ow + ox;
+                                let wi = ((co * cpg + ci) * g.kh + ky) * g.kw + kx;
+                                acc = P::mac(acc, dy, yi, w, wi);
+                            }
+                        }
+                    }
+                    dx[((b * g.cin + c) * g.h + iy) * g.w + ix] = acc;
+                }
+            }
+        }
+    }
+}
+
+fn conv_dw<P: Path>(g: ConvGeom, dy: &Reader<'_>, x: &Reader<'_>, dw: &mut [P::Acc]) {
+    let (cpg, opg) = (g.cpg(), g.opg());
+    for co in 0..g.cout {
+        let c0 = (co / opg) * cpg;
+        for ci in 0..cpg {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let mut acc = P::ZERO;
+                    for b in 0..g.batch {
+                        for oy in 0..g.oh {
+                            let Some(iy) = tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h) else {
+                                continue;
+                            };
+                            for ox in 0..g.ow {
+                                let Some(ix) = tap(ox, kx, g.stride.1, g.pad.1, g.dil.1, g.w)
+                                else {
+                                    continue;
+                                };
+                                let yi = ((b * g.cout + co) * g.oh + oy) * g.ow + ox;
+                                let xi = ((b * g.cin + c0 + ci) * g.h + iy) * g.w + ix;
+                                acc = P::mac(acc, dy, yi, x, xi);
+                            }
+                        }
+                    }
+                    dw[((co * cpg + ci) * g.kh + ky) * g.kw + kx] = acc;
+                }
+            }
+        }
+    }
+}
+
+impl Backend for RefBackend {
+    fn linear(&self, g: LinearGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()> {
+        check(x.v.len(), g.batch * g.inp, "linear input length")?;
+        check(w.v.len(), g.out * g.inp, "linear weight length")?;
+        check(out_len(&y), g.batch * g.out, "linear output length")?;
+        dispatch(
+            x,
+            w,
+            y,
+            |a, b, o| linear_fwd::<IntPath>(g, a, b, o),
+            |a, b, o| linear_fwd::<FloatPath>(g, a, b, o),
+        )
+    }
+
+    fn linear_input_grad(
+        &self,
+        g: LinearGeom,
+        dy: Operand<'_>,
+        w: Operand<'_>,
+        dx: AccOut<'_>,
+    ) -> Result<()> {
+        check(dy.v.len(), g.batch * g.out, "linear output-gradient length")?;
+        check(w.v.len(), g.out * g.inp, "linear weight length")?;
+        check(
+            out_len(&dx),
+            g.batch * g.inp,
+            "linear input-gradient length",
+        )?;
+        dispatch(
+            dy,
+            w,
+            dx,
+            |a, b, o| linear_dx::<IntPath>(g, a, b, o),
+            |a, b, o| linear_dx::<FloatPath>(g, a, b, o),
+        )
+    }
+
+    fn linear_weight_grad(
+        &self,
+        g: LinearGeom,
+        dy: Operand<'_>,
+        x: Operand<'_>,
+        dw: AccOut<'_>,
+    ) -> Result<()> {
+        check(dy.v.len(), g.batch * g.out, "linear output-gradient length")?;
+        check(x.v.len(), g.batch * g.inp, "linear input length")?;
+        check(out_len(&dw), g.out * g.inp, "linear weight-gradient length")?;
+        dispatch(
+            dy,
+            x,
+            dw,
+            |a, b, o| linear_dw::<IntPath>(g, a, b, o),
+            |a, b, o| linear_dw::<FloatPath>(g, a, b, o),
+        )
+    }
+
+    fn conv2d(&self, g: ConvGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()> {
+        g.check()?;
+        check(
+            x.v.len(),
+            g.batch * g.cin * g.h * g.w,
+            "convolution input length",
+        )?;
+        check(
+            w.v.len(),
+            g.cout * g.cpg() * g.kh * g.kw,
+            "convolution weight length",
+        )?;
+        check(
+            out_len(&y),
+            g.batch * g.cout * g.oh * g.ow,
+            "convolution output length",
+        )?;
+        dispatch(
+            x,
+            w,
+            y,
+            |a, b, o| conv_fwd::<IntPath>(g, a, b, o),
+            |a, b, o| conv_fwd::<FloatPath>(g, a, b, o),
+        )
+    }
+
+    fn conv2d_input_grad(
+        &self,
+        g: ConvGeom,
+        dy: Operand<'_>,
+        w: Operand<'_>,
+        dx: AccOut<'_>,
+    ) -> Result<()> {
+        g.check()?;
+        check(
+            dy.v.len(),
+            g.batch * g.cout * g.oh * g.ow,
+            "convolution output-gradient length",
+        )?;
+        check(
+            w.v.len(),
+            g.cout * g.cpg() * g.kh * g.kw,
+            "convolution weight length",
+        )?;
+        check(
+            out_len(&dx),
+            g.batch * g.cin * g.h * g.w,
+            "convolution input-gradient length",
+        )?;
+        dispatch(
+            dy,
+            w,
+            dx,
+            |a, b, o| conv_dx::<IntPath>(g, a, b, o),
+            |a, b, o| conv_dx::<FloatPath>(g, a, b, o),
+        )
+    }
+
+    fn conv2d_weight_grad(
+        &self,
+        g: ConvGeom,
+        dy: Operand<'_>,
+        x: Operand<'_>,
+        dw: AccOut<'_>,
+    ) -> Result<()> {
+        g.check()?;
+        check(
+            dy.v.len(),
+            g.batch * g.cout * g.oh * g.ow,
+            "convolution output-gradient length",
+        )?;
+        check(
+            x.v.len(),
+            g.batch * g.cin * g.h * g.w,
+            "convolution input length",
+        )?;
+        check(
+            out_len(&dw),
+            g.cout * g.cpg() * g.kh * g.kw,
+            "convolution weight-gradient length",
+        )?;
+        dispatch(
+            dy,
+            x,
+            dw,
+            |a, b, o| conv_dw::<IntPath>(g, a, b, o),
+            |a, b, o| conv_dw::<FloatPath>(g, a, b, o),
+        )
+    }
+}
