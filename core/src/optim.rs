@@ -1,7 +1,27 @@
-//! Optimizers that update f32 master parameters.
+//! Optimizers that update master parameters.
 
+use crate::error::Result;
 use crate::layers::Layer;
-use crate::tensor::ParamMut;
+use crate::quant::{self, QuantConfig, Rounding};
+use crate::tensor::{Ctx, ParamMut, GRAD_ID};
+
+/// Keep master values and momentum as fixed-point codes: after every
+/// update each is requantized to `bits` bits with an Auto (Max) scale and
+/// stochastic rounding, so updates much smaller than a step still move the
+/// value in expectation. For devices without an FPU or with little RAM
+/// (nics_fix_pt keeps f32 masters).
+///
+/// In this version the codes are still stored in the parameters' f32
+/// buffers (as exact values), so the RAM saving is not yet realised; the
+/// numbers are those of a fixed-point master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FixedMaster {
+    /// Bits of the master codes (2..=16).
+    pub bits: u8,
+    /// Bits of the momentum codes (2..=16).
+    pub momentum_bits: u8,
+}
 
 /// Stochastic gradient descent with momentum and weight decay, as
 /// `torch.optim.SGD` (no dampening, no Nesterov):
@@ -19,20 +39,69 @@ pub struct Sgd {
     pub momentum: f32,
     /// L2 weight decay.
     pub weight_decay: f32,
+    /// `Some`: fixed-point master values and momentum.
+    pub fixed_master: Option<FixedMaster>,
 }
 
 impl Sgd {
-    /// Update one parameter from its gradient.
-    pub fn update(&self, p: ParamMut<'_>) {
+    /// Plain f32 masters with the given hyper-parameters.
+    pub const fn new(lr: f32, momentum: f32, weight_decay: f32) -> Self {
+        Sgd {
+            lr,
+            momentum,
+            weight_decay,
+            fixed_master: None,
+        }
+    }
+
+    /// Update one parameter from its gradient. With a fixed-point master,
+    /// master and momentum are then requantized with stochastic rounding
+    /// keyed by `(ctx.seed, id | 0x4000_0000 (master) or id | 0x2000_0000
+    /// (momentum), ctx.step)`.
+    ///
+    /// # Errors
+    ///
+    /// A fixed-point master with bits outside `2..=16`, or a non-finite
+    /// master value ([`crate::Error::NonFinite`]); values are updated but
+    /// not requantized then.
+    pub fn update(&self, ctx: &Ctx, p: ParamMut<'_>) -> Result<()> {
         for ((w, m), &g) in p.master.iter_mut().zip(p.momentum.iter_mut()).zip(p.grad) {
             let d = g + self.weight_decay * *w;
             *m = self.momentum * *m + d;
             *w -= self.lr * *m;
         }
+        let Some(fm) = self.fixed_master else {
+            return Ok(());
+        };
+        let id = p.quant.id & !GRAD_ID;
+        for (bits, tag, v) in [
+            (fm.bits, 0x4000_0000, p.master),
+            (fm.momentum_bits, 0x2000_0000, p.momentum),
+        ] {
+            let mut cfg = QuantConfig {
+                rounding: Rounding::Stochastic,
+                ..QuantConfig::auto(bits)
+            };
+            if let Some(f) = cfg.update_scale_f32(v)? {
+                quant::fake_quantize_in_place(v, f, &ctx.rounder(id | tag, Rounding::Stochastic))?;
+            }
+        }
+        Ok(())
     }
 
     /// Update every parameter of `layer` (after its backward pass).
-    pub fn step<L: Layer>(&self, layer: &mut L) {
-        layer.visit_params(&mut |p| self.update(p));
+    ///
+    /// # Errors
+    ///
+    /// The first error of [`Sgd::update`]; later parameters are still updated.
+    pub fn step<L: Layer>(&self, ctx: &Ctx, layer: &mut L) -> Result<()> {
+        let mut result = Ok(());
+        layer.visit_params(&mut |p| {
+            let r = self.update(ctx, p);
+            if result.is_ok() {
+                result = r;
+            }
+        });
+        result
     }
 }

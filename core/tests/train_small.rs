@@ -4,13 +4,13 @@
 
 use fixnn::backend::RefBackend;
 use fixnn::layers::{softmax_cross_entropy, Chain, Layer, Linear, Quant, Relu};
-use fixnn::optim::Sgd;
+use fixnn::optim::{FixedMaster, Sgd};
 use fixnn::tensor::{Ctx, Tensor, S2};
 use fixnn::{QuantConfig, Stream};
 
 const B: usize = 16;
 const D: usize = 8;
-const H: usize = 16;
+const H: usize = 32;
 const K: usize = 4;
 
 type Mlp = Chain<
@@ -22,19 +22,16 @@ fn uniform(s: &Stream, i: u32) -> f32 {
     (s.draw(i) >> 8) as f32 / (1u32 << 24) as f32
 }
 
-/// K Gaussian-ish blobs in D dimensions (sum of uniforms), deterministic.
+/// A problem no linear model solves: `x` uniform in `[-1, 1)^D`; the label
+/// is `2 * [x0 * x1 > 0] + [x0^2 + x1^2 > 0.5]` (XOR of quadrants, and a
+/// ring); the other coordinates are distractors. Deterministic.
 fn sample(seed: u64, n: u32) -> ([f32; D], usize) {
     let s = Stream::new(seed, 999, n);
-    let label = (s.draw(0) % K as u32) as usize;
     let mut x = [0f32; D];
     for (d, v) in x.iter_mut().enumerate() {
-        let centre = if d % K == label { 1.5 } else { -0.5 };
-        let noise: f32 = (0..4)
-            .map(|k| uniform(&s, 1 + (d * 4 + k) as u32))
-            .sum::<f32>()
-            - 2.0;
-        *v = centre + 0.5 * noise;
+        *v = uniform(&s, d as u32) * 2.0 - 1.0;
     }
+    let label = 2 * (x[0] * x[1] > 0.0) as usize + (x[0] * x[0] + x[1] * x[1] > 0.5) as usize;
     (x, label)
 }
 
@@ -63,18 +60,15 @@ fn mlp(bits: u8) -> Mlp {
     )
 }
 
-/// Train for `steps` and return (first-epoch mean loss, last mean loss, accuracy on a fresh pass).
-fn train(net: &mut Mlp, steps: u32) -> (f32, f32, f32) {
+/// Train for `steps`; return the mean loss of the first 10 steps, of the
+/// last 10 steps, and the training accuracy over the last 100 steps.
+fn train(net: &mut Mlp, steps: u32, opt: Sgd) -> (f32, f32, f32) {
     let bk = RefBackend;
-    let opt = Sgd {
-        lr: 0.1,
-        momentum: 0.5,
-        weight_decay: 0.0,
-    };
     let mut x = Tensor::<S2<B, D>>::zeros();
     let mut dlogits = Tensor::<S2<B, K>>::zeros();
     let mut labels = [0usize; B];
     let (mut first, mut last) = (0.0, 0.0);
+    let mut correct = 0;
     for step in 0..steps {
         for b in 0..B {
             let (xs, l) = sample(1, step * B as u32 + b as u32);
@@ -86,34 +80,33 @@ fn train(net: &mut Mlp, steps: u32) -> (f32, f32, f32) {
         net.forward(&bk, &ctx, &x).unwrap();
         let out = softmax_cross_entropy(net.output(), &labels, &mut dlogits).unwrap();
         net.backward(&bk, &ctx, &x, &mut dlogits, None).unwrap();
-        opt.step(net);
+        // Step decay: a fifth of the learning rate for the last third.
+        let o = if step < steps * 2 / 3 {
+            opt
+        } else {
+            Sgd {
+                lr: opt.lr / 5.0,
+                ..opt
+            }
+        };
+        o.step(&ctx, net).unwrap();
         if step < 10 {
             first += out.loss / 10.0;
         }
         if step >= steps - 10 {
             last += out.loss / 10.0;
         }
-    }
-    let mut correct = 0;
-    let evals = 20u32;
-    for e in 0..evals {
-        for b in 0..B {
-            let (xs, l) = sample(1, e * B as u32 + b as u32);
-            x.v[b] = xs;
-            labels[b] = l;
+        if step >= steps - 100 {
+            correct += out.correct;
         }
-        net.forward(&bk, &Ctx::eval(3), &x).unwrap();
-        correct += softmax_cross_entropy(net.output(), &labels, &mut dlogits)
-            .unwrap()
-            .correct;
     }
-    (first, last, correct as f32 / (evals as usize * B) as f32)
+    (first, last, correct as f32 / (100 * B) as f32)
 }
 
 #[test]
 fn mlp_trains_at_8_bits() {
     let mut net = mlp(8);
-    let (first, last, acc) = train(&mut net, 300);
+    let (first, last, acc) = train(&mut net, 2000, Sgd::new(0.1, 0.5, 0.0));
     println!("8 bits: loss {first} -> {last}, accuracy {acc}");
     assert!(acc >= 0.95, "training accuracy {acc}");
     assert!(last < first);
@@ -122,7 +115,31 @@ fn mlp_trains_at_8_bits() {
 #[test]
 fn mlp_loss_falls_at_4_bits() {
     let mut net = mlp(4);
-    let (first, last, acc) = train(&mut net, 300);
+    let (first, last, acc) = train(&mut net, 2000, Sgd::new(0.1, 0.5, 0.0));
     println!("4 bits: loss {first} -> {last}, accuracy {acc}");
     assert!(last < 0.8 * first, "loss {first} -> {last}");
+}
+
+#[test]
+fn mlp_trains_with_a_fixed_point_master() {
+    let mut net = mlp(8);
+    let opt = Sgd {
+        fixed_master: Some(FixedMaster {
+            bits: 12,
+            momentum_bits: 10,
+        }),
+        ..Sgd::new(0.1, 0.5, 0.0)
+    };
+    let (first, last, acc) = train(&mut net, 2000, opt);
+    println!("8 bits, 12-bit master: loss {first} -> {last}, accuracy {acc}");
+    assert!(acc >= 0.95, "training accuracy {acc}");
+    // Every master value is a 12-bit code of its tensor's Auto format.
+    let w = net.b.weight.master.as_flattened();
+    let big = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let mut cfg = fixnn::QuantConfig::auto(12);
+    let f = cfg.update_scale_f32(w).unwrap().unwrap();
+    assert!(big > 0.0);
+    for &v in w {
+        assert_eq!(f.to_f32(f.code_of(v)), v, "{v} is not a 12-bit code");
+    }
 }

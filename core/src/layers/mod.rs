@@ -32,7 +32,7 @@ mod loss;
 pub use activation::{Flatten, Quant, Relu};
 pub use chain::Chain;
 pub use linear::Linear;
-pub use loss::{softmax_cross_entropy, LossOutput};
+pub use loss::{exp_f32, ln_f32, softmax_cross_entropy, LossOutput};
 
 use crate::backend::Backend;
 use crate::error::Result;
