@@ -123,15 +123,32 @@ impl ConvGeom {
                 what: "convolution channels must be multiples of groups",
             });
         }
-        let span_h = self.dil.0 * (self.kh - 1) + 1;
-        let span_w = self.dil.1 * (self.kw - 1) + 1;
-        if self.h + 2 * self.pad.0 < span_h || self.w + 2 * self.pad.1 < span_w {
+        // Checked arithmetic: absurd sizes are an error, never an overflow.
+        let too_big = Err(Error::Shape {
+            what: "convolution sizes overflow usize",
+        });
+        let (Some(dh), Some(dw)) = (
+            self.dil.0.checked_mul(self.kh - 1),
+            self.dil.1.checked_mul(self.kw - 1),
+        ) else {
+            return too_big;
+        };
+        let (Some(ph), Some(pw)) = (self.pad.0.checked_mul(2), self.pad.1.checked_mul(2)) else {
+            return too_big;
+        };
+        let (Some(in_h), Some(in_w)) = (self.h.checked_add(ph), self.w.checked_add(pw)) else {
+            return too_big;
+        };
+        let (Some(span_h), Some(span_w)) = (dh.checked_add(1), dw.checked_add(1)) else {
+            return too_big;
+        };
+        if in_h < span_h || in_w < span_w {
             return Err(Error::Shape {
                 what: "convolution kernel larger than the padded input",
             });
         }
-        let oh = (self.h + 2 * self.pad.0 - span_h) / self.stride.0 + 1;
-        let ow = (self.w + 2 * self.pad.1 - span_w) / self.stride.1 + 1;
+        let oh = (in_h - span_h) / self.stride.0 + 1;
+        let ow = (in_w - span_w) / self.stride.1 + 1;
         if oh != self.oh || ow != self.ow {
             return Err(Error::Shape {
                 what: "convolution output size does not match stride, padding and dilation",
@@ -617,5 +634,64 @@ impl Backend for RefBackend {
             |a, b, o| conv_dw::<IntPath>(g, a, b, o),
             |a, b, o| conv_dw::<FloatPath>(g, a, b, o),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geom() -> ConvGeom {
+        ConvGeom {
+            batch: 1,
+            cin: 2,
+            h: 5,
+            w: 5,
+            cout: 2,
+            kh: 3,
+            kw: 3,
+            oh: 3,
+            ow: 3,
+            stride: (1, 1),
+            pad: (0, 0),
+            dil: (1, 1),
+            groups: 1,
+        }
+    }
+
+    #[test]
+    fn absurd_geometry_is_an_error_not_an_overflow() {
+        assert!(geom().check().is_ok());
+        for g in [
+            ConvGeom {
+                pad: (usize::MAX, 0),
+                ..geom()
+            },
+            ConvGeom {
+                dil: (usize::MAX, 1),
+                ..geom()
+            },
+            ConvGeom {
+                h: usize::MAX,
+                pad: (1, 0),
+                ..geom()
+            },
+            ConvGeom {
+                kh: usize::MAX,
+                dil: (usize::MAX, 1),
+                ..geom()
+            },
+            ConvGeom {
+                groups: 0,
+                ..geom()
+            },
+            ConvGeom {
+                stride: (0, 1),
+                ..geom()
+            },
+            ConvGeom { oh: 4, ..geom() },
+        ] {
+            assert!(g.check().is_err(), "{g:?}");
+        }
     }
 }

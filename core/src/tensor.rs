@@ -648,3 +648,73 @@ pub struct ParamMut<'a> {
     /// Configs and counters.
     pub quant: &'a mut Quantized,
 }
+
+/// A non-trainable tensor kept by a layer (batch-norm running statistics):
+/// values, the format they are exact in, and a data config.
+///
+/// nics_fix_pt quantizes a module's buffers (`running_mean`,
+/// `running_var`) by their own `nf_fix_params` entries; a `Buffer` does the
+/// same with [`Buffer::quantize`]. Buffers receive no gradient: the grad
+/// config in `quant` is unused.
+pub struct Buffer<S: Shape> {
+    /// Values, row-major. Exact multiples of the format's step when `fmt` is `Some`.
+    pub v: S::Buf<f32>,
+    /// The format the values are codes of (`Some` after quantizing by a
+    /// non-`None` config); `None` for full precision.
+    pub fmt: Option<Format>,
+    /// Data config, tensor id (keys stochastic rounding) and counters.
+    pub quant: Quantized,
+}
+
+impl<S: Shape> Clone for Buffer<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S: Shape> Copy for Buffer<S> {}
+
+impl<S: Shape> Buffer<S> {
+    /// Every value `v`, full precision, all configs `None`, tensor id `id`.
+    pub fn filled(id: u32, v: f32) -> Self {
+        Buffer {
+            v: S::filled(v),
+            fmt: None,
+            quant: Quantized::none(id),
+        }
+    }
+
+    /// The values as a flat slice.
+    pub fn flat(&self) -> &[f32] {
+        S::flat(&self.v)
+    }
+
+    /// The values as a flat mutable slice. Writing values that are not
+    /// exact codes of `fmt` breaks the representation: call
+    /// [`Buffer::quantize`] afterwards (or set `fmt` to `None`).
+    pub fn flat_mut(&mut self) -> &mut [f32] {
+        S::flat_mut(&mut self.v)
+    }
+
+    /// Quantize the values in place by the data config, exactly as
+    /// [`Quantized::quantize_data`] does (Auto chooses and stores the scale
+    /// in training mode and acts as Fixed in eval mode; the config's
+    /// rounding, stream `id` at `ctx.step`; saturations are counted in
+    /// `quant.stats`). With `Method::None` the values are left as they are
+    /// and `fmt` becomes `None`. Quantizing values that are already exact
+    /// in the format leaves them unchanged, whatever the rounding.
+    ///
+    /// # Errors
+    ///
+    /// As [`Quantized::quantize_data`]; nothing changes on error.
+    pub fn quantize(&mut self, ctx: &Ctx) -> Result<()> {
+        let v = S::flat_mut(&mut self.v);
+        let (fmt, n) = quantize_in_place(&mut self.quant.cfg, ctx, self.quant.id, v, None)?;
+        if fmt.is_some() {
+            self.quant.stats.data += n;
+            self.quant.stats.data_total += S::LEN as u64;
+        }
+        self.fmt = fmt;
+        Ok(())
+    }
+}

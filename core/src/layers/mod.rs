@@ -25,14 +25,22 @@
 //!   as Fixed and batch norms use running statistics.
 
 mod activation;
+mod batchnorm;
 mod chain;
+mod conv;
+mod convbn;
 mod linear;
 mod loss;
+mod pool;
 
 pub use activation::{Flatten, Quant, Relu};
+pub use batchnorm::{BatchNorm, BatchNorm1d, BatchNorm2d, ChannelShape, ChannelStats};
 pub use chain::Chain;
+pub use conv::Conv2d;
+pub use convbn::ConvBn;
 pub use linear::Linear;
 pub use loss::{exp_f32, ln_f32, softmax_cross_entropy, LossOutput};
+pub use pool::{AvgPool2d, MaxPool2d};
 
 use crate::backend::Backend;
 use crate::error::Result;

@@ -25,14 +25,16 @@
 mod config;
 mod format;
 pub mod mask;
+mod math;
 pub mod range;
 mod rng;
 mod round;
 
 pub use config::{Group, Method, QuantConfig, RangeMethod, Rounding};
 pub use format::{check_storage, pow2_f32, Code, Format, MAX_BITS, MIN_BITS};
+pub use math::{ratio_to_f32, sqrt_f32};
 pub use rng::Stream;
-pub use round::{decompose_f32, requantize_one};
+pub use round::{decompose_f32, requantize_one, requantize_ratio};
 
 use crate::error::{Error, Result};
 
@@ -84,6 +86,24 @@ impl Rounder {
             _ => 0,
         };
         requantize_one(v, exp, format, self.rounding, draw)
+    }
+
+    /// Round the rational `v * 2^exp / div` to a code of `format` as element
+    /// `i` of the slice (global index `base + i`), with [`requantize_ratio`]
+    /// (the same draw as [`Rounder::round`]). Returns `(code, saturated)`.
+    pub fn round_ratio(
+        &self,
+        i: usize,
+        v: i64,
+        exp: i32,
+        div: core::num::NonZeroU32,
+        format: Format,
+    ) -> (i32, bool) {
+        let draw = match self.rounding {
+            Rounding::Stochastic => self.stream.draw(self.base.wrapping_add(i as u32)),
+            _ => 0,
+        };
+        requantize_ratio(v, exp, div, format, self.rounding, draw)
     }
 }
 

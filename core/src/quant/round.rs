@@ -6,6 +6,8 @@
 //! quantizing f32 and requantizing integers share this code and there is no
 //! float rounding anywhere.
 
+use core::num::NonZeroU32;
+
 use super::config::Rounding;
 use super::format::Format;
 
@@ -64,6 +66,87 @@ pub fn requantize_one(
         shift_right_round(v, shift.min(96) as u32, rounding, draw)
     };
     format.saturate(q)
+}
+
+/// The value of `v * 2^exp / div` rounded to a code of `format`: the
+/// rational counterpart of [`requantize_one`] (an average of codes, for
+/// example), every rounding applied to the exact quotient.
+///
+/// With `x = v * 2^(exp - format.step_exp()) / div` the exact value in steps:
+/// * `NearestEven`, `NearestAway`: the nearest integer to `x`, ties as named;
+/// * `Floor`: `floor(x)`;
+/// * `Stochastic`: `floor((floor(x * 2^32) + draw) / 2^32)`: `x` truncated
+///   to 32 fraction bits plus the 32-bit draw, then floor. It rounds up with
+///   probability `floor(frac(x) * 2^32) / 2^32`, within `2^-32` of `frac(x)`.
+///   For `div = 1` this is exactly [`requantize_one`]'s rule;
+/// * the result saturates to `[min_code, max_code]`.
+///
+/// For `div = 2^j` the result equals `requantize_one(v, exp - j, ..)` for
+/// every input and draw. Returns `(code, saturated)`. Never panics: every
+/// intermediate fits `i128`/`u128` (a quotient below `2^-33` steps, or above
+/// `2^30` steps, is decided by its sign alone, which gives the same result).
+///
+/// # Examples
+///
+/// ```
+/// use core::num::NonZeroU32;
+/// use fixnn::{Format, Rounding};
+/// use fixnn::quant::requantize_ratio;
+/// let f = Format::new(8, 7)?; // step 1
+/// let nine = NonZeroU32::new(9).unwrap();
+/// // 13 / 9 = 1.44..., -13 / 9 = -1.44...
+/// assert_eq!(requantize_ratio(13, 0, nine, f, Rounding::NearestEven, 0), (1, false));
+/// assert_eq!(requantize_ratio(-13, 0, nine, f, Rounding::Floor, 0), (-2, false));
+/// // 27 / 18 = 1.5 exactly: a tie
+/// let e18 = NonZeroU32::new(18).unwrap();
+/// assert_eq!(requantize_ratio(27, 0, e18, f, Rounding::NearestEven, 0), (2, false));
+/// assert_eq!(requantize_ratio(-27, 0, e18, f, Rounding::NearestAway, 0), (-2, false));
+/// # Ok::<(), fixnn::Error>(())
+/// ```
+pub fn requantize_ratio(
+    v: i64,
+    exp: i32,
+    div: NonZeroU32,
+    format: Format,
+    rounding: Rounding,
+    draw: u32,
+) -> (i32, bool) {
+    if v == 0 {
+        return (0, false);
+    }
+    let d = div.get() as i128;
+    let left = exp as i64 - format.step_exp() as i64; // x = v * 2^left / d
+    let (num, den) = if left >= 0 {
+        // |x| >= 2^62 / 2^32 saturates whatever the shift above 62.
+        ((v as i128) << left.min(62), d)
+    } else {
+        let right = -left;
+        let d_bits = 128 - d.leading_zeros() as i64;
+        if right + d_bits > 96 {
+            // den >= 2^96: |x| < 2^63 / 2^96 = 2^-33.
+            let q = match (rounding, v < 0) {
+                (_, false) | (Rounding::NearestEven | Rounding::NearestAway, true) => 0,
+                (Rounding::Floor, true) => -1,
+                (Rounding::Stochastic, true) => -((draw == 0) as i128),
+            };
+            return format.saturate(q);
+        }
+        (v as i128, d << right)
+    };
+    // den < 2^96 and |num| < 2^125 from here on.
+    let floor = num.div_euclid(den);
+    let rem = num.rem_euclid(den); // in [0, den)
+    let up = match rounding {
+        Rounding::Floor => false,
+        Rounding::NearestEven => 2 * rem > den || (2 * rem == den && floor & 1 == 1),
+        // A tie is floor + 0.5: away from zero is up iff that is positive.
+        Rounding::NearestAway => 2 * rem > den || (2 * rem == den && floor >= 0),
+        Rounding::Stochastic => {
+            let frac32 = ((rem as u128) << 32) / den as u128; // < 2^32
+            frac32 + draw as u128 >= 1 << 32
+        }
+    };
+    format.saturate(floor + up as i128)
 }
 
 /// `v / 2^shift` rounded to an integer; `1 <= shift <= 96`, `|v| < 2^63`.
@@ -233,6 +316,121 @@ mod tests {
         assert_eq!(requantize_one(1, -1000, f, Rounding::Floor, 0), (0, false));
         assert_eq!(
             requantize_one(1, 1000, f, Rounding::Floor, 0),
+            (32767, true)
+        );
+    }
+
+    const ALL: [Rounding; 4] = [
+        Rounding::NearestEven,
+        Rounding::NearestAway,
+        Rounding::Floor,
+        Rounding::Stochastic,
+    ];
+
+    fn nz(d: u32) -> NonZeroU32 {
+        NonZeroU32::new(d).unwrap()
+    }
+
+    #[test]
+    fn ratio_matches_an_f64_reference() {
+        // |x| <= 2^24 and den < 2^17: f64 division cannot move x across an
+        // integer or a half, so its floor and roundings are the exact ones.
+        let f = Format::new(16, 15).unwrap(); // step 1
+        for d in 1..=20u32 {
+            for exp in -12..=12 {
+                for v in (-300i64..=300).chain([4095, -4096, 1234, -777]) {
+                    let x = v as f64 * 2f64.powi(exp) / d as f64;
+                    for (r, want) in [
+                        (Rounding::NearestEven, x.round_ties_even()),
+                        (Rounding::NearestAway, x.round()),
+                        (Rounding::Floor, x.floor()),
+                    ] {
+                        let got = requantize_ratio(v, exp, nz(d), f, r, 0);
+                        assert_eq!(got, f.saturate(want as i128), "{v} 2^{exp} / {d} {r:?}");
+                    }
+                    // Stochastic: floor with draw 0, ceiling with the largest draw.
+                    let lo = requantize_ratio(v, exp, nz(d), f, Rounding::Stochastic, 0);
+                    let hi = requantize_ratio(v, exp, nz(d), f, Rounding::Stochastic, u32::MAX);
+                    assert_eq!(lo, f.saturate(x.floor() as i128));
+                    assert_eq!(hi, f.saturate(x.ceil() as i128));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ratio_by_a_power_of_two_is_requantize_one() {
+        let s = super::super::Stream::new(3, 4, 5);
+        let f = Format::new(6, 0).unwrap();
+        for j in 0..=31u32 {
+            for (k, v) in [-1000i64, -33, -1, 1, 7, 64, 999, i64::MIN, i64::MAX]
+                .into_iter()
+                .enumerate()
+            {
+                for exp in [
+                    i32::MIN,
+                    -300,
+                    -130,
+                    -90,
+                    -40,
+                    -9,
+                    -3,
+                    0,
+                    5,
+                    60,
+                    300,
+                    i32::MAX,
+                ] {
+                    for r in ALL {
+                        let draw = s.draw((j * 1000 + k as u32) ^ exp as u32);
+                        let want = requantize_one(v, exp.saturating_sub(j as i32), f, r, draw);
+                        let got = requantize_ratio(v, exp, nz(1 << j), f, r, draw);
+                        assert_eq!(got, want, "{v} 2^{exp} / 2^{j} {r:?} draw {draw}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ratio_stochastic_rounds_up_with_the_fraction() {
+        // 1/3 and 2/3 of a step: rounds up in about a third / two thirds of the draws.
+        let f = Format::new(8, 7).unwrap();
+        let s = super::super::Stream::new(9, 1, 0);
+        let n = 30_000u32;
+        for (v, p) in [(1i64, 1.0 / 3.0), (2, 2.0 / 3.0), (-1, 2.0 / 3.0)] {
+            let ups = (0..n)
+                .filter(|&i| {
+                    let (q, _) = requantize_ratio(v, 0, nz(3), f, Rounding::Stochastic, s.draw(i));
+                    q == (v as f64 / 3.0).ceil() as i32
+                })
+                .count() as f64;
+            let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+            assert!((ups - n as f64 * p).abs() < 6.0 * sigma, "{v}/3: {ups}");
+        }
+    }
+
+    #[test]
+    fn ratio_extremes_do_not_panic() {
+        let f = Format::new(16, 0).unwrap();
+        for r in ALL {
+            for v in [i64::MIN, -1, 0, 1, i64::MAX] {
+                for exp in [i32::MIN, -10_000, -200, 0, 200, i32::MAX] {
+                    for d in [1, 3, 1 << 31, u32::MAX] {
+                        for draw in [0, u32::MAX] {
+                            let (q, _) = requantize_ratio(v, exp, nz(d), f, r, draw);
+                            assert!((-32768..=32767).contains(&q));
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            requantize_ratio(-1, -1000, nz(7), f, Rounding::Floor, 0),
+            (-1, false)
+        );
+        assert_eq!(
+            requantize_ratio(1, 1000, nz(u32::MAX), f, Rounding::Floor, 0),
             (32767, true)
         );
     }
