@@ -1,11 +1,10 @@
 //! [`Conv2d`]: a 2-D convolution with stride, padding, dilation and groups
 //! (nics_fix_pt's `Conv2d_fix`).
 
-use super::linear::{acc_bits, align_to, sum_exp};
+use super::product;
 use super::Layer;
-use crate::backend::{product_exp, AccOut, Backend, ConvGeom};
+use crate::backend::{Backend, ConvGeom};
 use crate::error::{Error, Result};
-use crate::quant::acc_to_f32;
 use crate::tensor::{Act, Ctx, Param, ParamMut, Tensor, ID_STRIDE, S1, S4};
 
 /// A 2-D convolution, batch `B`:
@@ -197,52 +196,17 @@ impl<
         }
         let g = self.geom;
         let (xo, wo) = (x.operand(), self.weight.q.operand());
-        let bias_fmt = if self.use_bias { self.bias.q.fmt } else { None };
-        match product_exp(xo, wo) {
-            Some(e) if bias_fmt.is_some() || !self.use_bias => {
-                bk.conv2d(g, xo, wo, AccOut::Int(flat4_mut(&mut self.acc)))?;
-                let mut exp = e;
-                if let Some(bf) = bias_fmt {
-                    let bits = acc_bits(xo.fmt, wo.fmt, CPG * KH * KW);
-                    exp = sum_exp(e, bf.step_exp(), bits);
-                    let up = (e - exp) as u32;
-                    for img in self.acc.iter_mut() {
-                        for (plane, &b) in img.iter_mut().zip(&self.bias.q.v) {
-                            let bias = align_to(bf.code_of(b) as i64, bf.step_exp(), exp);
-                            for a in plane.as_flattened_mut() {
-                                *a = (*a << up).saturating_add(bias);
-                            }
-                        }
-                    }
-                }
-                self.out.set_from_acc(ctx, flat4(&self.acc), exp)
-            }
-            Some(e) => {
-                // Integer products, full-precision bias: finish in f32.
-                bk.conv2d(g, xo, wo, AccOut::Int(flat4_mut(&mut self.acc)))?;
-                for (yimg, aimg) in self.out.t.v.iter_mut().zip(&self.acc) {
-                    for ((yp, ap), &b) in yimg.iter_mut().zip(aimg).zip(&self.bias.q.v) {
-                        for (y, &a) in yp.as_flattened_mut().iter_mut().zip(ap.as_flattened()) {
-                            *y = acc_to_f32(a, e) + b;
-                        }
-                    }
-                }
-                self.out.quantize(ctx)
-            }
-            None => {
-                bk.conv2d(g, xo, wo, AccOut::Float(self.out.t.flat_mut()))?;
-                if self.use_bias {
-                    for img in self.out.t.v.iter_mut() {
-                        for (plane, &b) in img.iter_mut().zip(&self.bias.q.v) {
-                            for y in plane.as_flattened_mut() {
-                                *y += b;
-                            }
-                        }
-                    }
-                }
-                self.out.quantize(ctx)
-            }
-        }
+        let bias = self.use_bias.then_some(&self.bias.q);
+        let acc = flat4_mut(&mut self.acc);
+        let p = product::Products {
+            x: xo,
+            w: wo,
+            k: CPG * KH * KW,
+            spatial: OH * OW,
+        };
+        product::forward(ctx, &mut self.out, acc, bias, p, |o| {
+            bk.conv2d(g, xo, wo, o)
+        })
     }
 
     fn output(&self) -> &Tensor<S4<B, COUT, OH, OW>> {
@@ -259,57 +223,20 @@ impl<
     ) -> Result<()> {
         self.out.prepare_grad(ctx, dy)?;
         let g = self.geom;
-        let dyo = dy.operand();
+        let (dyo, xo) = (dy.operand(), x.operand());
         if self.use_bias {
-            match dy.fmt {
-                Some(f) => {
-                    let mut sums = [0i64; COUT];
-                    for img in dy.v.iter() {
-                        for (s, plane) in sums.iter_mut().zip(img) {
-                            for &v in plane.as_flattened() {
-                                *s += f.code_of(v) as i64;
-                            }
-                        }
-                    }
-                    self.bias.set_grad_acc(ctx, &sums, f.step_exp())?;
-                }
-                None => {
-                    let sums = &mut self.bias.grad.v;
-                    sums.fill(0.0);
-                    for img in dy.v.iter() {
-                        for (s, plane) in sums.iter_mut().zip(img) {
-                            for &v in plane.as_flattened() {
-                                *s += v;
-                            }
-                        }
-                    }
-                    self.bias.finish_grad(ctx)?;
-                }
-            }
+            product::bias_grad(ctx, &mut self.bias, dy, OH * OW)?;
         }
-        match product_exp(dyo, x.operand()) {
-            Some(e) => {
-                let wacc = flat4_mut(&mut self.wacc);
-                bk.conv2d_weight_grad(g, dyo, x.operand(), AccOut::Int(wacc))?;
-                self.weight.set_grad_acc(ctx, flat4(&self.wacc), e)?;
-            }
-            None => {
-                let dw = self.weight.grad.flat_mut();
-                bk.conv2d_weight_grad(g, dyo, x.operand(), AccOut::Float(dw))?;
-                self.weight.finish_grad(ctx)?;
-            }
-        }
+        let wacc = flat4_mut(&mut self.wacc);
+        product::weight_grad(ctx, &mut self.weight, wacc, dyo, xo, |o| {
+            bk.conv2d_weight_grad(g, dyo, xo, o)
+        })?;
         if let Some(dx) = dx {
             let wo = self.weight.q.operand();
-            match product_exp(dyo, wo) {
-                Some(e) => {
-                    bk.conv2d_input_grad(g, dyo, wo, AccOut::Int(flat4_mut(&mut self.xacc)))?;
-                    for (d, &a) in dx.flat_mut().iter_mut().zip(flat4(&self.xacc)) {
-                        *d = acc_to_f32(a, e);
-                    }
-                }
-                None => bk.conv2d_input_grad(g, dyo, wo, AccOut::Float(dx.flat_mut()))?,
-            }
+            let xacc = flat4_mut(&mut self.xacc);
+            product::input_grad(dx.flat_mut(), xacc, dyo, wo, |o| {
+                bk.conv2d_input_grad(g, dyo, wo, o)
+            })?;
             dx.fmt = None;
         }
         Ok(())

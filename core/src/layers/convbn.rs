@@ -3,24 +3,13 @@
 //! training sees the quantized weights a deployed, folded layer uses.
 
 use super::batchnorm::{update_running, ChannelStats};
-use super::linear::{acc_bits, align_to, sum_exp};
+use super::conv::{flat4, flat4_mut};
+use super::product;
 use super::Layer;
 use crate::backend::{product_exp, AccOut, Backend, ConvGeom, Operand};
 use crate::error::{Error, Result};
 use crate::quant::acc_to_f32;
 use crate::tensor::{Act, Buffer, Ctx, Param, ParamMut, Tensor, ID_STRIDE, S1, S4};
-
-fn flat4<T, const A: usize, const B: usize, const C: usize, const D: usize>(
-    b: &[[[[T; D]; C]; B]; A],
-) -> &[T] {
-    b.as_flattened().as_flattened().as_flattened()
-}
-
-fn flat4_mut<T, const A: usize, const B: usize, const C: usize, const D: usize>(
-    b: &mut [[[[T; D]; C]; B]; A],
-) -> &mut [T] {
-    b.as_flattened_mut().as_flattened_mut().as_flattened_mut()
-}
 
 /// Convolution + batch norm, folded: `y = conv(x, Q(w * s)) + Q(beta - mean * s)`
 /// with `s = gamma / sqrt(var + eps)` per output channel.
@@ -291,48 +280,18 @@ impl<
         x: &Tensor<S4<B, CIN, H, W>>,
     ) -> Result<()> {
         let (xo, wo) = (x.operand(), self.weight.q.operand());
-        let bias = &self.bias.q.v;
-        match (product_exp(xo, wo), self.bias.q.fmt) {
-            (Some(e), Some(bf)) => {
-                bk.conv2d(self.geom, xo, wo, AccOut::Int(flat4_mut(&mut self.acc)))?;
-                let bits = acc_bits(xo.fmt, wo.fmt, CPG * KH * KW);
-                let exp = sum_exp(e, bf.step_exp(), bits);
-                let up = (e - exp) as u32;
-                for item in self.acc.iter_mut() {
-                    for (ch, &b) in item.iter_mut().zip(bias) {
-                        let b = align_to(bf.code_of(b) as i64, bf.step_exp(), exp);
-                        for a in ch.as_flattened_mut() {
-                            *a = (*a << up).saturating_add(b);
-                        }
-                    }
-                }
-                self.out.set_from_acc(ctx, flat4(&self.acc), exp)
-            }
-            (Some(e), None) => {
-                // Integer products, full-precision bias: finish in f32.
-                bk.conv2d(self.geom, xo, wo, AccOut::Int(flat4_mut(&mut self.acc)))?;
-                for (item, aitem) in self.out.t.v.iter_mut().zip(&self.acc) {
-                    for ((ch, ach), &b) in item.iter_mut().zip(aitem).zip(bias) {
-                        let pairs = ch.as_flattened_mut().iter_mut().zip(ach.as_flattened());
-                        for (y, &a) in pairs {
-                            *y = acc_to_f32(a, e) + b;
-                        }
-                    }
-                }
-                self.out.quantize(ctx)
-            }
-            (None, _) => {
-                bk.conv2d(self.geom, xo, wo, AccOut::Float(self.out.t.flat_mut()))?;
-                for item in self.out.t.v.iter_mut() {
-                    for (ch, &b) in item.iter_mut().zip(bias) {
-                        for y in ch.as_flattened_mut() {
-                            *y += b;
-                        }
-                    }
-                }
-                self.out.quantize(ctx)
-            }
-        }
+        let g = self.geom;
+        let acc = flat4_mut(&mut self.acc);
+        let bias = Some(&self.bias.q);
+        let p = product::Products {
+            x: xo,
+            w: wo,
+            k: CPG * KH * KW,
+            spatial: OH * OW,
+        };
+        product::forward(ctx, &mut self.out, acc, bias, p, |o| {
+            bk.conv2d(g, xo, wo, o)
+        })
     }
 }
 
@@ -517,15 +476,10 @@ impl<
             return Ok(());
         };
         let wo = self.weight.q.operand();
-        match product_exp(dyo, wo) {
-            Some(e) => {
-                bk.conv2d_input_grad(g, dyo, wo, AccOut::Int(flat4_mut(&mut self.xacc)))?;
-                for (d, &a) in dx.flat_mut().iter_mut().zip(flat4(&self.xacc)) {
-                    *d = acc_to_f32(a, e);
-                }
-            }
-            None => bk.conv2d_input_grad(g, dyo, wo, AccOut::Float(dx.flat_mut()))?,
-        }
+        let xacc = flat4_mut(&mut self.xacc);
+        product::input_grad(dx.flat_mut(), xacc, dyo, wo, |o| {
+            bk.conv2d_input_grad(g, dyo, wo, o)
+        })?;
         if st.batch {
             let gz = Operand {
                 v: flat4(&self.z),

@@ -1,7 +1,8 @@
 //! [`Linear`]: a fully connected layer (nics_fix_pt's `Linear_fix`).
 
+use super::product;
 use super::Layer;
-use crate::backend::{product_exp, AccOut, Backend, LinearGeom};
+use crate::backend::{Backend, LinearGeom};
 use crate::error::Result;
 use crate::tensor::{Act, Ctx, Param, ParamMut, Tensor, ID_STRIDE, S1, S2};
 
@@ -63,48 +64,6 @@ impl<const IN: usize, const OUT: usize, const B: usize> Linear<IN, OUT, B> {
     };
 }
 
-/// Bits an accumulator of `k` products of codes of `a` and `b` can need,
-/// sign included: `(bits_a - 1) + (bits_b - 1) + ceil(log2 k) + 1`.
-pub(crate) fn acc_bits(
-    a: Option<crate::quant::Format>,
-    b: Option<crate::quant::Format>,
-    k: usize,
-) -> u32 {
-    let bits = |f: Option<crate::quant::Format>| f.map_or(16, |f| f.bits() as u32);
-    let log_k = usize::BITS - k.saturating_sub(1).leading_zeros();
-    bits(a) - 1 + bits(b) - 1 + log_k + 1
-}
-
-/// The exponent at which products (exponent `e`, needing `acc_bits`) and a
-/// bias (exponent `eb`) are summed: the finer of the two when the shifted
-/// accumulator still fits 62 bits (the sum is then exact), else `e` (the
-/// bias is rounded to it).
-pub(crate) fn sum_exp(e: i32, eb: i32, acc_bits: u32) -> i32 {
-    if eb < e && acc_bits as i64 + (e - eb) as i64 <= 62 {
-        eb
-    } else {
-        e
-    }
-}
-
-/// `code * 2^from` expressed at exponent `to` (see [`Linear`]'s bias rule).
-pub(crate) fn align_to(code: i64, from: i32, to: i32) -> i64 {
-    if from >= to {
-        let s = (from - to).min(46) as u32;
-        code << s
-    } else {
-        let s = (to - from).min(62) as u32;
-        let floor = code >> s;
-        let rem = code - (floor << s);
-        let half = 1i64 << (s - 1);
-        if rem > half || (rem == half && floor & 1 == 1) {
-            floor + 1
-        } else {
-            floor
-        }
-    }
-}
-
 impl<const IN: usize, const OUT: usize, const B: usize> Layer for Linear<IN, OUT, B> {
     type In = S2<B, IN>;
     type Out = S2<B, OUT>;
@@ -115,51 +74,17 @@ impl<const IN: usize, const OUT: usize, const B: usize> Layer for Linear<IN, OUT
             self.bias.refresh(ctx)?;
         }
         let (xo, wo) = (x.operand(), self.weight.q.operand());
-        let bias_fmt = if self.use_bias { self.bias.q.fmt } else { None };
-        match product_exp(xo, wo) {
-            Some(e) if bias_fmt.is_some() || !self.use_bias => {
-                bk.linear(Self::GEOM, xo, wo, AccOut::Int(self.acc.as_flattened_mut()))?;
-                let mut exp = e;
-                if let Some(bf) = bias_fmt {
-                    let bits = acc_bits(xo.fmt, wo.fmt, IN);
-                    exp = sum_exp(e, bf.step_exp(), bits);
-                    let up = (e - exp) as u32;
-                    for row in self.acc.iter_mut() {
-                        for (a, &b) in row.iter_mut().zip(&self.bias.q.v) {
-                            let bias = align_to(bf.code_of(b) as i64, bf.step_exp(), exp);
-                            *a = (*a << up).saturating_add(bias);
-                        }
-                    }
-                }
-                self.out.set_from_acc(ctx, self.acc.as_flattened(), exp)
-            }
-            Some(e) => {
-                // Integer products, full-precision bias: finish in f32.
-                bk.linear(Self::GEOM, xo, wo, AccOut::Int(self.acc.as_flattened_mut()))?;
-                for (row, arow) in self.out.t.v.iter_mut().zip(&self.acc) {
-                    for ((y, &a), &b) in row.iter_mut().zip(arow).zip(&self.bias.q.v) {
-                        *y = crate::quant::acc_to_f32(a, e) + b;
-                    }
-                }
-                self.out.quantize(ctx)
-            }
-            None => {
-                bk.linear(
-                    Self::GEOM,
-                    xo,
-                    wo,
-                    AccOut::Float(self.out.t.v.as_flattened_mut()),
-                )?;
-                if self.use_bias {
-                    for row in self.out.t.v.iter_mut() {
-                        for (y, &b) in row.iter_mut().zip(&self.bias.q.v) {
-                            *y += b;
-                        }
-                    }
-                }
-                self.out.quantize(ctx)
-            }
-        }
+        let bias = self.use_bias.then_some(&self.bias.q);
+        let acc = self.acc.as_flattened_mut();
+        let p = product::Products {
+            x: xo,
+            w: wo,
+            k: IN,
+            spatial: 1,
+        };
+        product::forward(ctx, &mut self.out, acc, bias, p, |o| {
+            bk.linear(Self::GEOM, xo, wo, o)
+        })
     }
 
     fn output(&self) -> &Tensor<S2<B, OUT>> {
@@ -175,66 +100,20 @@ impl<const IN: usize, const OUT: usize, const B: usize> Layer for Linear<IN, OUT
         dx: Option<&mut Tensor<S2<B, IN>>>,
     ) -> Result<()> {
         self.out.prepare_grad(ctx, dy)?;
-        let dyo = dy.operand();
+        let (dyo, xo) = (dy.operand(), x.operand());
         if self.use_bias {
-            match dy.fmt {
-                Some(f) => {
-                    let mut sums = [0i64; OUT];
-                    for row in dy.v.iter() {
-                        for (s, &g) in sums.iter_mut().zip(row) {
-                            *s += f.code_of(g) as i64;
-                        }
-                    }
-                    self.bias.set_grad_acc(ctx, &sums, f.step_exp())?;
-                }
-                None => {
-                    let g = &mut self.bias.grad.v;
-                    g.fill(0.0);
-                    for row in dy.v.iter() {
-                        for (s, &v) in g.iter_mut().zip(row) {
-                            *s += v;
-                        }
-                    }
-                    self.bias.finish_grad(ctx)?;
-                }
-            }
+            product::bias_grad(ctx, &mut self.bias, dy, 1)?;
         }
-        match product_exp(dyo, x.operand()) {
-            Some(e) => {
-                bk.linear_weight_grad(
-                    Self::GEOM,
-                    dyo,
-                    x.operand(),
-                    AccOut::Int(self.wacc.as_flattened_mut()),
-                )?;
-                self.weight.set_grad_acc(ctx, self.wacc.as_flattened(), e)?;
-            }
-            None => {
-                bk.linear_weight_grad(
-                    Self::GEOM,
-                    dyo,
-                    x.operand(),
-                    AccOut::Float(self.weight.grad.v.as_flattened_mut()),
-                )?;
-                self.weight.finish_grad(ctx)?;
-            }
-        }
+        let wacc = self.wacc.as_flattened_mut();
+        product::weight_grad(ctx, &mut self.weight, wacc, dyo, xo, |o| {
+            bk.linear_weight_grad(Self::GEOM, dyo, xo, o)
+        })?;
         if let Some(dx) = dx {
             let wo = self.weight.q.operand();
-            match product_exp(dyo, wo) {
-                Some(e) => {
-                    bk.linear_input_grad(
-                        Self::GEOM,
-                        dyo,
-                        wo,
-                        AccOut::Int(self.xacc.as_flattened_mut()),
-                    )?;
-                    for (d, &a) in dx.flat_mut().iter_mut().zip(self.xacc.as_flattened()) {
-                        *d = crate::quant::acc_to_f32(a, e);
-                    }
-                }
-                None => bk.linear_input_grad(Self::GEOM, dyo, wo, AccOut::Float(dx.flat_mut()))?,
-            }
+            let xacc = self.xacc.as_flattened_mut();
+            product::input_grad(dx.flat_mut(), xacc, dyo, wo, |o| {
+                bk.linear_input_grad(Self::GEOM, dyo, wo, o)
+            })?;
             dx.fmt = None;
         }
         Ok(())

@@ -32,6 +32,7 @@ mod convbn;
 mod linear;
 mod loss;
 mod pool;
+mod product;
 
 pub use activation::{Flatten, Quant, Relu};
 pub use batchnorm::{BatchNorm, BatchNorm1d, BatchNorm2d, ChannelShape, ChannelStats};
