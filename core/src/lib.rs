@@ -27,6 +27,7 @@
 //! * [`tensor`]: statically sized tensors, activations and parameters.
 //! * [`backend`]: the compute operations and the sequential reference backend.
 //! * [`layers`]: layers with forward and backward passes, and the loss.
+//! * [`model`]: named tensors, config trees, tables and states.
 //! * [`optim`]: SGD on f32 master parameters.
 //! * [`error`]: the error type shared by every module.
 #![no_std]
@@ -39,6 +40,7 @@ extern crate std;
 pub mod backend;
 pub mod error;
 pub mod layers;
+pub mod model;
 pub mod optim;
 pub mod quant;
 pub mod tensor;

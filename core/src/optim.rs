@@ -2,8 +2,9 @@
 
 use crate::error::Result;
 use crate::layers::Layer;
+use crate::model::{Kind, ParamState, TensorMut, Visitor};
 use crate::quant::{self, QuantConfig, Rounding};
-use crate::tensor::{Ctx, ParamMut, GRAD_ID};
+use crate::tensor::{Ctx, GRAD_ID};
 
 /// Keep master values and momentum as fixed-point codes: after every
 /// update each is requantized to `bits` bits with an Auto (Max) scale and
@@ -54,17 +55,18 @@ impl Sgd {
         }
     }
 
-    /// Update one parameter from its gradient. With a fixed-point master,
-    /// master and momentum are then requantized with stochastic rounding
-    /// keyed by `(ctx.seed, id | 0x4000_0000 (master) or id | 0x2000_0000
-    /// (momentum), ctx.step)`.
+    /// Update one parameter (master values, momentum, gradient; `id` keys
+    /// the stochastic rounding of a fixed-point master). With a fixed-point
+    /// master, master and momentum are then requantized with stochastic
+    /// rounding keyed by `(ctx.seed, id | 0x4000_0000 (master) or
+    /// id | 0x2000_0000 (momentum), ctx.step)`.
     ///
     /// # Errors
     ///
     /// A fixed-point master with bits outside `2..=16`, or a non-finite
     /// master value ([`crate::Error::NonFinite`]); values are updated but
     /// not requantized then.
-    pub fn update(&self, ctx: &Ctx, p: ParamMut<'_>) -> Result<()> {
+    pub fn update(&self, ctx: &Ctx, id: u32, p: ParamState<'_>) -> Result<()> {
         for ((w, m), &g) in p.master.iter_mut().zip(p.momentum.iter_mut()).zip(p.grad) {
             let d = g + self.weight_decay * *w;
             *m = self.momentum * *m + d;
@@ -73,7 +75,7 @@ impl Sgd {
         let Some(fm) = self.fixed_master else {
             return Ok(());
         };
-        let id = p.quant.id & !GRAD_ID;
+        let id = id & !GRAD_ID;
         for (bits, tag, v) in [
             (fm.bits, 0x4000_0000, p.master),
             (fm.momentum_bits, 0x2000_0000, p.momentum),
@@ -89,19 +91,36 @@ impl Sgd {
         Ok(())
     }
 
-    /// Update every parameter of `layer` (after its backward pass).
+    /// Update every parameter of `model` (after its backward pass), in the
+    /// order of [`Layer::visit`].
     ///
     /// # Errors
     ///
     /// The first error of [`Sgd::update`]; later parameters are still updated.
-    pub fn step<L: Layer>(&self, ctx: &Ctx, layer: &mut L) -> Result<()> {
-        let mut result = Ok(());
-        layer.visit_params(&mut |p| {
-            let r = self.update(ctx, p);
-            if result.is_ok() {
-                result = r;
+    pub fn step<L: Layer>(&self, ctx: &Ctx, model: &mut L) -> Result<()> {
+        struct Step<'a> {
+            opt: &'a Sgd,
+            ctx: &'a Ctx,
+            result: Result<()>,
+        }
+        impl Visitor for Step<'_> {
+            fn enter(&mut self, _: &str) {}
+            fn leave(&mut self) {}
+            fn tensor(&mut self, t: TensorMut<'_>) {
+                if let (Kind::Param, Some(p)) = (t.kind, t.param) {
+                    let r = self.opt.update(self.ctx, t.quant.id, p);
+                    if self.result.is_ok() {
+                        self.result = r;
+                    }
+                }
             }
-        });
-        result
+        }
+        let mut s = Step {
+            opt: self,
+            ctx,
+            result: Ok(()),
+        };
+        model.visit(&mut s);
+        s.result
     }
 }

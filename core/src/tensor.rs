@@ -17,6 +17,7 @@
 //! between layers are compile errors.
 
 use crate::error::{Error, Result};
+use crate::model::{Kind, ParamState, TensorMut};
 use crate::quant::{self, Format, QuantConfig, Rounder, Stream};
 
 /// A tensor shape known at compile time, with buffers of any element type.
@@ -503,6 +504,19 @@ impl<S: Shape> Act<S> {
         self.quantize(ctx)
     }
 
+    /// This output as a named tensor of a layer of type `layer_type`.
+    pub fn tensor_mut(&mut self, layer_type: &'static str, name: &'static str) -> TensorMut<'_> {
+        TensorMut {
+            layer_type,
+            name,
+            kind: Kind::Activation,
+            quant: &mut self.quant,
+            values: S::flat_mut(&mut self.t.v),
+            fmt: &mut self.t.fmt,
+            param: None,
+        }
+    }
+
     /// Prepare an incoming gradient `dy` (with respect to this output) in
     /// place: zero it where the forward pass saturated (straight-through
     /// estimator), then quantize it by the grad config. A `dy` that is
@@ -626,27 +640,22 @@ impl<S: Shape> Param<S> {
         }
     }
 
-    /// The view an optimizer updates.
-    pub fn view(&mut self) -> ParamMut<'_> {
-        ParamMut {
-            master: S::flat_mut(&mut self.master),
-            momentum: S::flat_mut(&mut self.momentum),
-            grad: S::flat(&self.grad.v),
+    /// This parameter as a named tensor of a layer of type `layer_type`.
+    pub fn tensor_mut(&mut self, layer_type: &'static str, name: &'static str) -> TensorMut<'_> {
+        TensorMut {
+            layer_type,
+            name,
+            kind: Kind::Param,
             quant: &mut self.quant,
+            values: S::flat_mut(&mut self.q.v),
+            fmt: &mut self.q.fmt,
+            param: Some(ParamState {
+                master: S::flat_mut(&mut self.master),
+                momentum: S::flat_mut(&mut self.momentum),
+                grad: S::flat(&self.grad.v),
+            }),
         }
     }
-}
-
-/// What an optimizer sees of one parameter.
-pub struct ParamMut<'a> {
-    /// Master values, updated in place.
-    pub master: &'a mut [f32],
-    /// Optimizer state (SGD momentum), updated in place.
-    pub momentum: &'a mut [f32],
-    /// Gradient with respect to the master values.
-    pub grad: &'a [f32],
-    /// Configs and counters.
-    pub quant: &'a mut Quantized,
 }
 
 /// A non-trainable tensor kept by a layer (batch-norm running statistics):
@@ -716,5 +725,20 @@ impl<S: Shape> Buffer<S> {
         }
         self.fmt = fmt;
         Ok(())
+    }
+}
+
+impl<S: Shape> Buffer<S> {
+    /// This buffer as a named tensor of a layer of type `layer_type`.
+    pub fn tensor_mut(&mut self, layer_type: &'static str, name: &'static str) -> TensorMut<'_> {
+        TensorMut {
+            layer_type,
+            name,
+            kind: Kind::Buffer,
+            quant: &mut self.quant,
+            values: S::flat_mut(&mut self.v),
+            fmt: &mut self.fmt,
+            param: None,
+        }
     }
 }

@@ -43,8 +43,8 @@ fn relu_forward_backward_exact_and_format_preserving() {
         .zip(x.flat())
         .map(|(&g, &v)| if v > 0.0 { g as f64 } else { 0.0 })
         .collect();
-    let mut dx = Tensor::zeros();
-    r.backward(&bk, &ctx, &x, &mut dy, Some(&mut dx)).unwrap();
+    r.backward(&bk, &ctx, &x, &mut dy, true).unwrap();
+    let dx = r.input_grad();
     assert_within("relu dx", dx.flat(), &want, &vec![0.0; 36]);
 }
 
@@ -100,8 +100,8 @@ fn quant_forward_within_a_step_and_backward_is_masked_ste() {
             let mut dy = Tensor::<S2<3, 20>>::zeros();
             dy.flat_mut().copy_from_slice(&uniform(9, 9, 60, 0.3));
             let before: Vec<f32> = dy.flat().to_vec();
-            let mut dx = Tensor::zeros();
-            q.backward(&bk, &ctx, &x, &mut dy, Some(&mut dx)).unwrap();
+            q.backward(&bk, &ctx, &x, &mut dy, true).unwrap();
+            let dx = q.input_grad();
             let g = dx.fmt.expect("quantized gradient");
             for i in 0..60 {
                 let want = if q.out.sat.as_flattened()[i] {
@@ -129,8 +129,8 @@ fn flatten_moves_values_and_formats() {
     assert_eq!(fl.output().flat(), x.flat());
     let mut dy = Tensor::<S2<2, 12>>::zeros();
     dy.flat_mut().copy_from_slice(&uniform(1, 2, 24, 1.0));
-    let mut dx = Tensor::zeros();
-    fl.backward(&bk, &ctx, &x, &mut dy, Some(&mut dx)).unwrap();
+    fl.backward(&bk, &ctx, &x, &mut dy, true).unwrap();
+    let dx = fl.input_grad();
     assert_eq!(dx.flat(), dy.flat());
 }
 
@@ -189,7 +189,13 @@ fn sgd_is_pytorch_sgd() {
     for step in 0..4u64 {
         let g = uniform(step, 4, 5, 1.0);
         p.grad.v.copy_from_slice(&g);
-        opt.update(&Ctx::train(0, step as u32), p.view()).unwrap();
+        let id = p.quant.id;
+        opt.update(
+            &Ctx::train(0, step as u32),
+            id,
+            p.tensor_mut("T", "p").param.unwrap(),
+        )
+        .unwrap();
         for i in 0..5 {
             let d = g[i] as f64 + 0.01 * w[i];
             m[i] = if step == 0 { d } else { 0.9 * m[i] + d };

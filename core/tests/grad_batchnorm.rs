@@ -119,9 +119,8 @@ fn run<const C: usize, S: ChannelShape>(
     let mut dy = Tensor::<S>::zeros();
     dy.flat_mut()
         .copy_from_slice(&data(seed, 200, S::LEN, 0.8, 0.0));
-    let mut dx = Tensor::<S>::zeros();
-    l.backward(&RefBackend, ctx, &x, &mut dy, Some(&mut dx))
-        .unwrap();
+    l.backward(&RefBackend, ctx, &x, &mut dy, true).unwrap();
+    let dx = l.input_grad();
 
     let running = (!ctx.training).then_some((&l.running_mean.v[..], &l.running_var.v[..]));
     let r = reference(

@@ -254,8 +254,8 @@ fn run<
     let mut dy = Tensor::<S4<B, COUT, OH, OW>>::zeros();
     dy.flat_mut()
         .copy_from_slice(&uniform(seed, 200, B * COUT * OH * OW, 0.8));
-    let mut dx = Tensor::<S4<B, CIN, H, W>>::zeros();
-    l.backward(&bk, &ctx, &x, &mut dy, Some(&mut dx)).unwrap();
+    l.backward(&bk, &ctx, &x, &mut dy, true).unwrap();
+    let dx = l.input_grad();
 
     let bias = case.use_bias.then(|| l.bias.q.flat());
     let r = reference(g, x.flat(), l.weight.q.flat(), bias, dy.flat());

@@ -113,9 +113,8 @@ macro_rules! layer_fns {
             let mut dy = Box::new(Tensor::<S4<$b, $cout, $oh, $ow>>::zeros());
             dy.flat_mut()
                 .copy_from_slice(&data(seed, 200, $b * $cout * $oh * $ow, 0.8, 0.0));
-            let mut dx = Box::new(Tensor::<S4<$b, $cin, $h, $w>>::zeros());
-            l.backward(&RefBackend, ctx, &x, &mut dy, Some(&mut dx))
-                .unwrap();
+            l.backward(&RefBackend, ctx, &x, &mut dy, true).unwrap();
+            let dx = l.input_grad();
             let batch = ctx.training && !l.freeze_bn;
             let (rm, rv) = (f64s(&l.running_mean.v), f64s(&l.running_var.v));
             let inputs = Inputs {
@@ -446,9 +445,9 @@ fn errors() {
     let ctx = Ctx::train(1, 0);
     b.forward(&RefBackend, &ctx, &x).unwrap();
     let mut dy = Tensor::<S4<3, 3, 3, 3>>::zeros();
-    b.backward(&RefBackend, &ctx, &x, &mut dy, None).unwrap();
+    b.backward(&RefBackend, &ctx, &x, &mut dy, false).unwrap();
     assert!(matches!(
-        b.backward(&RefBackend, &ctx, &x, &mut dy, None),
+        b.backward(&RefBackend, &ctx, &x, &mut dy, false),
         Err(Error::Shape { .. })
     ));
     let mut x = x;

@@ -155,8 +155,8 @@ fn run(case: &Case, seed: u64) {
     let mut dy = Tensor::<S2<B, OUT>>::zeros();
     dy.flat_mut()
         .copy_from_slice(&uniform(seed, 200, B * OUT, 0.8));
-    let mut dx = Tensor::<S2<B, IN>>::zeros();
-    l.backward(&bk, &ctx, &x, &mut dy, Some(&mut dx)).unwrap();
+    l.backward(&bk, &ctx, &x, &mut dy, true).unwrap();
+    let dx = l.input_grad();
 
     let r = reference(x.flat(), l.weight.q.flat(), l.bias.q.flat(), dy.flat());
     let int_fwd = x.fmt.is_some() && l.weight.q.fmt.is_some() && l.bias.q.fmt.is_some();

@@ -79,7 +79,7 @@ fn train(net: &mut Mlp, steps: u32, opt: Sgd) -> (f32, f32, f32) {
         let ctx = Ctx::train(3, step);
         net.forward(&bk, &ctx, &x).unwrap();
         let out = softmax_cross_entropy(net.output(), &labels, &mut dlogits).unwrap();
-        net.backward(&bk, &ctx, &x, &mut dlogits, None).unwrap();
+        net.backward(&bk, &ctx, &x, &mut dlogits, false).unwrap();
         // Step decay: a fifth of the learning rate for the last third.
         let o = if step < steps * 2 / 3 {
             opt
@@ -247,7 +247,7 @@ mod cnn {
             let ctx = Ctx::train(9, step);
             net.forward(&bk, &ctx, &x).unwrap();
             let out = softmax_cross_entropy(net.output(), &labels, &mut d).unwrap();
-            net.backward(&bk, &ctx, &x, &mut d, None).unwrap();
+            net.backward(&bk, &ctx, &x, &mut d, false).unwrap();
             opt.step(&ctx, net).unwrap();
             if step < 10 {
                 first += out.loss / 10.0;

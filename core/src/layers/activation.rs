@@ -4,6 +4,7 @@
 use super::Layer;
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::model::Visitor;
 use crate::tensor::{Act, Ctx, Shape, Tensor, ID_STRIDE, S2, S4};
 
 /// `y = max(x, 0)`, element-wise, on any shape.
@@ -14,6 +15,8 @@ use crate::tensor::{Act, Ctx, Shape, Tensor, ID_STRIDE, S2, S4};
 pub struct Relu<S: Shape> {
     /// Output (tensor id `id * 16`).
     pub out: Act<S>,
+    /// Gradient with respect to the input (written by `backward` with `want_dx`).
+    dx: Tensor<S>,
 }
 
 impl<S: Shape> Relu<S> {
@@ -21,6 +24,7 @@ impl<S: Shape> Relu<S> {
     pub fn new(id: u32) -> Self {
         Relu {
             out: Act::new(id.wrapping_mul(ID_STRIDE)),
+            dx: Tensor::zeros(),
         }
     }
 }
@@ -28,6 +32,7 @@ impl<S: Shape> Relu<S> {
 impl<S: Shape> Layer for Relu<S> {
     type In = S;
     type Out = S;
+    const TYPE: &'static str = "Relu";
 
     fn forward<Bk: Backend>(&mut self, _bk: &Bk, ctx: &Ctx, x: &Tensor<S>) -> Result<()> {
         for (y, &v) in self.out.t.flat_mut().iter_mut().zip(x.flat()) {
@@ -46,16 +51,29 @@ impl<S: Shape> Layer for Relu<S> {
         ctx: &Ctx,
         x: &Tensor<S>,
         dy: &mut Tensor<S>,
-        dx: Option<&mut Tensor<S>>,
+        want_dx: bool,
     ) -> Result<()> {
         self.out.prepare_grad(ctx, dy)?;
-        if let Some(dx) = dx {
+        if want_dx {
+            let dx = &mut self.dx;
             for ((d, &g), &v) in dx.flat_mut().iter_mut().zip(dy.flat()).zip(x.flat()) {
                 *d = if v > 0.0 { g } else { 0.0 };
             }
             dx.fmt = dy.fmt;
         }
         Ok(())
+    }
+
+    fn input_grad(&self) -> &Tensor<S> {
+        &self.dx
+    }
+
+    fn input_grad_mut(&mut self) -> &mut Tensor<S> {
+        &mut self.dx
+    }
+
+    fn visit(&mut self, v: &mut dyn Visitor) {
+        v.tensor(self.out.tensor_mut(Self::TYPE, "output"));
     }
 }
 
@@ -64,6 +82,8 @@ impl<S: Shape> Layer for Relu<S> {
 pub struct Quant<S: Shape> {
     /// Output (tensor id `id * 16`): its configs are the quantizer's.
     pub out: Act<S>,
+    /// Gradient with respect to the input (written by `backward` with `want_dx`).
+    dx: Tensor<S>,
 }
 
 impl<S: Shape> Quant<S> {
@@ -71,6 +91,7 @@ impl<S: Shape> Quant<S> {
     pub fn new(id: u32) -> Self {
         Quant {
             out: Act::new(id.wrapping_mul(ID_STRIDE)),
+            dx: Tensor::zeros(),
         }
     }
 }
@@ -78,6 +99,7 @@ impl<S: Shape> Quant<S> {
 impl<S: Shape> Layer for Quant<S> {
     type In = S;
     type Out = S;
+    const TYPE: &'static str = "Quant";
 
     fn forward<Bk: Backend>(&mut self, _bk: &Bk, ctx: &Ctx, x: &Tensor<S>) -> Result<()> {
         self.out.t.flat_mut().copy_from_slice(x.flat());
@@ -94,14 +116,27 @@ impl<S: Shape> Layer for Quant<S> {
         ctx: &Ctx,
         _x: &Tensor<S>,
         dy: &mut Tensor<S>,
-        dx: Option<&mut Tensor<S>>,
+        want_dx: bool,
     ) -> Result<()> {
         self.out.prepare_grad(ctx, dy)?;
-        if let Some(dx) = dx {
+        if want_dx {
+            let dx = &mut self.dx;
             dx.flat_mut().copy_from_slice(dy.flat());
             dx.fmt = dy.fmt;
         }
         Ok(())
+    }
+
+    fn input_grad(&self) -> &Tensor<S> {
+        &self.dx
+    }
+
+    fn input_grad_mut(&mut self) -> &mut Tensor<S> {
+        &mut self.dx
+    }
+
+    fn visit(&mut self, v: &mut dyn Visitor) {
+        v.tensor(self.out.tensor_mut(Self::TYPE, "activation"));
     }
 }
 
@@ -110,6 +145,8 @@ impl<S: Shape> Layer for Quant<S> {
 pub struct Flatten<const B: usize, const C: usize, const H: usize, const W: usize, const N: usize> {
     /// Output (tensor id `id * 16`).
     pub out: Act<S2<B, N>>,
+    /// Gradient with respect to the input (written by `backward` with `want_dx`).
+    dx: Tensor<S4<B, C, H, W>>,
 }
 
 impl<const B: usize, const C: usize, const H: usize, const W: usize, const N: usize>
@@ -120,6 +157,7 @@ impl<const B: usize, const C: usize, const H: usize, const W: usize, const N: us
         const { assert!(N == C * H * W, "Flatten: N must equal C * H * W") };
         Flatten {
             out: Act::new(id.wrapping_mul(ID_STRIDE)),
+            dx: Tensor::zeros(),
         }
     }
 }
@@ -129,6 +167,7 @@ impl<const B: usize, const C: usize, const H: usize, const W: usize, const N: us
 {
     type In = S4<B, C, H, W>;
     type Out = S2<B, N>;
+    const TYPE: &'static str = "Flatten";
 
     fn forward<Bk: Backend>(
         &mut self,
@@ -150,13 +189,26 @@ impl<const B: usize, const C: usize, const H: usize, const W: usize, const N: us
         ctx: &Ctx,
         _x: &Tensor<S4<B, C, H, W>>,
         dy: &mut Tensor<S2<B, N>>,
-        dx: Option<&mut Tensor<S4<B, C, H, W>>>,
+        want_dx: bool,
     ) -> Result<()> {
         self.out.prepare_grad(ctx, dy)?;
-        if let Some(dx) = dx {
+        if want_dx {
+            let dx = &mut self.dx;
             dx.flat_mut().copy_from_slice(dy.flat());
             dx.fmt = dy.fmt;
         }
         Ok(())
+    }
+
+    fn input_grad(&self) -> &Tensor<S4<B, C, H, W>> {
+        &self.dx
+    }
+
+    fn input_grad_mut(&mut self) -> &mut Tensor<S4<B, C, H, W>> {
+        &mut self.dx
+    }
+
+    fn visit(&mut self, v: &mut dyn Visitor) {
+        v.tensor(self.out.tensor_mut(Self::TYPE, "output"));
     }
 }

@@ -6,8 +6,9 @@
 use super::Layer;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::model::Visitor;
 use crate::quant::{ratio_to_f32, sqrt_f32, Format};
-use crate::tensor::{Act, Buffer, Ctx, Param, ParamMut, Shape, Tensor, ID_STRIDE, S1, S2, S3, S4};
+use crate::tensor::{Act, Buffer, Ctx, Param, Shape, Tensor, ID_STRIDE, S1, S2, S3, S4};
 
 /// A shape laid out as `[batch][channel][spatial...]`: the layout batch
 /// norm reduces over. Element `(b, c, p)` is at flat index
@@ -281,6 +282,8 @@ pub struct BatchNorm<const C: usize, S: ChannelShape> {
     pub momentum: f32,
     /// Output, kept for the next layer's backward.
     pub out: Act<S>,
+    /// Gradient with respect to the input (written by `backward` with `want_dx`).
+    dx: Tensor<S>,
     stats: ChannelStats<C>,
 }
 
@@ -338,6 +341,7 @@ impl<const C: usize, S: ChannelShape> BatchNorm<C, S> {
             eps: 1e-5,
             momentum: 0.1,
             out: Act::new(base + 2),
+            dx: Tensor::zeros(),
             stats: ChannelStats::new(),
         }
     }
@@ -353,6 +357,7 @@ impl<const C: usize, S: ChannelShape> BatchNorm<C, S> {
 impl<const C: usize, S: ChannelShape> Layer for BatchNorm<C, S> {
     type In = S;
     type Out = S;
+    const TYPE: &'static str = "BatchNorm";
 
     fn forward<Bk: Backend>(&mut self, _bk: &Bk, ctx: &Ctx, x: &Tensor<S>) -> Result<()> {
         if let Some(index) = x.flat().iter().position(|v| !v.is_finite()) {
@@ -405,7 +410,7 @@ impl<const C: usize, S: ChannelShape> Layer for BatchNorm<C, S> {
         ctx: &Ctx,
         x: &Tensor<S>,
         dy: &mut Tensor<S>,
-        dx: Option<&mut Tensor<S>>,
+        want_dx: bool,
     ) -> Result<()> {
         self.out.prepare_grad(ctx, dy)?;
         let st = &self.stats;
@@ -425,9 +430,10 @@ impl<const C: usize, S: ChannelShape> Layer for BatchNorm<C, S> {
         self.bias.finish_grad(ctx)?;
         self.weight.grad.v = sum_dyxh;
         self.weight.finish_grad(ctx)?;
-        let Some(dx) = dx else {
+        if !want_dx {
             return Ok(());
-        };
+        }
+        let dx = &mut self.dx;
         let n = (S::BATCH * S::SPATIAL) as f32;
         let mut k_c = [0.0f32; C];
         for ((k, &g), &inv) in k_c.iter_mut().zip(&self.weight.q.v).zip(&st.inv_std) {
@@ -457,8 +463,19 @@ impl<const C: usize, S: ChannelShape> Layer for BatchNorm<C, S> {
         Ok(())
     }
 
-    fn visit_params(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        f(self.weight.view());
-        f(self.bias.view());
+    fn input_grad(&self) -> &Tensor<S> {
+        &self.dx
+    }
+
+    fn input_grad_mut(&mut self) -> &mut Tensor<S> {
+        &mut self.dx
+    }
+
+    fn visit(&mut self, v: &mut dyn Visitor) {
+        v.tensor(self.weight.tensor_mut(Self::TYPE, "weight"));
+        v.tensor(self.bias.tensor_mut(Self::TYPE, "bias"));
+        v.tensor(self.running_mean.tensor_mut(Self::TYPE, "running_mean"));
+        v.tensor(self.running_var.tensor_mut(Self::TYPE, "running_var"));
+        v.tensor(self.out.tensor_mut(Self::TYPE, "output"));
     }
 }

@@ -3,11 +3,14 @@
 use super::Layer;
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::tensor::{Ctx, ParamMut, Tensor};
+use crate::model::Visitor;
+use crate::tensor::{Ctx, Tensor};
 
 /// `a` then `b`. `b`'s input shape must be `a`'s output shape (a compile
-/// error otherwise). Owns the gradient buffer between the two. Nest chains
-/// for longer sequences (`Chain<Chain<A, B>, C>`).
+/// error otherwise). Nest chains for longer sequences
+/// (`Chain<Chain<A, B>, C>`); tensors are named by their position in the
+/// flattened sequence, as PyTorch's `Sequential` does: `0.weight`,
+/// `1.output`, `2.bias`.
 ///
 /// # Examples
 ///
@@ -23,24 +26,19 @@ pub struct Chain<A: Layer, B: Layer<In = A::Out>> {
     pub a: A,
     /// The second layer.
     pub b: B,
-    /// Gradient with respect to `a`'s output.
-    pub mid_grad: Tensor<A::Out>,
 }
 
 impl<A: Layer, B: Layer<In = A::Out>> Chain<A, B> {
     /// `a` then `b`.
     pub fn new(a: A, b: B) -> Self {
-        Chain {
-            a,
-            b,
-            mid_grad: Tensor::zeros(),
-        }
+        Chain { a, b }
     }
 }
 
 impl<A: Layer, B: Layer<In = A::Out>> Layer for Chain<A, B> {
     type In = A::In;
     type Out = B::Out;
+    const TYPE: &'static str = "Sequential";
 
     fn forward<Bk: Backend>(&mut self, bk: &Bk, ctx: &Ctx, x: &Tensor<A::In>) -> Result<()> {
         self.a.forward(bk, ctx, x)?;
@@ -57,15 +55,28 @@ impl<A: Layer, B: Layer<In = A::Out>> Layer for Chain<A, B> {
         ctx: &Ctx,
         x: &Tensor<A::In>,
         dy: &mut Tensor<B::Out>,
-        dx: Option<&mut Tensor<A::In>>,
+        want_dx: bool,
     ) -> Result<()> {
-        self.b
-            .backward(bk, ctx, self.a.output(), dy, Some(&mut self.mid_grad))?;
-        self.a.backward(bk, ctx, x, &mut self.mid_grad, dx)
+        self.b.backward(bk, ctx, self.a.output(), dy, true)?;
+        self.a
+            .backward(bk, ctx, x, self.b.input_grad_mut(), want_dx)
     }
 
-    fn visit_params(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        self.a.visit_params(f);
-        self.b.visit_params(f);
+    fn input_grad(&self) -> &Tensor<A::In> {
+        self.a.input_grad()
+    }
+
+    fn input_grad_mut(&mut self) -> &mut Tensor<A::In> {
+        self.a.input_grad_mut()
+    }
+
+    fn visit(&mut self, v: &mut dyn Visitor) {
+        let mut index = 0;
+        self.visit_item(&mut index, v);
+    }
+
+    fn visit_item(&mut self, index: &mut usize, v: &mut dyn Visitor) {
+        self.a.visit_item(index, v);
+        self.b.visit_item(index, v);
     }
 }

@@ -5,7 +5,8 @@ use super::product;
 use super::Layer;
 use crate::backend::{Backend, ConvGeom};
 use crate::error::{Error, Result};
-use crate::tensor::{Act, Ctx, Param, ParamMut, Tensor, ID_STRIDE, S1, S4};
+use crate::model::Visitor;
+use crate::tensor::{Act, Ctx, Param, Tensor, ID_STRIDE, S1, S4};
 
 /// A 2-D convolution, batch `B`:
 /// `y[b][co][oy][ox] = bias[co] + sum_{ci, ky, kx} w[co][ci][ky][kx] *
@@ -66,6 +67,8 @@ pub struct Conv2d<
     pub use_bias: bool,
     /// Output `[B][COUT][OH][OW]`, kept for the next layer's backward.
     pub out: Act<S4<B, COUT, OH, OW>>,
+    /// Gradient with respect to the input (written by `backward` with `want_dx`).
+    dx: Tensor<S4<B, CIN, H, W>>,
     geom: ConvGeom,
     acc: [[[[i64; OW]; OH]; COUT]; B],
     wacc: [[[[i64; KW]; KH]; CPG]; COUT],
@@ -155,6 +158,7 @@ impl<
             bias: Param::new(base + 1),
             use_bias: true,
             out: Act::new(base + 2),
+            dx: Tensor::zeros(),
             geom,
             acc: [[[[0; OW]; OH]; COUT]; B],
             wacc: [[[[0; KW]; KH]; CPG]; COUT],
@@ -183,6 +187,7 @@ impl<
 {
     type In = S4<B, CIN, H, W>;
     type Out = S4<B, COUT, OH, OW>;
+    const TYPE: &'static str = "Conv2d";
 
     fn forward<Bk: Backend>(
         &mut self,
@@ -219,7 +224,7 @@ impl<
         ctx: &Ctx,
         x: &Tensor<S4<B, CIN, H, W>>,
         dy: &mut Tensor<S4<B, COUT, OH, OW>>,
-        dx: Option<&mut Tensor<S4<B, CIN, H, W>>>,
+        want_dx: bool,
     ) -> Result<()> {
         self.out.prepare_grad(ctx, dy)?;
         let g = self.geom;
@@ -231,7 +236,8 @@ impl<
         product::weight_grad(ctx, &mut self.weight, wacc, dyo, xo, |o| {
             bk.conv2d_weight_grad(g, dyo, xo, o)
         })?;
-        if let Some(dx) = dx {
+        if want_dx {
+            let dx = &mut self.dx;
             let wo = self.weight.q.operand();
             let xacc = flat4_mut(&mut self.xacc);
             product::input_grad(dx.flat_mut(), xacc, dyo, wo, |o| {
@@ -242,11 +248,20 @@ impl<
         Ok(())
     }
 
-    fn visit_params(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        f(self.weight.view());
+    fn input_grad(&self) -> &Tensor<S4<B, CIN, H, W>> {
+        &self.dx
+    }
+
+    fn input_grad_mut(&mut self) -> &mut Tensor<S4<B, CIN, H, W>> {
+        &mut self.dx
+    }
+
+    fn visit(&mut self, v: &mut dyn Visitor) {
+        v.tensor(self.weight.tensor_mut(Self::TYPE, "weight"));
         if self.use_bias {
-            f(self.bias.view());
+            v.tensor(self.bias.tensor_mut(Self::TYPE, "bias"));
         }
+        v.tensor(self.out.tensor_mut(Self::TYPE, "output"));
     }
 }
 

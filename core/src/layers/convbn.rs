@@ -8,8 +8,9 @@ use super::product;
 use super::Layer;
 use crate::backend::{product_exp, AccOut, Backend, ConvGeom, Operand};
 use crate::error::{Error, Result};
+use crate::model::Visitor;
 use crate::quant::acc_to_f32;
-use crate::tensor::{Act, Buffer, Ctx, Param, ParamMut, Tensor, ID_STRIDE, S1, S4};
+use crate::tensor::{Act, Buffer, Ctx, Param, Tensor, ID_STRIDE, S1, S4};
 
 /// Convolution + batch norm, folded: `y = conv(x, Q(w * s)) + Q(beta - mean * s)`
 /// with `s = gamma / sqrt(var + eps)` per output channel.
@@ -115,6 +116,8 @@ pub struct ConvBn<
     pub freeze_bn: bool,
     /// Output `[B][COUT][OH][OW]`.
     pub out: Act<S4<B, COUT, OH, OW>>,
+    /// Gradient with respect to the input (written by `backward` with `want_dx`).
+    dx: Tensor<S4<B, CIN, H, W>>,
     geom: ConvGeom,
     stats: ChannelStats<COUT>,
     scale: [f32; COUT],
@@ -201,6 +204,7 @@ impl<
             momentum: 0.1,
             freeze_bn: false,
             out: Act::new(base + 2),
+            dx: Tensor::zeros(),
             geom,
             stats: ChannelStats::new(),
             scale: [0.0; COUT],
@@ -310,6 +314,7 @@ impl<
 {
     type In = S4<B, CIN, H, W>;
     type Out = S4<B, COUT, OH, OW>;
+    const TYPE: &'static str = "ConvBn";
 
     fn forward<Bk: Backend>(
         &mut self,
@@ -377,7 +382,7 @@ impl<
         ctx: &Ctx,
         x: &Tensor<S4<B, CIN, H, W>>,
         dy: &mut Tensor<S4<B, COUT, OH, OW>>,
-        dx: Option<&mut Tensor<S4<B, CIN, H, W>>>,
+        want_dx: bool,
     ) -> Result<()> {
         let st = self.stats;
         if st.batch && !self.z_fresh {
@@ -472,9 +477,10 @@ impl<
         }
         let w = &mut self.weight;
         w.grad.fmt = w.quant.quantize_grad(ctx, flat4_mut(&mut w.grad.v))?;
-        let Some(dx) = dx else {
+        if !want_dx {
             return Ok(());
-        };
+        }
+        let dx = &mut self.dx;
         let wo = self.weight.q.operand();
         let xacc = flat4_mut(&mut self.xacc);
         product::input_grad(dx.flat_mut(), xacc, dyo, wo, |o| {
@@ -498,9 +504,20 @@ impl<
         Ok(())
     }
 
-    fn visit_params(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        f(self.weight.view());
-        f(self.bn_weight.view());
-        f(self.bias.view());
+    fn input_grad(&self) -> &Tensor<S4<B, CIN, H, W>> {
+        &self.dx
+    }
+
+    fn input_grad_mut(&mut self) -> &mut Tensor<S4<B, CIN, H, W>> {
+        &mut self.dx
+    }
+
+    fn visit(&mut self, v: &mut dyn Visitor) {
+        v.tensor(self.weight.tensor_mut(Self::TYPE, "weight"));
+        v.tensor(self.bn_weight.tensor_mut(Self::TYPE, "bn_weight"));
+        v.tensor(self.bias.tensor_mut(Self::TYPE, "bias"));
+        v.tensor(self.running_mean.tensor_mut(Self::TYPE, "running_mean"));
+        v.tensor(self.running_var.tensor_mut(Self::TYPE, "running_var"));
+        v.tensor(self.out.tensor_mut(Self::TYPE, "output"));
     }
 }

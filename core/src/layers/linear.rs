@@ -4,7 +4,8 @@ use super::product;
 use super::Layer;
 use crate::backend::{Backend, LinearGeom};
 use crate::error::Result;
-use crate::tensor::{Act, Ctx, Param, ParamMut, Tensor, ID_STRIDE, S1, S2};
+use crate::model::Visitor;
+use crate::tensor::{Act, Ctx, Param, Tensor, ID_STRIDE, S1, S2};
 
 /// `y[b][o] = sum_i x[b][i] * w[o][i] + bias[o]`, batch `B`.
 ///
@@ -39,6 +40,7 @@ pub struct Linear<const IN: usize, const OUT: usize, const B: usize> {
     acc: [[i64; OUT]; B],
     wacc: [[i64; IN]; OUT],
     xacc: [[i64; IN]; B],
+    dx: Tensor<S2<B, IN>>,
 }
 
 impl<const IN: usize, const OUT: usize, const B: usize> Linear<IN, OUT, B> {
@@ -54,6 +56,7 @@ impl<const IN: usize, const OUT: usize, const B: usize> Linear<IN, OUT, B> {
             acc: [[0; OUT]; B],
             wacc: [[0; IN]; OUT],
             xacc: [[0; IN]; B],
+            dx: Tensor::zeros(),
         }
     }
 
@@ -67,6 +70,7 @@ impl<const IN: usize, const OUT: usize, const B: usize> Linear<IN, OUT, B> {
 impl<const IN: usize, const OUT: usize, const B: usize> Layer for Linear<IN, OUT, B> {
     type In = S2<B, IN>;
     type Out = S2<B, OUT>;
+    const TYPE: &'static str = "Linear";
 
     fn forward<Bk: Backend>(&mut self, bk: &Bk, ctx: &Ctx, x: &Tensor<S2<B, IN>>) -> Result<()> {
         self.weight.refresh(ctx)?;
@@ -97,7 +101,7 @@ impl<const IN: usize, const OUT: usize, const B: usize> Layer for Linear<IN, OUT
         ctx: &Ctx,
         x: &Tensor<S2<B, IN>>,
         dy: &mut Tensor<S2<B, OUT>>,
-        dx: Option<&mut Tensor<S2<B, IN>>>,
+        want_dx: bool,
     ) -> Result<()> {
         self.out.prepare_grad(ctx, dy)?;
         let (dyo, xo) = (dy.operand(), x.operand());
@@ -108,7 +112,8 @@ impl<const IN: usize, const OUT: usize, const B: usize> Layer for Linear<IN, OUT
         product::weight_grad(ctx, &mut self.weight, wacc, dyo, xo, |o| {
             bk.linear_weight_grad(Self::GEOM, dyo, xo, o)
         })?;
-        if let Some(dx) = dx {
+        if want_dx {
+            let dx = &mut self.dx;
             let wo = self.weight.q.operand();
             let xacc = self.xacc.as_flattened_mut();
             product::input_grad(dx.flat_mut(), xacc, dyo, wo, |o| {
@@ -119,10 +124,19 @@ impl<const IN: usize, const OUT: usize, const B: usize> Layer for Linear<IN, OUT
         Ok(())
     }
 
-    fn visit_params(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        f(self.weight.view());
+    fn input_grad(&self) -> &Tensor<S2<B, IN>> {
+        &self.dx
+    }
+
+    fn input_grad_mut(&mut self) -> &mut Tensor<S2<B, IN>> {
+        &mut self.dx
+    }
+
+    fn visit(&mut self, v: &mut dyn Visitor) {
+        v.tensor(self.weight.tensor_mut(Self::TYPE, "weight"));
         if self.use_bias {
-            f(self.bias.view());
+            v.tensor(self.bias.tensor_mut(Self::TYPE, "bias"));
         }
+        v.tensor(self.out.tensor_mut(Self::TYPE, "output"));
     }
 }

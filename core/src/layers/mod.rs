@@ -45,14 +45,19 @@ pub use pool::{AvgPool2d, MaxPool2d};
 
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::tensor::{Ctx, ParamMut, Shape, Tensor};
+use crate::model::Visitor;
+use crate::tensor::{Ctx, Shape, Tensor};
 
-/// A layer: forward and backward on statically shaped tensors.
+/// A layer: forward and backward on statically shaped tensors, and a walk
+/// over its named tensors.
 pub trait Layer {
     /// Input shape, batch included.
     type In: Shape;
     /// Output shape, batch included.
     type Out: Shape;
+    /// The layer's type name, used to select configs by type
+    /// ([`set_method`](crate::model::set_method)) and in tables.
+    const TYPE: &'static str;
 
     /// Compute the output from `x` and keep what backward needs.
     ///
@@ -67,7 +72,8 @@ pub trait Layer {
     /// Backward pass. `x` is the input of the last forward pass, `dy` the
     /// gradient with respect to the output (prepared in place: masked and
     /// quantized by the output's grad config). Parameter gradients are
-    /// stored in the layer; the input gradient is written to `dx` if given.
+    /// stored in the layer; with `want_dx` the gradient with respect to the
+    /// input is written to the layer's own buffer ([`Layer::input_grad`]).
     ///
     /// # Errors
     ///
@@ -78,11 +84,28 @@ pub trait Layer {
         ctx: &Ctx,
         x: &Tensor<Self::In>,
         dy: &mut Tensor<Self::Out>,
-        dx: Option<&mut Tensor<Self::In>>,
+        want_dx: bool,
     ) -> Result<()>;
 
-    /// Call `f` on every trainable parameter, in a fixed order.
-    fn visit_params(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        let _ = f;
+    /// The gradient with respect to the input, from the last backward pass
+    /// with `want_dx` (at full precision unless noted by the layer).
+    fn input_grad(&self) -> &Tensor<Self::In>;
+
+    /// The same, mutable: the previous layer prepares it in place.
+    fn input_grad_mut(&mut self) -> &mut Tensor<Self::In>;
+
+    /// Report every named tensor of this layer (and of its children, each
+    /// between [`Visitor::enter`] and [`Visitor::leave`]) in a fixed order.
+    fn visit(&mut self, v: &mut dyn Visitor);
+
+    /// Report this layer as item `*index` of a sequence (named by its index)
+    /// and advance the index. [`Chain`] overrides it to flatten nested
+    /// chains into one sequence `0, 1, 2, ...`.
+    fn visit_item(&mut self, index: &mut usize, v: &mut dyn Visitor) {
+        let mut buf = [0u8; 20];
+        v.enter(crate::model::index_str(*index, &mut buf));
+        self.visit(v);
+        v.leave();
+        *index += 1;
     }
 }

@@ -6,6 +6,7 @@ use super::conv::{flat4, flat4_mut};
 use super::Layer;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::model::Visitor;
 use crate::quant::{acc_to_f32, Format, Method};
 use crate::tensor::{Act, Ctx, Tensor, ID_STRIDE, S4};
 
@@ -143,6 +144,8 @@ pub struct MaxPool2d<
 > {
     /// Output `[B][C][OH][OW]`, kept for the next layer's backward.
     pub out: Act<S4<B, C, OH, OW>>,
+    /// Gradient with respect to the input (written by `backward` with `want_dx`).
+    dx: Tensor<S4<B, C, H, W>>,
     win: Window,
     /// Position `iy * W + ix` of each output's maximum within its plane.
     arg: [[[[usize; OW]; OH]; C]; B],
@@ -183,6 +186,7 @@ impl<
     ) -> Result<Self> {
         Ok(MaxPool2d {
             out: Act::new(id.wrapping_mul(ID_STRIDE)),
+            dx: Tensor::zeros(),
             win: Window::new(kernel, stride, pad, (H, W, OH, OW))?,
             arg: [[[[0; OW]; OH]; C]; B],
         })
@@ -215,6 +219,7 @@ impl<
 {
     type In = S4<B, C, H, W>;
     type Out = S4<B, C, OH, OW>;
+    const TYPE: &'static str = "MaxPool2d";
 
     fn forward<Bk: Backend>(
         &mut self,
@@ -253,12 +258,13 @@ impl<
         ctx: &Ctx,
         _x: &Tensor<S4<B, C, H, W>>,
         dy: &mut Tensor<S4<B, C, OH, OW>>,
-        dx: Option<&mut Tensor<S4<B, C, H, W>>>,
+        want_dx: bool,
     ) -> Result<()> {
         self.out.prepare_grad(ctx, dy)?;
-        let Some(dx) = dx else {
+        if !want_dx {
             return Ok(());
-        };
+        }
+        let dx = &mut self.dx;
         dx.flat_mut().fill(0.0);
         let planes = dx.v.iter_mut().flatten();
         let args = self.arg.iter().flatten();
@@ -277,6 +283,18 @@ impl<
             })
         });
         Ok(())
+    }
+
+    fn input_grad(&self) -> &Tensor<S4<B, C, H, W>> {
+        &self.dx
+    }
+
+    fn input_grad_mut(&mut self) -> &mut Tensor<S4<B, C, H, W>> {
+        &mut self.dx
+    }
+
+    fn visit(&mut self, v: &mut dyn Visitor) {
+        v.tensor(self.out.tensor_mut(Self::TYPE, "output"));
     }
 }
 
@@ -319,6 +337,8 @@ pub struct AvgPool2d<
 > {
     /// Output `[B][C][OH][OW]`, kept for the next layer's backward.
     pub out: Act<S4<B, C, OH, OW>>,
+    /// Gradient with respect to the input (written by `backward` with `want_dx`).
+    dx: Tensor<S4<B, C, H, W>>,
     win: Window,
     div: NonZeroU32,
     acc: [[[[i64; OW]; OH]; C]; B],
@@ -364,6 +384,7 @@ impl<
             .ok_or(shape_err("pooling window has more than u32::MAX elements"))?;
         Ok(AvgPool2d {
             out: Act::new(id.wrapping_mul(ID_STRIDE)),
+            dx: Tensor::zeros(),
             win,
             div,
             acc: [[[[0; OW]; OH]; C]; B],
@@ -445,6 +466,7 @@ impl<
 {
     type In = S4<B, C, H, W>;
     type Out = S4<B, C, OH, OW>;
+    const TYPE: &'static str = "AvgPool2d";
 
     fn forward<Bk: Backend>(
         &mut self,
@@ -478,12 +500,13 @@ impl<
         ctx: &Ctx,
         _x: &Tensor<S4<B, C, H, W>>,
         dy: &mut Tensor<S4<B, C, OH, OW>>,
-        dx: Option<&mut Tensor<S4<B, C, H, W>>>,
+        want_dx: bool,
     ) -> Result<()> {
         self.out.prepare_grad(ctx, dy)?;
-        let Some(dx) = dx else {
+        if !want_dx {
             return Ok(());
-        };
+        }
+        let dx = &mut self.dx;
         dx.flat_mut().fill(0.0);
         let (win, d) = (self.win, self.div.get() as f32);
         for (dp, gp) in dx.v.iter_mut().flatten().zip(dy.v.iter().flatten()) {
@@ -496,5 +519,17 @@ impl<
         }
         dx.fmt = None;
         Ok(())
+    }
+
+    fn input_grad(&self) -> &Tensor<S4<B, C, H, W>> {
+        &self.dx
+    }
+
+    fn input_grad_mut(&mut self) -> &mut Tensor<S4<B, C, H, W>> {
+        &mut self.dx
+    }
+
+    fn visit(&mut self, v: &mut dyn Visitor) {
+        v.tensor(self.out.tensor_mut(Self::TYPE, "output"));
     }
 }
