@@ -30,6 +30,10 @@
 //! * [`model`]: named tensors, config trees, tables and states.
 //! * [`optim`]: SGD on f32 master parameters.
 //! * [`error`]: the error type shared by every module.
+//!
+//! With the `derive` feature (on by default), `#[derive(Model)]` makes a
+//! struct whose fields are layers one sequential layer whose tensors are
+//! named after the fields (`fc1.weight`, `block.conv.bias`): see `Model`.
 #![no_std]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -46,6 +50,8 @@ pub mod quant;
 pub mod tensor;
 
 pub use error::{Error, Result};
+#[cfg(feature = "derive")]
+pub use fixnn_macros::Model;
 pub use quant::{
     Code, Format, Group, Method, QuantConfig, QuantReport, RangeMethod, Rounder, Rounding, Stream,
 };

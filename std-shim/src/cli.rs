@@ -31,6 +31,32 @@ struct Cli {
 enum Command {
     /// Quantize numbers to a fixed-point format and show codes and values.
     Quantize(QuantizeArgs),
+    /// Print the config table of a config tree, a model state or a
+    /// nics_fix_pt YAML config.
+    Inspect(InspectArgs),
+}
+
+/// Arguments of `fixnn inspect`.
+#[derive(Args, Debug, Clone)]
+pub struct InspectArgs {
+    /// A fixnn config tree or state (JSON), or a nics_fix_pt config (YAML).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// How to read `scale` in a nics_fix_pt file: the exponent k (before
+    /// 0.4), the value 2^k (0.4), or decide from the file.
+    #[arg(long, value_name = "FORM", value_enum, default_value = "auto")]
+    pub nics_scale: ScaleArg,
+}
+
+/// `--nics-scale` names.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ScaleArg {
+    /// Floats that are not whole numbers mean 2^k, integers mean k.
+    Auto,
+    /// scale is the exponent k.
+    Exponent,
+    /// scale is the value 2^k.
+    Value,
 }
 
 /// Arguments of `fixnn quantize`.
@@ -153,6 +179,19 @@ where
     };
     let result = match cli.command {
         Command::Quantize(args) => crate::quantize::run(&args, out),
+        Command::Inspect(args) => {
+            let form = match args.nics_scale {
+                ScaleArg::Auto => crate::nics::ScaleForm::Auto,
+                ScaleArg::Exponent => crate::nics::ScaleForm::Exponent,
+                ScaleArg::Value => crate::nics::ScaleForm::Value,
+            };
+            match crate::inspect::inspect(&args.file, form) {
+                Ok(table) => out
+                    .write_all(table.as_bytes())
+                    .map_err(crate::quantize::Failure::Output),
+                Err(e) => Err(crate::quantize::Failure::Input(e)),
+            }
+        }
     };
     match result {
         Ok(()) => 0,

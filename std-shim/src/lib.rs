@@ -1,7 +1,11 @@
 //! fixnn-std: the desktop side of fixnn.
 //!
-//! For now this is the `fixnn` command-line program ([`cli`]); the rayon
-//! backend, datasets, config files and training come in later steps.
+//! The `fixnn` command-line program ([`cli`]), config trees and model
+//! states as JSON files ([`configs`]), and the import of nics_fix_pt YAML
+//! configs ([`nics`]). The rayon backend, datasets and training come next.
 
 pub mod cli;
+pub mod configs;
+pub mod inspect;
+pub mod nics;
 pub mod quantize;

@@ -195,3 +195,112 @@ fn help_and_version_exit_zero() {
     assert!(o.status.success());
     assert!(stdout(&o).starts_with("fixnn "));
 }
+
+mod inspect {
+    use super::*;
+    use fixnn::layers::{Chain, Linear, Quant};
+    use fixnn::tensor::S2;
+    use fixnn::QuantConfig;
+    use fixnn_std::configs;
+
+    fn dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("fixnn-inspect-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn model() -> Chain<Quant<S2<1, 3>>, Linear<3, 2, 1>> {
+        let mut m = Chain::new(Quant::new(0), Linear::new(1));
+        m.b.weight.quant.cfg = QuantConfig::fixed(6, -2);
+        m.b.weight.quant.grad_cfg = QuantConfig::auto(12);
+        m
+    }
+
+    #[test]
+    fn config_tree_table() {
+        let p = dir().join("cfg.json");
+        configs::save_configs(&mut model(), &p).unwrap();
+        let o = fixnn(&["inspect", p.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let t = stdout(&o);
+        assert!(t.contains("config tree, 4 tensors"), "{t}");
+        let row = t.lines().find(|l| l.starts_with("1.weight")).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["1.weight", "Linear", "param", "6", "-2", "fixed", "12", "0", "auto"]
+        );
+    }
+
+    #[test]
+    fn state_table() {
+        let p = dir().join("state.json");
+        std::fs::write(&p, configs::state_json(&mut model())).unwrap();
+        let o = fixnn(&["inspect", p.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let t = stdout(&o);
+        assert!(t.contains("model state, 2 tensors"), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("1.weight") && l.trim_end().ends_with(" 6")),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn nics_yaml_table_says_which_scale_form_it_read() {
+        let p = dir().join("nics.yaml");
+        std::fs::write(
+            &p,
+            "data:\n  fc1:\n    weight: {bitwidth: 8, method: 1, scale: 0.5}\ngrad:\n  fc1: {}\n",
+        )
+        .unwrap();
+        let o = fixnn(&["inspect", p.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let t = stdout(&o);
+        assert!(t.contains("scale read as the value 2^k"), "{t}");
+        assert!(
+            t.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["fc1.weight", "-", "-", "8", "-1", "auto", "-", "-", "-"]),
+            "{t}"
+        );
+        let o = fixnn(&["inspect", "--nics-scale", "exponent", p.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "0.5 is no exponent");
+        assert!(stderr(&o).contains("fc1.weight.scale"), "{}", stderr(&o));
+    }
+
+    #[test]
+    fn bad_files_are_one_line_and_status_2() {
+        let d = dir();
+        let cases = [
+            ("garbage.txt", "\u{0}\u{1}: [", "not a fixnn JSON file"),
+            (
+                "noformat.json",
+                "{\"tensors\": []}",
+                "without a `format` key",
+            ),
+            (
+                "other.json",
+                "{\"format\": \"x\"}",
+                "unknown document format `x`",
+            ),
+            (
+                "trunc.json",
+                "{\"format\":\"fixnn-config\",\"version\":1,\"tensors\":[{\"name\":\"a\"",
+                "not a fixnn JSON file",
+            ),
+        ];
+        for (name, text, needle) in cases {
+            let p = d.join(name);
+            std::fs::write(&p, text).unwrap();
+            let o = fixnn(&["inspect", p.to_str().unwrap()]);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+            assert_eq!(err.lines().count(), 1, "{name}: {err}");
+            assert!(err.contains(needle), "{name}: {err} lacks {needle}");
+        }
+        let o = fixnn(&["inspect", d.join("missing.json").to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).contains("cannot read"));
+    }
+}

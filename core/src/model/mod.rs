@@ -9,12 +9,18 @@
 //! The path of a tensor is the names entered, then the tensor's name,
 //! joined by dots: `fc1.weight`, `block.conv.bias`, `0.output`.
 
-// mod configs;
+mod configs;
 mod path;
-// mod state;
+mod state;
 
+pub use configs::{
+    apply_configs, collect_configs, set_method, walk, write_table, ConfigDoc, ConfigEntry,
+    ConfigError, ConfigProblem, LoadEntry, LoadReport, Select, Which, CONFIG_FORMAT,
+    CONFIG_VERSION, MAX_TYPE,
+};
 pub(crate) use path::index_str;
 pub use path::{PathBuf, MAX_PATH};
+pub use state::{apply_state, FormatJson, StateEntry, StateView, STATE_FORMAT, STATE_VERSION};
 
 use crate::quant::Format;
 use crate::tensor::Quantized;

@@ -1,0 +1,285 @@
+//! Model state: what the hardware holds (integer codes and formats) and
+//! the f32 master state (nics_fix_pt's `fix_state_dict` and `state_dict`).
+//!
+//! # JSON
+//!
+//! ```json
+//! {"format":"fixnn-state","version":1,"tensors":[
+//!   {"name":"fc1.weight","kind":"param","layer":"Linear",
+//!    "fmt":{"bits":8,"scale":-1},"codes":[12,-3,...],"values":null,
+//!    "master":[0.0468,...],"momentum":[0.0,...]}, ...]}
+//! ```
+//!
+//! Parameters and buffers are saved, activations are not. A tensor with a
+//! format has `codes` (and `values` null); a full-precision one has
+//! `values` (and `fmt`, `codes` null). Parameters add their f32 `master`
+//! values and SGD `momentum`, so training resumes exactly. [`StateView`]
+//! serializes a model without a heap (serde-json-core, or serde_json on the
+//! desktop: the same text, as both print f32 with the shortest
+//! round-trip representation).
+
+use core::cell::RefCell;
+
+use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::{Serialize, Serializer};
+
+use super::configs::{walk, LoadReport};
+use super::{ConfigProblem, Kind};
+use crate::error::Error;
+use crate::layers::Layer;
+use crate::quant::Format;
+
+/// The `format` field of a state document.
+pub const STATE_FORMAT: &str = "fixnn-state";
+/// The version of the state document written by this crate.
+pub const STATE_VERSION: u32 = 1;
+
+/// A format as saved: `{"bits":B,"scale":S}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormatJson {
+    /// Bit width.
+    pub bits: u8,
+    /// Scale exponent.
+    pub scale: i8,
+}
+
+/// Serializes the state of a model (see the module docs) as it walks it.
+pub struct StateView<'a, L: Layer>(RefCell<&'a mut L>);
+
+impl<'a, L: Layer> StateView<'a, L> {
+    /// A view of `model` for one serialization.
+    pub fn new(model: &'a mut L) -> Self {
+        StateView(RefCell::new(model))
+    }
+}
+
+struct Codes<'a>(&'a [f32], Format);
+
+impl Serialize for Codes<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for &v in self.0 {
+            seq.serialize_element(&self.1.code_of(v))?;
+        }
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct Entry<'a> {
+    name: &'a str,
+    kind: Kind,
+    layer: &'a str,
+    fmt: Option<FormatJson>,
+    codes: Option<Codes<'a>>,
+    values: Option<&'a [f32]>,
+    master: Option<&'a [f32]>,
+    momentum: Option<&'a [f32]>,
+}
+
+struct Tensors<'b, 'a, L: Layer>(&'b RefCell<&'a mut L>);
+
+impl<L: Layer> Serialize for Tensors<'_, '_, L> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        let mut err = None;
+        let mut model = self.0.borrow_mut();
+        walk(&mut **model, &mut |name, t| {
+            if err.is_some() || t.kind == Kind::Activation {
+                return;
+            }
+            let fmt = *t.fmt;
+            let (master, momentum) = match &t.param {
+                Some(p) => (Some(&*p.master), Some(&*p.momentum)),
+                None => (None, None),
+            };
+            let e = Entry {
+                name,
+                kind: t.kind,
+                layer: t.layer_type,
+                fmt: fmt.map(|f| FormatJson {
+                    bits: f.bits(),
+                    scale: f.scale(),
+                }),
+                codes: fmt.map(|f| Codes(t.values, f)),
+                values: if fmt.is_none() { Some(t.values) } else { None },
+                master,
+                momentum,
+            };
+            if let Err(e) = seq.serialize_element(&e) {
+                err = Some(e);
+            }
+        });
+        match err {
+            Some(e) => Err(e),
+            None => seq.end(),
+        }
+    }
+}
+
+impl<L: Layer> Serialize for StateView<'_, L> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("State", 3)?;
+        st.serialize_field("format", STATE_FORMAT)?;
+        st.serialize_field("version", &STATE_VERSION)?;
+        st.serialize_field("tensors", &Tensors(&self.0))?;
+        st.end()
+    }
+}
+
+/// One saved tensor to load back (parsed by the caller).
+#[derive(Clone, Copy, Debug)]
+pub struct StateEntry<'a> {
+    /// Dotted path.
+    pub name: &'a str,
+    /// Kind recorded in the file.
+    pub kind: Kind,
+    /// Format of `codes`.
+    pub fmt: Option<FormatJson>,
+    /// Codes (with `fmt`).
+    pub codes: Option<&'a [i32]>,
+    /// Full-precision values (without `fmt`).
+    pub values: Option<&'a [f32]>,
+    /// Master values (parameters).
+    pub master: Option<&'a [f32]>,
+    /// Momentum (parameters).
+    pub momentum: Option<&'a [f32]>,
+}
+
+fn check_entry(e: &StateEntry<'_>, len: usize, is_param: bool) -> Result<(), Error> {
+    let count = |n: usize| {
+        if n != len {
+            Err(Error::LengthMismatch {
+                expected: len,
+                found: n,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    match (e.fmt, e.codes, e.values) {
+        (Some(f), Some(c), None) => {
+            let f = Format::new(f.bits, f.scale)?;
+            count(c.len())?;
+            if c.iter().any(|&q| q < f.min_code() || q > f.max_code()) {
+                return Err(Error::Shape {
+                    what: "a code is outside its format's range",
+                });
+            }
+        }
+        (None, None, Some(v)) => {
+            count(v.len())?;
+            if let Some(index) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::NonFinite { index });
+            }
+        }
+        _ => {
+            return Err(Error::Shape {
+                what: "a tensor needs either fmt and codes or values",
+            })
+        }
+    }
+    for m in [e.master, e.momentum] {
+        match (m, is_param) {
+            (Some(m), true) => {
+                count(m.len())?;
+                if let Some(index) = m.iter().position(|x| !x.is_finite()) {
+                    return Err(Error::NonFinite { index });
+                }
+            }
+            (None, true) => {
+                return Err(Error::Shape {
+                    what: "a parameter needs master and momentum",
+                })
+            }
+            (Some(_), false) => {
+                return Err(Error::Shape {
+                    what: "only parameters have master and momentum",
+                })
+            }
+            (None, false) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Load a saved state onto `model`: every parameter and buffer must be
+/// present once, with the right kind and length, codes inside their
+/// format and finite values. Everything is checked first; on any problem
+/// the model is unchanged and the report names each path.
+///
+/// # Errors
+///
+/// The [`LoadReport`] of every problem found.
+// The report is the product of a failed load: it is returned by value
+// because core has no heap to box it in (about 1.9 KB).
+#[allow(clippy::result_large_err)]
+pub fn apply_state<L: Layer>(
+    model: &mut L,
+    entries: &[StateEntry<'_>],
+) -> Result<usize, LoadReport> {
+    let mut report = LoadReport::default();
+    for (i, e) in entries.iter().enumerate() {
+        if entries[..i].iter().any(|p| p.name == e.name) {
+            report.push_problem(e.name, "", ConfigProblem::Duplicate);
+        }
+    }
+    let mut known = 0usize;
+    walk(model, &mut |name, t| {
+        if t.kind == Kind::Activation {
+            return;
+        }
+        match entries.iter().find(|e| e.name == name) {
+            None => report.push_problem(name, "", ConfigProblem::Missing),
+            Some(e) if e.kind != t.kind => {
+                report.push_problem(name, "", ConfigProblem::KindMismatch)
+            }
+            Some(e) => {
+                known += 1;
+                if let Err(err) = check_entry(e, t.values.len(), t.kind == Kind::Param) {
+                    report.push_problem(name, "", ConfigProblem::Invalid(err));
+                }
+            }
+        }
+    });
+    for e in entries {
+        let mut hit = false;
+        walk(model, &mut |name, t| {
+            hit |= t.kind != Kind::Activation && name == e.name
+        });
+        if !hit {
+            report.push_problem(e.name, "", ConfigProblem::Unknown);
+        }
+    }
+    if report.total > 0 {
+        return Err(report);
+    }
+    walk(model, &mut |name, t| {
+        let Some(e) = entries.iter().find(|e| e.name == name) else {
+            return;
+        };
+        match (
+            e.fmt.and_then(|f| Format::new(f.bits, f.scale).ok()),
+            e.codes,
+            e.values,
+        ) {
+            (Some(f), Some(c), _) => {
+                for (v, &q) in t.values.iter_mut().zip(c) {
+                    *v = f.to_f32(q);
+                }
+                *t.fmt = Some(f);
+            }
+            (_, _, Some(v)) => {
+                t.values.copy_from_slice(v);
+                *t.fmt = None;
+            }
+            _ => {}
+        }
+        if let (Some(p), Some(m), Some(mo)) = (t.param, e.master, e.momentum) {
+            p.master.copy_from_slice(m);
+            p.momentum.copy_from_slice(mo);
+        }
+    });
+    Ok(known)
+}

@@ -1,0 +1,316 @@
+//! Config trees and states as JSON files (serde_json): the same text the
+//! core writes with serde-json-core, plus files, atomic saves and errors
+//! that name the path of every bad entry.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use fixnn::layers::Layer;
+use fixnn::model::{
+    self, Kind, LoadEntry, StateEntry, StateView, CONFIG_FORMAT, CONFIG_VERSION, STATE_FORMAT,
+    STATE_VERSION,
+};
+use fixnn::QuantConfig;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One tensor's configs (the core's `ConfigEntry` with owned strings).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// Dotted path.
+    pub name: String,
+    /// Parameter, buffer or activation.
+    pub kind: Kind,
+    /// Type of the owning layer.
+    pub layer: String,
+    /// Data config.
+    pub data: QuantConfig,
+    /// Grad config.
+    pub grad: QuantConfig,
+}
+
+/// A config tree file (the core's `ConfigDoc` without a capacity limit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `"fixnn-config"`.
+    pub format: String,
+    /// 1.
+    pub version: u32,
+    /// Every tensor, in visit order.
+    pub tensors: Vec<Entry>,
+}
+
+impl ConfigFile {
+    /// The config tree of `model`.
+    pub fn of<L: Layer>(model: &mut L) -> Self {
+        let mut tensors = Vec::new();
+        model::walk(model, &mut |name, t| {
+            tensors.push(Entry {
+                name: name.to_string(),
+                kind: t.kind,
+                layer: t.layer_type.to_string(),
+                data: t.quant.cfg,
+                grad: t.quant.grad_cfg,
+            })
+        });
+        ConfigFile {
+            format: CONFIG_FORMAT.to_string(),
+            version: CONFIG_VERSION,
+            tensors,
+        }
+    }
+
+    /// Compact JSON, byte for byte what the core writes.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parse a config tree, naming the path of every problem: unknown or
+    /// missing keys, values of the wrong type, an unknown header.
+    ///
+    /// # Errors
+    ///
+    /// One message listing every problem found, `; `-separated.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let Value::Object(top) = v else {
+            return Err("expected a JSON object with format, version and tensors".into());
+        };
+        let mut errors = Vec::new();
+        for k in top.keys() {
+            if !["format", "version", "tensors"].contains(&k.as_str()) {
+                errors.push(format!("{k}: unknown key"));
+            }
+        }
+        if top.get("format").and_then(Value::as_str) != Some(CONFIG_FORMAT)
+            || top.get("version").and_then(Value::as_u64) != Some(CONFIG_VERSION as u64)
+        {
+            errors.push(format!(
+                "format/version: not a {CONFIG_FORMAT} version {CONFIG_VERSION} document"
+            ));
+        }
+        let mut tensors = Vec::new();
+        match top.get("tensors") {
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    match decode_entry(item) {
+                        Ok(e) => tensors.push(e),
+                        Err((name, msg)) => errors.push(match name {
+                            Some(n) => format!("{n}{msg}"),
+                            None => format!("tensors[{i}]{msg}"),
+                        }),
+                    }
+                }
+            }
+            _ => errors.push("tensors: missing or not an array".into()),
+        }
+        if errors.is_empty() {
+            Ok(ConfigFile {
+                format: CONFIG_FORMAT.to_string(),
+                version: CONFIG_VERSION,
+                tensors,
+            })
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Load this tree onto `model`; nothing changes unless every entry is
+    /// valid and every tensor is present exactly once.
+    ///
+    /// # Errors
+    ///
+    /// One message naming every bad path.
+    pub fn apply<L: Layer>(&self, model: &mut L) -> Result<usize, String> {
+        let entries: Vec<LoadEntry<'_>> = self
+            .tensors
+            .iter()
+            .map(|e| LoadEntry {
+                name: &e.name,
+                kind: Some(e.kind),
+                data: Some(&e.data),
+                grad: Some(&e.grad),
+            })
+            .collect();
+        model::apply_configs(model, &entries, false).map_err(|r| r.to_string())
+    }
+}
+
+/// Decode one entry, reporting `(name if known, ".field: problem")`.
+fn decode_entry(item: &Value) -> Result<Entry, (Option<String>, String)> {
+    let Value::Object(obj) = item else {
+        return Err((None, ": not an object".into()));
+    };
+    let name = obj.get("name").and_then(Value::as_str).map(str::to_string);
+    let Some(n) = name.clone() else {
+        return Err((None, ".name: missing or not a string".into()));
+    };
+    for k in obj.keys() {
+        if !["name", "kind", "layer", "data", "grad"].contains(&k.as_str()) {
+            return Err((name, format!(".{k}: unknown key")));
+        }
+    }
+    let field = |k: &str| {
+        obj.get(k)
+            .cloned()
+            .ok_or((Some(n.clone()), format!(".{k}: missing")))
+    };
+    let kind: Kind = serde_json::from_value(field("kind")?)
+        .map_err(|e| (Some(n.clone()), format!(".kind: {e}")))?;
+    let layer = field("layer")?
+        .as_str()
+        .ok_or((Some(n.clone()), ".layer: not a string".to_string()))?
+        .to_string();
+    let cfg = |k: &str| -> Result<QuantConfig, (Option<String>, String)> {
+        let c: QuantConfig = serde_json::from_value(field(k)?)
+            .map_err(|e| (Some(n.clone()), format!(".{k}: {e}")))?;
+        c.validate()
+            .map_err(|e| (Some(n.clone()), format!(".{k}: {e}")))?;
+        Ok(c)
+    };
+    Ok(Entry {
+        name: n.clone(),
+        kind,
+        layer,
+        data: cfg("data")?,
+        grad: cfg("grad")?,
+    })
+}
+
+/// Write `bytes` to `path` atomically: a temporary file in the same
+/// directory, flushed and synced, then renamed over `path`. A crash leaves
+/// either the old file or the new one, never a mixture.
+///
+/// # Errors
+///
+/// The I/O error, with the path.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok::<(), std::io::Error>(())
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display())
+    })
+}
+
+/// Save the config tree of `model` to `path` (atomically).
+///
+/// # Errors
+///
+/// The I/O error, with the path.
+pub fn save_configs<L: Layer>(model: &mut L, path: &Path) -> Result<(), String> {
+    write_atomic(path, ConfigFile::of(model).to_json().as_bytes())
+}
+
+/// Load a config tree file onto `model`.
+///
+/// # Errors
+///
+/// One message naming the file and every bad path; the model is unchanged.
+pub fn load_configs<L: Layer>(model: &mut L, path: &Path) -> Result<usize, String> {
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file = ConfigFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.apply(model)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The state of `model` as JSON (serde_json on the core's serializer view:
+/// the same text as serde-json-core writes).
+pub fn state_json<L: Layer>(model: &mut L) -> String {
+    serde_json::to_string(&StateView::new(model)).unwrap_or_default()
+}
+
+/// One saved tensor, owned.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateTensor {
+    /// Dotted path.
+    pub name: String,
+    /// Kind.
+    pub kind: Kind,
+    /// Owning layer type.
+    pub layer: String,
+    /// Format of the codes.
+    pub fmt: Option<model::FormatJson>,
+    /// Codes.
+    pub codes: Option<Vec<i32>>,
+    /// Full-precision values.
+    pub values: Option<Vec<f32>>,
+    /// f32 master values.
+    pub master: Option<Vec<f32>>,
+    /// SGD momentum.
+    pub momentum: Option<Vec<f32>>,
+}
+
+/// A state file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    /// `"fixnn-state"`.
+    pub format: String,
+    /// 1.
+    pub version: u32,
+    /// Parameters and buffers.
+    pub tensors: Vec<StateTensor>,
+}
+
+impl StateFile {
+    /// Parse a state document.
+    ///
+    /// # Errors
+    ///
+    /// The parse error with its line and column, or a wrong header.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let s: StateFile =
+            serde_json::from_str(text).map_err(|e| format!("not a state document: {e}"))?;
+        if s.format != STATE_FORMAT || s.version != STATE_VERSION {
+            return Err(format!(
+                "not a {STATE_FORMAT} version {STATE_VERSION} document"
+            ));
+        }
+        Ok(s)
+    }
+
+    /// Load onto `model` (everything checked first; nothing changes on error).
+    ///
+    /// # Errors
+    ///
+    /// One message naming every bad path.
+    pub fn apply<L: Layer>(&self, model: &mut L) -> Result<usize, String> {
+        let entries: Vec<StateEntry<'_>> = self
+            .tensors
+            .iter()
+            .map(|t| StateEntry {
+                name: &t.name,
+                kind: t.kind,
+                fmt: t.fmt,
+                codes: t.codes.as_deref(),
+                values: t.values.as_deref(),
+                master: t.master.as_deref(),
+                momentum: t.momentum.as_deref(),
+            })
+            .collect();
+        model::apply_state(model, &entries).map_err(|r| r.to_string())
+    }
+}

@@ -1,0 +1,117 @@
+//! `fixnn inspect FILE`: the config table of a config tree, a model state
+//! or a nics_fix_pt YAML config.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use fixnn::model::{Kind, CONFIG_FORMAT, STATE_FORMAT};
+use fixnn::{Method, QuantConfig};
+
+use crate::configs::{ConfigFile, StateFile};
+use crate::nics::{self, ScaleForm};
+
+fn method(m: Method) -> &'static str {
+    match m {
+        Method::None => "none",
+        Method::Auto => "auto",
+        Method::Fixed => "fixed",
+    }
+}
+
+fn kind(k: Kind) -> &'static str {
+    match k {
+        Kind::Param => "param",
+        Kind::Buffer => "buffer",
+        Kind::Activation => "activation",
+    }
+}
+
+fn row(
+    out: &mut String,
+    name: &str,
+    layer: &str,
+    kind: &str,
+    d: Option<&QuantConfig>,
+    g: Option<&QuantConfig>,
+) {
+    let cell = |c: Option<&QuantConfig>| match c {
+        Some(c) => format!("{:>5} {:>5} {:<6}", c.bits, c.scale, method(c.method)),
+        None => format!("{:>5} {:>5} {:<6}", "-", "-", "-"),
+    };
+    let _ = writeln!(
+        out,
+        "{name:<28} {layer:<11} {kind:<10} {} {}",
+        cell(d),
+        cell(g)
+    );
+}
+
+fn header(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "{:<28} {:<11} {:<10} {:>5} {:>5} {:<6} {:>5} {:>5} {:<6}",
+        "name", "layer", "kind", "bits", "scale", "data", "bits", "scale", "grad"
+    );
+}
+
+/// The table for the file at `path`.
+///
+/// # Errors
+///
+/// A message naming the file and what is wrong with it.
+pub fn inspect(path: &Path, form: ScaleForm) -> Result<String, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+    let format = json
+        .as_ref()
+        .and_then(|v| v.get("format"))
+        .and_then(|f| f.as_str())
+        .map(str::to_string);
+    let mut out = String::new();
+    match format.as_deref() {
+        Some(CONFIG_FORMAT) => {
+            let cfg = ConfigFile::parse(&text).map_err(|e| format!("{shown}: {e}"))?;
+            let _ = writeln!(out, "{shown}: config tree, {} tensors", cfg.tensors.len());
+            header(&mut out);
+            for e in &cfg.tensors {
+                row(&mut out, &e.name, &e.layer, kind(e.kind), Some(&e.data), Some(&e.grad));
+            }
+        }
+        Some(STATE_FORMAT) => {
+            let st = StateFile::parse(&text).map_err(|e| format!("{shown}: {e}"))?;
+            let _ = writeln!(out, "{shown}: model state, {} tensors", st.tensors.len());
+            let _ = writeln!(out, "{:<28} {:<11} {:<10} {:>5} {:>5} {:>9}", "name", "layer", "kind", "bits", "scale", "elements");
+            for t in &st.tensors {
+                let n = t.codes.as_ref().map(Vec::len).or(t.values.as_ref().map(Vec::len)).unwrap_or(0);
+                let (b, s) = match t.fmt {
+                    Some(f) => (f.bits.to_string(), f.scale.to_string()),
+                    None => ("f32".to_string(), "-".to_string()),
+                };
+                let _ = writeln!(out, "{:<28} {:<11} {:<10} {b:>5} {s:>5} {n:>9}", t.name, t.layer, kind(t.kind));
+            }
+        }
+        Some(other) => return Err(format!("{shown}: unknown document format `{other}`")),
+        None if json.is_some() => {
+            return Err(format!(
+                "{shown}: a JSON file without a `format` key (expected {CONFIG_FORMAT} or {STATE_FORMAT})"
+            ))
+        }
+        None => {
+            let n = nics::parse(&text, form).map_err(|e| format!("{shown}: not a fixnn JSON file, and as a nics_fix_pt YAML config: {e}"))?;
+            let form = match n.scale_form {
+                Some(ScaleForm::Value) => "scale read as the value 2^k (nics_fix_pt 0.4)",
+                _ => "scale read as the exponent k (nics_fix_pt before 0.4)",
+            };
+            let mut names: Vec<&String> = n.data.keys().chain(n.grad.keys()).collect();
+            names.sort();
+            names.dedup();
+            let _ = writeln!(out, "{shown}: nics_fix_pt config, {} tensors; {form}", names.len());
+            header(&mut out);
+            for name in names {
+                row(&mut out, name, "-", "-", n.data.get(name), n.grad.get(name));
+            }
+        }
+    }
+    Ok(out)
+}
