@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod configs;
+pub mod history;
 pub mod inspect;
 pub mod nics;
 pub mod quantize;
