@@ -186,9 +186,14 @@ fn generate(input: &DeriveInput, children: &[Child<'_>]) -> TokenStream {
     });
 
     // backward: last to first; each field's dy is the next field's input
-    // gradient buffer, which that field's backward just wrote.
+    // gradient buffer, which that field's backward just wrote. A field needs
+    // its input gradient if the caller wants one or an earlier field has
+    // parameters; a field without parameters whose input gradient nobody
+    // needs is skipped.
+    let tys: Vec<&Type> = children.iter().map(|c| c.ty).collect();
     let backward = (0..n).rev().map(|i| {
         let f = idents[i];
+        let ty = tys[i];
         let x = match i {
             0 => quote!(x),
             _ => {
@@ -202,18 +207,16 @@ fn generate(input: &DeriveInput, children: &[Child<'_>]) -> TokenStream {
             let next = idents[i + 1];
             quote!(#layer::input_grad_mut(&mut self.#next))
         };
-        let want = if i == 0 {
-            quote!(want_dx)
-        } else {
-            quote!(true)
-        };
-        let call = quote!(#layer::backward(&mut self.#f, bk, ctx, #x, #dy, #want));
-        if i > 0 {
-            quote!(#call?;)
-        } else {
-            call
+        let earlier = tys[..i].iter().map(|t| quote!(<#t as #layer>::HAS_PARAMS));
+        let want = quote!(want_dx #(|| #earlier)*);
+        quote! {
+            let want = #want;
+            if want || <#ty as #layer>::HAS_PARAMS {
+                #layer::backward(&mut self.#f, bk, ctx, #x, #dy, want)?;
+            }
         }
     });
+    let has_params = tys.iter().map(|t| quote!(<#t as #layer>::HAS_PARAMS));
 
     let visit = children.iter().map(|c| {
         let (f, name) = (c.ident, &c.name);
@@ -230,6 +233,7 @@ fn generate(input: &DeriveInput, children: &[Child<'_>]) -> TokenStream {
             type In = <#first_ty as #layer>::In;
             type Out = <#last_ty as #layer>::Out;
             const TYPE: &'static str = #type_name;
+            const HAS_PARAMS: bool = false #(|| #has_params)*;
 
             fn forward<FixnnBk: ::fixnn::backend::Backend>(
                 &mut self,
@@ -253,6 +257,7 @@ fn generate(input: &DeriveInput, children: &[Child<'_>]) -> TokenStream {
                 want_dx: bool,
             ) -> ::fixnn::error::Result<()> {
                 #(#backward)*
+                Ok(())
             }
 
             fn input_grad(&self) -> &::fixnn::tensor::Tensor<<Self as #layer>::In> {
@@ -432,6 +437,6 @@ mod tests {
             .map(|f| b + out[b..].find(&format!("backward (& mut {f}")).unwrap())
             .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{out}");
-        assert_eq!(out.matches("want_dx)").count(), 1);
+        assert_eq!(out.matches("let want = want_dx").count(), 3);
     }
 }

@@ -33,6 +33,7 @@ impl<S: Shape> Layer for Relu<S> {
     type In = S;
     type Out = S;
     const TYPE: &'static str = "Relu";
+    const HAS_PARAMS: bool = false;
 
     fn forward<Bk: Backend>(&mut self, _bk: &Bk, ctx: &Ctx, x: &Tensor<S>) -> Result<()> {
         for (y, &v) in self.out.t.flat_mut().iter_mut().zip(x.flat()) {
@@ -100,6 +101,7 @@ impl<S: Shape> Layer for Quant<S> {
     type In = S;
     type Out = S;
     const TYPE: &'static str = "Quant";
+    const HAS_PARAMS: bool = false;
 
     fn forward<Bk: Backend>(&mut self, _bk: &Bk, ctx: &Ctx, x: &Tensor<S>) -> Result<()> {
         self.out.t.flat_mut().copy_from_slice(x.flat());
@@ -168,6 +170,7 @@ impl<const B: usize, const C: usize, const H: usize, const W: usize, const N: us
     type In = S4<B, C, H, W>;
     type Out = S2<B, N>;
     const TYPE: &'static str = "Flatten";
+    const HAS_PARAMS: bool = false;
 
     fn forward<Bk: Backend>(
         &mut self,

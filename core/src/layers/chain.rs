@@ -39,6 +39,7 @@ impl<A: Layer, B: Layer<In = A::Out>> Layer for Chain<A, B> {
     type In = A::In;
     type Out = B::Out;
     const TYPE: &'static str = "Sequential";
+    const HAS_PARAMS: bool = A::HAS_PARAMS || B::HAS_PARAMS;
 
     fn forward<Bk: Backend>(&mut self, bk: &Bk, ctx: &Ctx, x: &Tensor<A::In>) -> Result<()> {
         self.a.forward(bk, ctx, x)?;

@@ -58,6 +58,10 @@ pub trait Layer {
     /// The layer's type name, used to select configs by type
     /// ([`set_method`](crate::model::set_method)) and in tables.
     const TYPE: &'static str;
+    /// Whether the layer (or one of its children) has trainable
+    /// parameters. Containers use it to skip input gradients nobody needs
+    /// (a layer with no parameters before it never needs its `dx`).
+    const HAS_PARAMS: bool = true;
 
     /// Compute the output from `x` and keep what backward needs.
     ///

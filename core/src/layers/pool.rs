@@ -220,6 +220,7 @@ impl<
     type In = S4<B, C, H, W>;
     type Out = S4<B, C, OH, OW>;
     const TYPE: &'static str = "MaxPool2d";
+    const HAS_PARAMS: bool = false;
 
     fn forward<Bk: Backend>(
         &mut self,
@@ -467,6 +468,7 @@ impl<
     type In = S4<B, C, H, W>;
     type Out = S4<B, C, OH, OW>;
     const TYPE: &'static str = "AvgPool2d";
+    const HAS_PARAMS: bool = false;
 
     fn forward<Bk: Backend>(
         &mut self,
