@@ -34,7 +34,7 @@ pub use config::{Group, Method, QuantConfig, RangeMethod, Rounding};
 pub use format::{check_storage, pow2_f32, Code, Format, MAX_BITS, MIN_BITS};
 pub use math::{ratio_to_f32, sqrt_f32};
 pub use rng::Stream;
-pub use round::{decompose_f32, requantize_one, requantize_ratio};
+pub use round::{decompose_f32, requantize_one, round_f32, requantize_ratio};
 
 use crate::error::{Error, Result};
 
@@ -86,6 +86,17 @@ impl Rounder {
             _ => 0,
         };
         requantize_one(v, exp, format, self.rounding, draw)
+    }
+
+    /// Round the f32 `x` to a code of `format` as element `i` of the slice,
+    /// exactly as [`Rounder::round`] on its significand and exponent
+    /// ([`round_f32`], with a fast path). Returns `(code, saturated)`.
+    pub fn round_f32(&self, i: usize, x: f32, format: Format) -> (i32, bool) {
+        let draw = match self.rounding {
+            Rounding::Stochastic => self.stream.draw(self.base.wrapping_add(i as u32)),
+            _ => 0,
+        };
+        round_f32(x, format, self.rounding, draw)
     }
 
     /// Round the rational `v * 2^exp / div` to a code of `format` as element
@@ -179,8 +190,7 @@ pub fn quantize_f32<C: Code>(
         return Err(Error::NonFinite { index });
     }
     Ok(fill(x.len(), mask, |i| {
-        let (m, e) = decompose_f32(x[i]).unwrap_or((0, 0));
-        let (q, sat) = rounder.round(i, m, e, format);
+        let (q, sat) = rounder.round_f32(i, x[i], format);
         out[i] = C::from_code(q);
         sat
     }))
@@ -285,8 +295,7 @@ pub fn fake_quantize_f32(
     }
     *cfg = next;
     let saturated = fill(x.len(), mask, |i| {
-        let (m, e) = decompose_f32(x[i]).unwrap_or((0, 0));
-        let (q, sat) = rounder.round(i, m, e, format);
+        let (q, sat) = rounder.round_f32(i, x[i], format);
         x[i] = format.to_f32(q);
         sat
     });
@@ -309,8 +318,7 @@ pub fn fake_quantize_in_place(x: &mut [f32], format: Format, rounder: &Rounder) 
         return Err(Error::NonFinite { index });
     }
     Ok(fill(x.len(), None, |i| {
-        let (m, e) = decompose_f32(x[i]).unwrap_or((0, 0));
-        let (q, sat) = rounder.round(i, m, e, format);
+        let (q, sat) = rounder.round_f32(i, x[i], format);
         x[i] = format.to_f32(q);
         sat
     }))

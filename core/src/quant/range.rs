@@ -37,6 +37,15 @@ trait Samples {
     fn get(&self, i: usize) -> (i64, i32);
     /// A grid every element lies on, if there is one (integer input).
     fn native_exp(&self) -> Option<i32>;
+    /// `ceil(log2(max |x|))`, `None` when every element is zero.
+    fn max_ceil_log2(&self) -> Option<i32> {
+        (0..self.len())
+            .filter_map(|i| {
+                let (m, e) = self.get(i);
+                ceil_log2_abs(m, e)
+            })
+            .max()
+    }
 }
 
 struct F32s<'a>(&'a [f32]);
@@ -51,6 +60,12 @@ impl Samples for F32s<'_> {
     }
     fn native_exp(&self) -> Option<i32> {
         None
+    }
+    fn max_ceil_log2(&self) -> Option<i32> {
+        // ceil(log2 |x|) is monotonic in |x|: one f32 maximum, then its bits.
+        let big = self.0.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let (m, e) = decompose_f32(big)?;
+        ceil_log2_abs(m, e)
     }
 }
 
@@ -68,6 +83,14 @@ impl<S: Copy + Into<i64>> Samples for Ints<'_, S> {
     }
     fn native_exp(&self) -> Option<i32> {
         Some(self.exp)
+    }
+    fn max_ceil_log2(&self) -> Option<i32> {
+        let big = self.q.iter().map(|&v| v.into().unsigned_abs()).max()?;
+        match big {
+            0 => None,
+            1 => Some(self.exp),
+            _ => Some(self.exp + 64 - (big - 1).leading_zeros() as i32),
+        }
     }
 }
 
@@ -139,12 +162,7 @@ fn clamp_scale(s: i32) -> i8 {
 }
 
 fn max_ceil_log2<S: Samples>(s: &S) -> Option<i32> {
-    (0..s.len())
-        .filter_map(|i| {
-            let (m, e) = s.get(i);
-            ceil_log2_abs(m, e)
-        })
-        .max()
+    s.max_ceil_log2()
 }
 
 /// Largest clamped scale `t` with at least `k` elements of scale `>= t`.

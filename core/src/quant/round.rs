@@ -47,6 +47,12 @@ pub fn requantize_one(
     draw: u32,
 ) -> (i32, bool) {
     let shift = format.step_exp() as i64 - exp as i64;
+    if (1..=62).contains(&shift) {
+        // The common case in 64-bit arithmetic (same results as the wide path).
+        if let Some(q) = shift_right_round_i64(v, shift as u32, rounding, draw) {
+            return format.saturate(q as i128);
+        }
+    }
     let v = v as i128;
     let q = if shift <= 0 {
         let left = -shift;
@@ -147,6 +153,66 @@ pub fn requantize_ratio(
         }
     };
     format.saturate(floor + up as i128)
+}
+
+/// [`shift_right_round`] in `i64` for `1 <= shift <= 62`; `None` if the
+/// stochastic addend would overflow (the caller then uses the wide path).
+#[inline]
+fn shift_right_round_i64(v: i64, shift: u32, rounding: Rounding, draw: u32) -> Option<i64> {
+    let floor = v >> shift;
+    let rem = v & ((1i64 << shift) - 1); // v - floor * 2^shift, in [0, 2^shift)
+    let half = 1i64 << (shift - 1);
+    Some(match rounding {
+        Rounding::Floor => floor,
+        Rounding::NearestEven => floor + (rem > half || (rem == half && floor & 1 == 1)) as i64,
+        Rounding::NearestAway => floor + (rem > half || (rem == half && floor >= 0)) as i64,
+        Rounding::Stochastic => {
+            let r = if shift <= 32 {
+                (draw >> (32 - shift)) as i64
+            } else {
+                (draw as i64) << (shift - 32)
+            };
+            v.checked_add(r)? >> shift
+        }
+    })
+}
+
+/// Round the f32 `x` to a code of `format`: the same result as
+/// [`requantize_one`] on `x`'s exact significand and exponent.
+///
+/// Fast path (nearest and floor rounding): `y = x * 2^(bits - 1 - scale)`
+/// is exact when it is a normal f32 (or zero), and for `|y| < 2^16` its
+/// integer and fractional parts are exact too, so rounding them is exact.
+/// Everything else (stochastic rounding, subnormal or huge `y`, NaN) takes
+/// the exact integer path; NaN and infinities round as 0.
+#[inline]
+pub fn round_f32(x: f32, format: Format, rounding: Rounding, draw: u32) -> (i32, bool) {
+    let k = -format.step_exp();
+    if rounding != Rounding::Stochastic && (-126..=127).contains(&k) {
+        let y = x * super::format::pow2_f32(k);
+        let a = y.abs();
+        if a < 65536.0 && (a >= f32::MIN_POSITIVE || x == 0.0) {
+            let t = y as i32; // toward zero, exact
+            let r = y - t as f32; // the exact fraction, in (-1, 1)
+            let q = match rounding {
+                Rounding::Floor => t - (r < 0.0) as i32,
+                Rounding::NearestAway => t + (r >= 0.5) as i32 - (r <= -0.5) as i32,
+                _ => {
+                    // Nearest, ties to even.
+                    if r > 0.5 || (r == 0.5 && t & 1 == 1) {
+                        t + 1
+                    } else if r < -0.5 || (r == -0.5 && t & 1 == 1) {
+                        t - 1
+                    } else {
+                        t
+                    }
+                }
+            };
+            return format.saturate(q as i128);
+        }
+    }
+    let (m, e) = decompose_f32(x).unwrap_or((0, 0));
+    requantize_one(m, e, format, rounding, draw)
 }
 
 /// `v / 2^shift` rounded to an integer; `1 <= shift <= 96`, `|v| < 2^63`.
@@ -262,6 +328,29 @@ mod tests {
         assert_eq!(ceil_log2_abs(5, -3), Some(0));
         assert_eq!(ceil_log2_abs(i64::MIN, 0), Some(63));
         assert_eq!(ceil_log2_abs(0, 7), None);
+    }
+
+    #[test]
+    fn f32_fast_path_equals_the_exact_path() {
+        let s = crate::quant::Stream::new(3, 4, 5);
+        let mut xs: std::vec::Vec<f32> = std::vec![0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 1e-40, -1e-40, -1.6e-32, 65535.5, 3e38];
+        for i in 0..200_000u32 {
+            let d = s.draw(i);
+            xs.push(f32::from_bits(d));
+            xs.push((d as i32 as f32) / 65536.0);
+            xs.push(((d % 4096) as f32 - 2048.0) * 0.125);
+        }
+        for (j, &x) in xs.iter().enumerate() {
+            if !x.is_finite() {
+                continue;
+            }
+            let f = Format::new(2 + (j % 15) as u8, ((j * 7) % 256) as u8 as i8).unwrap();
+            let (m, e) = decompose_f32(x).unwrap();
+            for r in [Rounding::NearestEven, Rounding::NearestAway, Rounding::Floor, Rounding::Stochastic] {
+                let d = s.draw(j as u32);
+                assert_eq!(round_f32(x, f, r, d), requantize_one(m, e, f, r, d), "{x} {f:?} {r:?}");
+            }
+        }
     }
 
     #[test]
