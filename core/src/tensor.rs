@@ -363,7 +363,7 @@ fn quantize_in_place(
     ctx: &Ctx,
     id: u32,
     v: &mut [f32],
-    mut sat: Option<&mut [bool]>,
+    sat: Option<&mut [bool]>,
 ) -> Result<(Option<Format>, u64)> {
     if let Some(s) = sat.as_deref() {
         check_len(v.len(), s.len())?;
@@ -380,16 +380,7 @@ fn quantize_in_place(
     }
     cfg.scale = next.scale;
     let r = ctx.rounder(id, cfg.rounding);
-    let mut n = 0;
-    for (i, x) in v.iter_mut().enumerate() {
-        let (m, e) = quant::decompose_f32(*x).unwrap_or((0, 0));
-        let (q, clamped) = r.round(i, m, e, f);
-        *x = f.to_f32(q);
-        n += clamped as u64;
-        if let Some(s) = sat.as_deref_mut() {
-            s[i] = clamped;
-        }
-    }
+    let n = quant::quantize_values_in_place(v, f, &r, sat);
     Ok((Some(f), n))
 }
 

@@ -333,7 +333,8 @@ mod tests {
     #[test]
     fn f32_fast_path_equals_the_exact_path() {
         let s = crate::quant::Stream::new(3, 4, 5);
-        let mut xs: std::vec::Vec<f32> = std::vec![0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 1e-40, -1e-40, -1.6e-32, 65535.5, 3e38];
+        let mut xs: std::vec::Vec<f32> =
+            std::vec![0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 1e-40, -1e-40, -1.6e-32, 65535.5, 3e38];
         for i in 0..200_000u32 {
             let d = s.draw(i);
             xs.push(f32::from_bits(d));
@@ -346,9 +347,18 @@ mod tests {
             }
             let f = Format::new(2 + (j % 15) as u8, ((j * 7) % 256) as u8 as i8).unwrap();
             let (m, e) = decompose_f32(x).unwrap();
-            for r in [Rounding::NearestEven, Rounding::NearestAway, Rounding::Floor, Rounding::Stochastic] {
+            for r in [
+                Rounding::NearestEven,
+                Rounding::NearestAway,
+                Rounding::Floor,
+                Rounding::Stochastic,
+            ] {
                 let d = s.draw(j as u32);
-                assert_eq!(round_f32(x, f, r, d), requantize_one(m, e, f, r, d), "{x} {f:?} {r:?}");
+                assert_eq!(
+                    round_f32(x, f, r, d),
+                    requantize_one(m, e, f, r, d),
+                    "{x} {f:?} {r:?}"
+                );
             }
         }
     }
