@@ -31,9 +31,91 @@ struct Cli {
 enum Command {
     /// Quantize numbers to a fixed-point format and show codes and values.
     Quantize(QuantizeArgs),
-    /// Print the config table of a config tree, a model state or a
-    /// nics_fix_pt YAML config.
+    /// Print the config table of a config tree, a model state, a checkpoint
+    /// or a nics_fix_pt YAML config.
     Inspect(InspectArgs),
+    /// Train a model file on MNIST or Fashion-MNIST; writes checkpoint,
+    /// metrics and report to the output directory.
+    Train(TrainArgs),
+    /// Test accuracy of a checkpoint.
+    Eval(EvalArgs),
+    /// Export a checkpoint's quantized model as Rust source or a binary blob.
+    Export(ExportArgs),
+}
+
+/// Arguments of `fixnn train`.
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// The model file (architecture, configs, optimizer, schedule).
+    #[arg(value_name = "MODEL.json")]
+    pub model: PathBuf,
+    /// Epochs in all (default: the model file's schedule).
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<u32>,
+    /// Worker threads (default: every core). Any count gives the same bits.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Seed of initialisation, shuffling and stochastic rounding (default: the model file's).
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Dataset directory (else $FIXNN_DATA, ../shared/datasets/mnist, data/mnist).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Output directory (default runs/<name>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue from the checkpoint in the output directory.
+    #[arg(long)]
+    pub resume: bool,
+    /// Train on the first N samples only (quick runs).
+    #[arg(long, value_name = "N")]
+    pub train_samples: Option<usize>,
+    /// Test on the first N samples only.
+    #[arg(long, value_name = "N")]
+    pub test_samples: Option<usize>,
+    /// Skip the plots.
+    #[arg(long)]
+    pub no_report: bool,
+}
+
+/// Arguments of `fixnn eval`.
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// A checkpoint written by `fixnn train`.
+    #[arg(value_name = "CHECKPOINT")]
+    pub checkpoint: PathBuf,
+    /// Dataset directory.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Worker threads.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Test on the first N samples only.
+    #[arg(long, value_name = "N")]
+    pub test_samples: Option<usize>,
+}
+
+/// `--format` of `fixnn export`.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ExportFormat {
+    /// A Rust source file with one static array per tensor.
+    Rust,
+    /// A binary blob for `include_bytes!`.
+    Bin,
+}
+
+/// Arguments of `fixnn export`.
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// A checkpoint written by `fixnn train`.
+    #[arg(value_name = "CHECKPOINT")]
+    pub checkpoint: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Output file (default: model.rs or model.bin beside the checkpoint).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// Arguments of `fixnn inspect`.
@@ -192,6 +274,39 @@ where
                 Err(e) => Err(crate::quantize::Failure::Input(e)),
             }
         }
+        Command::Train(a) => {
+            let opts = crate::train::TrainOptions {
+                model: a.model,
+                epochs: a.epochs,
+                threads: a.threads,
+                seed: a.seed,
+                data: a.data,
+                out: a.out,
+                resume: a.resume,
+                train_samples: a.train_samples,
+                test_samples: a.test_samples,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                report: !a.no_report,
+            };
+            match crate::train::train(opts) {
+                Ok(s) => writeln!(
+                    out,
+                    "wrote {}\ntest_accuracy={:.2}",
+                    s.out.display(),
+                    s.test_accuracy
+                )
+                .map_err(crate::quantize::Failure::Output),
+                Err(e) => Err(crate::quantize::Failure::Input(e)),
+            }
+        }
+        Command::Eval(a) => {
+            match crate::train::eval(&a.checkpoint, a.data.as_deref(), a.threads, a.test_samples) {
+                Ok(acc) => writeln!(out, "test_accuracy={acc:.2}")
+                    .map_err(crate::quantize::Failure::Output),
+                Err(e) => Err(crate::quantize::Failure::Input(e)),
+            }
+        }
+        Command::Export(a) => export(&a, out),
     };
     match result {
         Ok(()) => 0,
@@ -236,4 +351,27 @@ fn clap_error(e: clap::Error, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             EXIT_USAGE
         }
     }
+}
+
+fn export(a: &ExportArgs, out: &mut dyn Write) -> Result<(), crate::quantize::Failure> {
+    use crate::quantize::Failure;
+    let c = crate::checkpoint::load(&a.checkpoint).map_err(Failure::Input)?;
+    let (bytes, default_name) = match a.format {
+        ExportFormat::Rust => (
+            crate::export::to_rust(&c, &a.checkpoint.display().to_string()).into_bytes(),
+            "model.rs",
+        ),
+        ExportFormat::Bin => (
+            crate::export::to_bin(&c).map_err(Failure::Input)?,
+            "model.bin",
+        ),
+    };
+    let dest = a.out.clone().unwrap_or_else(|| {
+        a.checkpoint
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(default_name)
+    });
+    crate::configs::write_atomic(&dest, &bytes).map_err(Failure::Input)?;
+    writeln!(out, "wrote {} ({} bytes)", dest.display(), bytes.len()).map_err(Failure::Output)
 }

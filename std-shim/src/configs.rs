@@ -180,6 +180,11 @@ fn decode_entry(item: &Value) -> Result<Entry, (Option<String>, String)> {
     })
 }
 
+/// Environment variable for crash tests: when set, [`write_atomic`] writes
+/// half of the data to its temporary file and aborts the process, as a kill
+/// in the middle of a write would.
+pub const ABORT_MID_WRITE: &str = "FIXNN_TEST_ABORT_MID_WRITE";
+
 /// Write `bytes` to `path` atomically: a temporary file in the same
 /// directory, flushed and synced, then renamed over `path`. A crash leaves
 /// either the old file or the new one, never a mixture.
@@ -199,6 +204,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
+        if std::env::var_os(ABORT_MID_WRITE).is_some() {
+            // Crash tests: die like a killed process, half-way through the data.
+            f.write_all(&bytes[..bytes.len() / 2])?;
+            f.sync_all()?;
+            std::process::abort();
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;

@@ -69,6 +69,40 @@ pub fn inspect(path: &Path, form: ScaleForm) -> Result<String, String> {
         .and_then(|f| f.as_str())
         .map(str::to_string);
     let mut out = String::new();
+    if json
+        .as_ref()
+        .is_some_and(|v| v.get("checksum").is_some() && v.get("body").is_some())
+    {
+        let c = crate::checkpoint::decode(text.as_bytes()).map_err(|e| format!("{shown}: {e}"))?;
+        let _ = writeln!(
+            out,
+            "{shown}: checkpoint of `{}` ({}), {} epochs, {} steps, {} tensors",
+            c.spec.name,
+            c.spec.architecture,
+            c.epoch,
+            c.step,
+            c.configs.tensors.len()
+        );
+        header(&mut out);
+        for e in &c.configs.tensors {
+            row(
+                &mut out,
+                &e.name,
+                &e.layer,
+                kind(e.kind),
+                Some(&e.data),
+                Some(&e.grad),
+            );
+        }
+        if let Some(last) = c.history.epochs.last() {
+            let _ = writeln!(
+                out,
+                "test accuracy after epoch {}: {:.2}%",
+                last.epoch, last.test_accuracy
+            );
+        }
+        return Ok(out);
+    }
     match format.as_deref() {
         Some(CONFIG_FORMAT) => {
             let cfg = ConfigFile::parse(&text).map_err(|e| format!("{shown}: {e}"))?;

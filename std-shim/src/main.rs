@@ -3,8 +3,8 @@
 fn main() {
     let code = fixnn_std::cli::run(
         std::env::args_os(),
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
     );
     std::process::exit(code);
 }

@@ -1,0 +1,408 @@
+//! [`RayonBackend`]: the compute backend for desktops, multi-threaded with
+//! rayon and vectorised, returning the same bits as
+//! [`RefBackend`](fixnn::backend::RefBackend) for every input and any
+//! number of threads.
+//!
+//! # How it stays bit-exact
+//!
+//! Every operation is a matrix product (convolutions over padded images,
+//! see `conv`), computed by one blocked kernel (see `kernel`):
+//!
+//! * work is split across threads only by independent outputs (batch items,
+//!   output rows or channels, column panels), never across one reduction;
+//! * the kernel vectorises across independent outputs: each f32 output is
+//!   one chain of additions, starting from `+0.0`, in the reference's order
+//!   (`a + b * c`, never a fused multiply-add, as in the reference);
+//! * on the integer path (both operands quantized) the codes are read once
+//!   per call exactly as the reference reads them and held in f32 when every
+//!   partial sum of a block stays within `2^24` (in f64 otherwise), so every
+//!   sum is exact and then added into the `i64` output;
+//! * inputs the fast path cannot reproduce bit for bit — "codes" outside
+//!   `i16` (values that are not codes of their format), non-finite values a
+//!   padded zero would multiply, absurd padding or dilation — go to the
+//!   reference backend itself.
+//!
+//! Operations of fewer than `2^17` products run on the calling thread (a
+//! trip through the pool costs more than they do); larger ones are split
+//! across the pool's threads.
+//!
+//! # Examples
+//!
+//! ```
+//! use fixnn::backend::{AccOut, Backend, LinearGeom, Operand, RefBackend};
+//! use fixnn_std::rayon_backend::RayonBackend;
+//!
+//! let g = LinearGeom { batch: 2, inp: 3, out: 2 };
+//! let x = [0.5, -1.0, 2.0, 0.25, 0.0, -3.0];
+//! let w = [1.0, 2.0, 3.0, -1.0, 0.5, 0.125];
+//! let (x, w) = (Operand { v: &x, fmt: None }, Operand { v: &w, fmt: None });
+//! let (mut y, mut want) = ([0.0f32; 4], [0.0f32; 4]);
+//! RayonBackend::with_threads(2)?.linear(g, x, w, AccOut::Float(&mut y))?;
+//! RefBackend.linear(g, x, w, AccOut::Float(&mut want))?;
+//! assert_eq!(y.map(f32::to_bits), want.map(f32::to_bits));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use fixnn::backend::{product_exp, AccOut, Backend, ConvGeom, LinearGeom, Operand, RefBackend};
+use fixnn::{Error, Result};
+
+mod codes;
+mod conv;
+mod kernel;
+mod linear;
+mod scratch;
+
+use codes::{all_finite, scan, tier, Load, Tier, ToCode};
+use kernel::{Ctx, Elem, Isa, Out, KC, NR, NRD, PAR_MIN_MACS};
+
+/// The multi-threaded, vectorised backend. Cheap to clone (the pool is
+/// shared).
+#[derive(Clone)]
+pub struct RayonBackend {
+    pool: Option<Arc<rayon::ThreadPool>>,
+    isa: Isa,
+}
+
+impl fmt::Debug for RayonBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RayonBackend")
+            .field("threads", &self.threads())
+            .field("own_pool", &self.pool.is_some())
+            .field("kernels", &self.isa)
+            .finish()
+    }
+}
+
+impl Default for RayonBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RayonBackend {
+    /// A backend running on rayon's global pool, with the best kernels the
+    /// CPU supports (AVX2 when present).
+    pub fn new() -> Self {
+        RayonBackend {
+            pool: None,
+            isa: Isa::detect(),
+        }
+    }
+
+    /// A backend with its own pool of `threads` threads; all its parallel
+    /// work runs inside that pool (small operations run on the calling
+    /// thread).
+    ///
+    /// # Errors
+    ///
+    /// `threads == 0`, or the pool could not be built.
+    pub fn with_threads(threads: usize) -> std::result::Result<Self, String> {
+        if threads == 0 {
+            return Err("a rayon backend needs at least one thread".into());
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("fixnn-{i}"))
+            .build()
+            .map_err(|e| format!("cannot build a pool of {threads} threads: {e}"))?;
+        Ok(RayonBackend {
+            pool: Some(Arc::new(pool)),
+            isa: Isa::detect(),
+        })
+    }
+
+    /// The same backend using only the portable kernels (no run-time
+    /// selection of AVX2). The results are the same; this exists to test
+    /// and compare the kernels.
+    pub fn with_portable_kernels(mut self) -> Self {
+        self.isa = Isa::Generic;
+        self
+    }
+
+    /// Threads that share the work.
+    pub fn threads(&self) -> usize {
+        match &self.pool {
+            Some(p) => p.current_num_threads(),
+            None => rayon::current_num_threads(),
+        }
+    }
+
+    /// Runs `f`, inside the own pool when the work is worth threads.
+    fn run<R: Send>(&self, macs: u64, f: impl FnOnce(Ctx) -> R + Send) -> R {
+        let threads = self.threads();
+        let ctx = Ctx {
+            isa: self.isa,
+            par: threads > 1 && macs >= PAR_MIN_MACS,
+            threads,
+        };
+        match &self.pool {
+            Some(pool) if ctx.par => pool.install(|| f(ctx)),
+            _ => f(ctx),
+        }
+    }
+}
+
+/// A sum of products computed by the packed kernels, for any element type
+/// (`E`), output (`T`) and panel width (`N`).
+trait Product: Sync {
+    /// `out = A B`, reading operand values with `la` and `lb`, blocks of
+    /// `kc` reduction steps.
+    fn run<E: Elem, T: Out<E>, const N: usize>(
+        &self,
+        ctx: Ctx,
+        la: Load,
+        lb: Load,
+        kc: usize,
+        out: &mut [T],
+    );
+}
+
+/// How a product is computed.
+struct Plan<'a> {
+    a: Operand<'a>,
+    b: Operand<'a>,
+    /// Values multiplied by padded zeros (must be finite on the f32 path).
+    zero_partner: Option<&'a [f32]>,
+    /// The fast path cannot reproduce this call: use the reference.
+    reference_only: bool,
+}
+
+fn shape_err(what: &'static str) -> Error {
+    Error::Shape { what }
+}
+
+fn check(len: usize, want: Option<usize>, what: &'static str) -> Result<()> {
+    match want {
+        Some(w) if w == len => Ok(()),
+        _ => Err(shape_err(what)),
+    }
+}
+
+fn out_len(out: &AccOut<'_>) -> usize {
+    match out {
+        AccOut::Int(o) => o.len(),
+        AccOut::Float(o) => o.len(),
+    }
+}
+
+fn mul(a: usize, b: usize) -> Option<usize> {
+    a.checked_mul(b)
+}
+
+fn mul3(a: usize, b: usize, c: usize) -> Option<usize> {
+    a.checked_mul(b)?.checked_mul(c)
+}
+
+fn mul4(a: usize, b: usize, c: usize, d: usize) -> Option<usize> {
+    mul3(a, b, c)?.checked_mul(d)
+}
+
+fn macs(dims: &[usize]) -> u64 {
+    dims.iter().fold(1u64, |m, &d| m.saturating_mul(d as u64))
+}
+
+/// Runs `p` on the path the operands and the output call for.
+fn execute<P: Product>(
+    ctx: Ctx,
+    p: &P,
+    plan: Plan<'_>,
+    out: AccOut<'_>,
+    reference: impl FnOnce(AccOut<'_>) -> Result<()>,
+) -> Result<()> {
+    let Plan {
+        a,
+        b,
+        zero_partner,
+        reference_only,
+    } = plan;
+    match (product_exp(a, b), a.fmt, b.fmt, out) {
+        (None, _, _, AccOut::Float(o)) => {
+            let finite = zero_partner.is_none_or(|v| all_finite(ctx, v));
+            if reference_only || !finite {
+                return reference(AccOut::Float(o));
+            }
+            p.run::<f32, f32, NR>(ctx, Load::Raw, Load::Raw, KC, o);
+            Ok(())
+        }
+        (Some(_), Some(fa), Some(fb), AccOut::Int(o)) => {
+            if reference_only {
+                return reference(AccOut::Int(o));
+            }
+            let (ta, tb) = (ToCode::new(fa), ToCode::new(fb));
+            let (la, lb) = (Load::Code(ta), Load::Code(tb));
+            match tier(scan(ctx, a.v, ta), scan(ctx, b.v, tb)) {
+                Tier::F32(kc) => p.run::<f32, i64, NR>(ctx, la, lb, kc, o),
+                Tier::F64(kc) => p.run::<f64, i64, NRD>(ctx, la, lb, kc, o),
+                Tier::Reference => return reference(AccOut::Int(o)),
+            }
+            Ok(())
+        }
+        _ => Err(shape_err(
+            "output variant does not match the operands' formats",
+        )),
+    }
+}
+
+impl RayonBackend {
+    fn linear_op(
+        &self,
+        g: LinearGeom,
+        kind: linear::Kind,
+        (a, b): (Operand<'_>, Operand<'_>),
+        out: AccOut<'_>,
+    ) -> Result<()> {
+        let op = linear::Linear {
+            g,
+            kind,
+            a: a.v,
+            b: b.v,
+        };
+        let plan = Plan {
+            a,
+            b,
+            zero_partner: None,
+            reference_only: false,
+        };
+        self.run(macs(&[g.batch, g.inp, g.out]), |ctx| {
+            execute(ctx, &op, plan, out, |o| match kind {
+                linear::Kind::Forward => RefBackend.linear(g, a, b, o),
+                linear::Kind::InputGrad => RefBackend.linear_input_grad(g, a, b, o),
+                linear::Kind::WeightGrad => RefBackend.linear_weight_grad(g, a, b, o),
+            })
+        })
+    }
+
+    fn conv_op(
+        &self,
+        g: ConvGeom,
+        kind: conv::Kind,
+        (a, b): (Operand<'_>, Operand<'_>),
+        out: AccOut<'_>,
+    ) -> Result<()> {
+        let op = conv::Conv {
+            g,
+            kind,
+            a: a.v,
+            b: b.v,
+        };
+        let plan = Plan {
+            a,
+            b,
+            zero_partner: Some(match kind {
+                conv::Kind::WeightGrad => a.v,
+                _ => b.v,
+            }),
+            reference_only: op.too_big(),
+        };
+        let work = macs(&[g.batch, g.cout, g.oh, g.ow, g.cpg(), g.kh, g.kw]);
+        self.run(work, |ctx| {
+            execute(ctx, &op, plan, out, |o| match kind {
+                conv::Kind::Forward => RefBackend.conv2d(g, a, b, o),
+                conv::Kind::InputGrad => RefBackend.conv2d_input_grad(g, a, b, o),
+                conv::Kind::WeightGrad => RefBackend.conv2d_weight_grad(g, a, b, o),
+            })
+        })
+    }
+}
+
+/// Lengths of a convolution's input, weight and output, if they fit `usize`.
+fn conv_lens(g: &ConvGeom) -> (Option<usize>, Option<usize>, Option<usize>) {
+    (
+        mul4(g.batch, g.cin, g.h, g.w),
+        mul4(g.cout, g.cpg(), g.kh, g.kw),
+        mul4(g.batch, g.cout, g.oh, g.ow),
+    )
+}
+
+impl Backend for RayonBackend {
+    fn linear(&self, g: LinearGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()> {
+        check(x.v.len(), mul(g.batch, g.inp), "linear input length")?;
+        check(w.v.len(), mul(g.out, g.inp), "linear weight length")?;
+        check(out_len(&y), mul(g.batch, g.out), "linear output length")?;
+        self.linear_op(g, linear::Kind::Forward, (x, w), y)
+    }
+
+    fn linear_input_grad(
+        &self,
+        g: LinearGeom,
+        dy: Operand<'_>,
+        w: Operand<'_>,
+        dx: AccOut<'_>,
+    ) -> Result<()> {
+        check(
+            dy.v.len(),
+            mul(g.batch, g.out),
+            "linear output-gradient length",
+        )?;
+        check(w.v.len(), mul(g.out, g.inp), "linear weight length")?;
+        check(
+            out_len(&dx),
+            mul(g.batch, g.inp),
+            "linear input-gradient length",
+        )?;
+        self.linear_op(g, linear::Kind::InputGrad, (dy, w), dx)
+    }
+
+    fn linear_weight_grad(
+        &self,
+        g: LinearGeom,
+        dy: Operand<'_>,
+        x: Operand<'_>,
+        dw: AccOut<'_>,
+    ) -> Result<()> {
+        check(
+            dy.v.len(),
+            mul(g.batch, g.out),
+            "linear output-gradient length",
+        )?;
+        check(x.v.len(), mul(g.batch, g.inp), "linear input length")?;
+        check(
+            out_len(&dw),
+            mul(g.out, g.inp),
+            "linear weight-gradient length",
+        )?;
+        self.linear_op(g, linear::Kind::WeightGrad, (dy, x), dw)
+    }
+
+    fn conv2d(&self, g: ConvGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()> {
+        g.check()?;
+        let (xl, wl, yl) = conv_lens(&g);
+        check(x.v.len(), xl, "convolution input length")?;
+        check(w.v.len(), wl, "convolution weight length")?;
+        check(out_len(&y), yl, "convolution output length")?;
+        self.conv_op(g, conv::Kind::Forward, (x, w), y)
+    }
+
+    fn conv2d_input_grad(
+        &self,
+        g: ConvGeom,
+        dy: Operand<'_>,
+        w: Operand<'_>,
+        dx: AccOut<'_>,
+    ) -> Result<()> {
+        g.check()?;
+        let (xl, wl, yl) = conv_lens(&g);
+        check(dy.v.len(), yl, "convolution output-gradient length")?;
+        check(w.v.len(), wl, "convolution weight length")?;
+        check(out_len(&dx), xl, "convolution input-gradient length")?;
+        self.conv_op(g, conv::Kind::InputGrad, (dy, w), dx)
+    }
+
+    fn conv2d_weight_grad(
+        &self,
+        g: ConvGeom,
+        dy: Operand<'_>,
+        x: Operand<'_>,
+        dw: AccOut<'_>,
+    ) -> Result<()> {
+        g.check()?;
+        let (xl, wl, yl) = conv_lens(&g);
+        check(dy.v.len(), yl, "convolution output-gradient length")?;
+        check(x.v.len(), xl, "convolution input length")?;
+        check(out_len(&dw), wl, "convolution weight-gradient length")?;
+        self.conv_op(g, conv::Kind::WeightGrad, (dy, x), dw)
+    }
+}

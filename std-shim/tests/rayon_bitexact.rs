@@ -1,0 +1,584 @@
+//! The rayon backend returns the reference backend's bits: every method,
+//! whole outputs, many shapes (batch 1, odd sizes, sizes that are not
+//! multiples of the vector width, stride, padding, dilation, groups,
+//! depthwise), bit widths 2..=16, full-precision and quantized operands,
+//! with 1, 2 and 3 threads and with the portable kernels.
+
+use std::sync::OnceLock;
+
+use fixnn::backend::{AccOut, Backend, ConvGeom, LinearGeom, Operand, RefBackend};
+use fixnn::{Format, Result, Stream};
+use fixnn_std::rayon_backend::RayonBackend;
+
+// ---------------------------------------------------------------- data
+
+/// How an operand's values are drawn.
+#[derive(Clone, Copy, Debug)]
+enum Data {
+    /// Full precision, wide dynamic range (any reordering of a sum shows).
+    Float,
+    /// Full precision with some infinities.
+    FloatInf,
+    /// Exact codes of `Format::new(bits, scale)`, uniform.
+    Quant(u8, i8),
+    /// Exact codes, mostly the extreme codes (largest products).
+    Extreme(u8, i8),
+    /// Declared quantized, but values that are no codes of the format
+    /// (fractions, beyond the range, beyond `i16`).
+    Garbage(u8, i8),
+}
+
+impl Data {
+    fn fmt(self) -> Option<Format> {
+        match self {
+            Data::Float | Data::FloatInf => None,
+            Data::Quant(b, s) | Data::Extreme(b, s) | Data::Garbage(b, s) => {
+                Some(Format::new(b, s).expect("valid test format"))
+            }
+        }
+    }
+}
+
+/// Deterministic draws: `next()` gives successive values of one stream.
+struct Draws {
+    s: Stream,
+    i: u32,
+}
+
+impl Draws {
+    fn new(seed: u64, tensor: u32) -> Self {
+        Draws {
+            s: Stream::new(seed, tensor, 7),
+            i: 0,
+        }
+    }
+    fn next(&mut self) -> u32 {
+        self.i += 1;
+        self.s.draw(self.i)
+    }
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next() as i64).rem_euclid(hi - lo + 1)
+    }
+    fn usize(&mut self, lo: usize, hi: usize) -> usize {
+        self.range(lo as i64, hi as i64) as usize
+    }
+}
+
+fn values(d: &mut Draws, len: usize, data: Data) -> Vec<f32> {
+    (0..len)
+        .map(|_| {
+            let r = d.next();
+            match data {
+                Data::Float | Data::FloatInf => {
+                    if r.is_multiple_of(23) {
+                        return if r & 64 == 0 { 0.0 } else { -0.0 };
+                    }
+                    if matches!(data, Data::FloatInf) && r % 97 == 1 {
+                        return if r & 128 == 0 {
+                            f32::INFINITY
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                    }
+                    let mant = 1.0 + (r >> 9) as f32 / (1u32 << 23) as f32;
+                    let exp = d.range(-12, 12) as i32;
+                    let sign = if r & 1 == 0 { 1.0 } else { -1.0 };
+                    sign * mant * 2f32.powi(exp)
+                }
+                Data::Quant(..) | Data::Extreme(..) => {
+                    let f = data.fmt().expect("quantized");
+                    let (lo, hi) = (f.min_code() as i64, f.max_code() as i64);
+                    let code = match data {
+                        Data::Extreme(..) if !r.is_multiple_of(4) => {
+                            if r % 8 < 6 {
+                                lo
+                            } else {
+                                hi
+                            }
+                        }
+                        _ => d.range(lo, hi),
+                    };
+                    f.to_f32(code as i32)
+                }
+                Data::Garbage(..) => {
+                    let f = data.fmt().expect("quantized");
+                    let step = f.step();
+                    match r % 5 {
+                        0 => (d.range(-40, 40) as f32 + 0.375) * step,
+                        1 => d.range(-(1 << 20), 1 << 20) as f32 * step,
+                        2 => f32::NAN,
+                        _ => d.range(f.min_code() as i64, f.max_code() as i64) as f32 * step,
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- backends
+
+fn backends() -> &'static [(&'static str, RayonBackend)] {
+    static B: OnceLock<Vec<(&'static str, RayonBackend)>> = OnceLock::new();
+    B.get_or_init(|| {
+        let t = |n| RayonBackend::with_threads(n).expect("pool");
+        vec![
+            ("1 thread", t(1)),
+            ("2 threads", t(2)),
+            ("3 threads", t(3)),
+            ("2 threads, portable kernels", t(2).with_portable_kernels()),
+            ("global pool", RayonBackend::new()),
+        ]
+    })
+}
+
+/// Garbage that must be overwritten.
+const POISON: u32 = 0x7fa5_5a5a;
+
+/// Runs `call` on the reference and on every rayon backend and compares
+/// the whole outputs bit for bit.
+fn compare(
+    what: &str,
+    len: usize,
+    int: bool,
+    call: impl Fn(&dyn Backend, AccOut<'_>) -> Result<()>,
+) {
+    if int {
+        let mut want = vec![i64::MIN + 3; len];
+        call(&RefBackend, AccOut::Int(&mut want)).expect("reference");
+        for (name, b) in backends() {
+            let mut got = vec![0x5a5a_5a5a_i64; len];
+            call(b, AccOut::Int(&mut got)).expect("rayon backend");
+            if let Some(i) = (0..len).find(|&i| got[i] != want[i]) {
+                panic!(
+                    "{what}, {name}: element {i} of {len}: {} != reference {}",
+                    got[i], want[i]
+                );
+            }
+        }
+    } else {
+        let mut want = vec![f32::from_bits(POISON); len];
+        call(&RefBackend, AccOut::Float(&mut want)).expect("reference");
+        for (name, b) in backends() {
+            let mut got = vec![f32::from_bits(POISON); len];
+            call(b, AccOut::Float(&mut got)).expect("rayon backend");
+            if let Some(i) = (0..len).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+                panic!(
+                    "{what}, {name}: element {i} of {len}: {:?} ({:#010x}) != reference {:?} ({:#010x})",
+                    got[i],
+                    got[i].to_bits(),
+                    want[i],
+                    want[i].to_bits()
+                );
+            }
+        }
+    }
+}
+
+/// Operand pairs tried on every shape: both quantized at widths 2..=16
+/// (chosen by `seed`), mixed, full precision, and the special cases.
+fn data_pairs(d: &mut Draws, extra: bool) -> Vec<(Data, Data)> {
+    let mut bits = || d.range(2, 16) as u8;
+    let (b1, b2, b3) = (bits(), bits(), bits());
+    let scale = |b: u8| (b as i8 % 5) - 2;
+    let mut v = vec![
+        (Data::Float, Data::Float),
+        (Data::Quant(b1, scale(b1)), Data::Quant(b2, scale(b2))),
+        (Data::Quant(8, 0), Data::Quant(8, 1)),
+        (Data::Float, Data::Quant(b3, 0)),
+        (Data::Quant(b2, -1), Data::Float),
+    ];
+    if extra {
+        v.extend([
+            (Data::Extreme(16, 3), Data::Extreme(16, -3)),
+            (Data::Extreme(10, 0), Data::Extreme(10, 0)),
+            (Data::Quant(2, 0), Data::Extreme(2, 5)),
+            (Data::Quant(16, -120), Data::Quant(5, 127)),
+            (Data::Garbage(8, 0), Data::Quant(8, 0)),
+            (Data::Quant(12, 2), Data::Garbage(6, -3)),
+            (Data::FloatInf, Data::Float),
+            (Data::Float, Data::FloatInf),
+        ]);
+    }
+    v
+}
+
+// ---------------------------------------------------------------- linear
+
+fn check_linear(g: LinearGeom, seed: u64, extra: bool) {
+    let mut d = Draws::new(seed, 1);
+    for (da, db) in data_pairs(&mut d, extra) {
+        let what = |m: &str| format!("{m} {g:?} {da:?} x {db:?} (seed {seed})");
+        let int = da.fmt().is_some() && db.fmt().is_some();
+        // forward: x (da), w (db)
+        let x = values(&mut d, g.batch * g.inp, da);
+        let w = values(&mut d, g.out * g.inp, db);
+        let (xo, wo) = (
+            Operand {
+                v: &x,
+                fmt: da.fmt(),
+            },
+            Operand {
+                v: &w,
+                fmt: db.fmt(),
+            },
+        );
+        compare(&what("linear"), g.batch * g.out, int, |b, o| {
+            b.linear(g, xo, wo, o)
+        });
+        // input gradient: dy (da), w (db)
+        let dy = values(&mut d, g.batch * g.out, da);
+        let dyo = Operand {
+            v: &dy,
+            fmt: da.fmt(),
+        };
+        compare(&what("linear_input_grad"), g.batch * g.inp, int, |b, o| {
+            b.linear_input_grad(g, dyo, wo, o)
+        });
+        // weight gradient: dy (da), x (db)
+        let x2 = values(&mut d, g.batch * g.inp, db);
+        let x2o = Operand {
+            v: &x2,
+            fmt: db.fmt(),
+        };
+        compare(&what("linear_weight_grad"), g.out * g.inp, int, |b, o| {
+            b.linear_weight_grad(g, dyo, x2o, o)
+        });
+    }
+}
+
+#[test]
+fn linear_random_shapes() {
+    let cases = if cfg!(debug_assertions) { 12 } else { 60 };
+    for seed in 0..cases {
+        let mut d = Draws::new(seed, 0);
+        let g = LinearGeom {
+            batch: d.usize(1, 70),
+            inp: d.usize(1, 150),
+            out: d.usize(1, 70),
+        };
+        check_linear(g, seed, seed % 3 == 0);
+    }
+}
+
+#[test]
+fn linear_fixed_shapes() {
+    let shapes = [
+        (1, 1, 1),
+        (1, 784, 100),
+        (64, 100, 10),
+        (2, 3, 5),
+        (3, 17, 33),
+        (4, 16, 16),
+        (5, 15, 17),
+        (65, 9, 4),
+        (7, 300, 1),
+        (1, 1000, 3),
+        (3, 0, 4),
+        (0, 5, 4),
+    ];
+    for (i, &(batch, inp, out)) in shapes.iter().enumerate() {
+        check_linear(LinearGeom { batch, inp, out }, 1000 + i as u64, true);
+    }
+}
+
+#[test]
+fn linear_mnist_sizes() {
+    // Large enough to run on several threads, with long reductions.
+    check_linear(
+        LinearGeom {
+            batch: 64,
+            inp: 784,
+            out: 100,
+        },
+        77,
+        true,
+    );
+    check_linear(
+        LinearGeom {
+            batch: 2,
+            inp: 700,
+            out: 300,
+        },
+        78,
+        false,
+    );
+}
+
+// ---------------------------------------------------------------- conv
+
+#[allow(clippy::too_many_arguments)]
+fn geom(
+    batch: usize,
+    (cin, cout, groups): (usize, usize, usize),
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    stride: (usize, usize),
+    pad: (usize, usize),
+    dil: (usize, usize),
+) -> Option<ConvGeom> {
+    let span = |k: usize, d: usize| d * (k - 1) + 1;
+    let (ih, iw) = (h + 2 * pad.0, w + 2 * pad.1);
+    if ih < span(kh, dil.0) || iw < span(kw, dil.1) {
+        return None;
+    }
+    let g = ConvGeom {
+        batch,
+        cin,
+        h,
+        w,
+        cout,
+        kh,
+        kw,
+        oh: (ih - span(kh, dil.0)) / stride.0 + 1,
+        ow: (iw - span(kw, dil.1)) / stride.1 + 1,
+        stride,
+        pad,
+        dil,
+        groups,
+    };
+    g.check().ok().map(|_| g)
+}
+
+fn check_conv(g: ConvGeom, seed: u64, extra: bool) {
+    let mut d = Draws::new(seed, 2);
+    let xl = g.batch * g.cin * g.h * g.w;
+    let wl = g.cout * g.cpg() * g.kh * g.kw;
+    let yl = g.batch * g.cout * g.oh * g.ow;
+    for (da, db) in data_pairs(&mut d, extra) {
+        let what = |m: &str| format!("{m} {g:?} {da:?} x {db:?} (seed {seed})");
+        let int = da.fmt().is_some() && db.fmt().is_some();
+        let x = values(&mut d, xl, da);
+        let w = values(&mut d, wl, db);
+        let (xo, wo) = (
+            Operand {
+                v: &x,
+                fmt: da.fmt(),
+            },
+            Operand {
+                v: &w,
+                fmt: db.fmt(),
+            },
+        );
+        compare(&what("conv2d"), yl, int, |b, o| b.conv2d(g, xo, wo, o));
+        let dy = values(&mut d, yl, da);
+        let dyo = Operand {
+            v: &dy,
+            fmt: da.fmt(),
+        };
+        compare(&what("conv2d_input_grad"), xl, int, |b, o| {
+            b.conv2d_input_grad(g, dyo, wo, o)
+        });
+        let x2 = values(&mut d, xl, db);
+        let x2o = Operand {
+            v: &x2,
+            fmt: db.fmt(),
+        };
+        compare(&what("conv2d_weight_grad"), wl, int, |b, o| {
+            b.conv2d_weight_grad(g, dyo, x2o, o)
+        });
+    }
+}
+
+fn random_conv(d: &mut Draws) -> Option<ConvGeom> {
+    let groups = [1, 1, 1, 2, 3][d.usize(0, 4)];
+    let (cpg, opg) = (d.usize(1, 4), d.usize(1, 5));
+    let depthwise = d.usize(0, 5) == 0;
+    let (cin, cout, groups) = if depthwise {
+        let c = d.usize(1, 6);
+        (c, c * d.usize(1, 2), c)
+    } else {
+        (groups * cpg, groups * opg, groups)
+    };
+    geom(
+        d.usize(1, 4),
+        (cin, cout, groups),
+        (d.usize(1, 13), d.usize(1, 13)),
+        (d.usize(1, 5), d.usize(1, 5)),
+        (d.usize(1, 3), d.usize(1, 3)),
+        (d.usize(0, 3), d.usize(0, 3)),
+        (d.usize(1, 3), d.usize(1, 3)),
+    )
+}
+
+#[test]
+fn conv_random_shapes() {
+    let cases = if cfg!(debug_assertions) { 15 } else { 80 };
+    let mut done = 0;
+    let mut seed = 0;
+    while done < cases {
+        seed += 1;
+        let mut d = Draws::new(seed, 0);
+        if let Some(g) = random_conv(&mut d) {
+            check_conv(g, seed, seed % 3 == 0);
+            done += 1;
+        }
+    }
+}
+
+#[test]
+fn conv_fixed_shapes() {
+    let shapes = [
+        // LeNet-style: 1x28x28 -> 6 5x5 -> 12x12 pooled -> 16 5x5.
+        geom(4, (1, 6, 1), (28, 28), (5, 5), (1, 1), (0, 0), (1, 1)),
+        geom(4, (6, 16, 1), (12, 12), (5, 5), (1, 1), (0, 0), (1, 1)),
+        geom(1, (1, 1, 1), (1, 1), (1, 1), (1, 1), (0, 0), (1, 1)),
+        // padding larger than the image; the input may even be empty.
+        geom(2, (2, 3, 1), (1, 2), (3, 3), (1, 1), (2, 2), (1, 1)),
+        geom(1, (1, 2, 1), (0, 3), (1, 1), (1, 1), (1, 0), (1, 1)),
+        // stride, dilation, groups, depthwise.
+        geom(3, (4, 6, 2), (9, 11), (3, 2), (2, 3), (1, 2), (2, 1)),
+        geom(2, (8, 8, 8), (10, 7), (3, 3), (1, 2), (1, 1), (1, 1)),
+        geom(2, (3, 6, 3), (17, 17), (5, 5), (2, 2), (2, 2), (1, 1)),
+        geom(1, (1, 1, 1), (5, 5), (5, 5), (1, 1), (4, 4), (1, 1)),
+        geom(1, (2, 2, 1), (7, 7), (2, 2), (3, 3), (0, 0), (3, 3)),
+    ];
+    for (i, g) in shapes.iter().enumerate() {
+        let g = g.expect("valid fixed geometry");
+        check_conv(g, 2000 + i as u64, true);
+    }
+}
+
+#[test]
+fn conv_parallel_sizes() {
+    // Large enough for threads: many items, one large item, a reduction
+    // long enough to be cut into chunks, and images packed in slabs.
+    let shapes = [
+        geom(16, (3, 8, 1), (16, 16), (3, 3), (1, 1), (1, 1), (1, 1)),
+        geom(1, (16, 16, 1), (20, 20), (3, 3), (1, 1), (1, 1), (1, 1)),
+        geom(4, (1, 1, 1), (200, 200), (3, 3), (1, 1), (1, 1), (1, 1)),
+        geom(2, (16, 8, 1), (32, 32), (3, 3), (1, 1), (1, 1), (1, 1)),
+        geom(3, (4, 4, 4), (40, 40), (3, 3), (2, 2), (1, 1), (1, 1)),
+        // Few output rows, many columns, a reduction cut into chunks.
+        geom(2, (4, 4, 1), (100, 100), (5, 5), (1, 1), (2, 2), (1, 1)),
+    ];
+    for (i, g) in shapes.iter().enumerate() {
+        let g = g.expect("valid fixed geometry");
+        check_conv(g, 3000 + i as u64, i == 0);
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+fn same_error(what: &str, call: impl Fn(&dyn Backend) -> Result<()>) {
+    let want = call(&RefBackend);
+    assert!(want.is_err(), "{what}: the reference accepted it");
+    for (name, b) in backends() {
+        assert_eq!(call(b), want, "{what}, {name}");
+    }
+}
+
+#[test]
+fn bad_lengths_are_errors_like_the_reference() {
+    let f8 = Format::new(8, 0).ok();
+    let v = vec![0.25f32; 64];
+    let op = |n: usize, fmt| Operand { v: &v[..n], fmt };
+    let g = LinearGeom {
+        batch: 2,
+        inp: 3,
+        out: 4,
+    };
+    let yf = vec![0.0f32; 64];
+    let yi = vec![0i64; 64];
+    let cases: [(&str, usize, usize, usize, bool); 5] = [
+        ("short input", 5, 12, 8, false),
+        ("long weight", 6, 13, 8, false),
+        ("short output", 6, 12, 7, false),
+        ("int output for floats", 6, 12, 8, true),
+        ("empty everything", 0, 0, 0, false),
+    ];
+    for (what, a, w, y, int) in cases {
+        let fmt = if what.starts_with("int") { None } else { f8 };
+        same_error(what, |b| {
+            let out = if int {
+                AccOut::Int(&mut yi.clone()[..y])
+            } else {
+                AccOut::Float(&mut yf.clone()[..y])
+            };
+            b.linear(g, op(a, fmt), op(w, fmt), out)
+        });
+    }
+    // Float output for quantized operands.
+    same_error("float output for codes", |b| {
+        b.linear(
+            g,
+            op(6, f8),
+            op(12, f8),
+            AccOut::Float(&mut yf.clone()[..8]),
+        )
+    });
+    same_error("input grad, short dy", |b| {
+        b.linear_input_grad(
+            g,
+            op(7, None),
+            op(12, None),
+            AccOut::Float(&mut yf.clone()[..6]),
+        )
+    });
+    same_error("weight grad, short dw", |b| {
+        b.linear_weight_grad(
+            g,
+            op(8, None),
+            op(6, None),
+            AccOut::Float(&mut yf.clone()[..11]),
+        )
+    });
+    let cg = geom(1, (2, 2, 1), (3, 3), (2, 2), (1, 1), (0, 0), (1, 1)).expect("geometry");
+    // x: 18, w: 16, y: 8
+    same_error("conv input", |b| {
+        b.conv2d(
+            cg,
+            op(17, None),
+            op(16, None),
+            AccOut::Float(&mut yf.clone()[..8]),
+        )
+    });
+    same_error("conv output variant", |b| {
+        b.conv2d(
+            cg,
+            op(18, f8),
+            op(16, None),
+            AccOut::Int(&mut yi.clone()[..8]),
+        )
+    });
+    same_error("conv input grad", |b| {
+        b.conv2d_input_grad(
+            cg,
+            op(8, None),
+            op(15, None),
+            AccOut::Float(&mut yf.clone()[..18]),
+        )
+    });
+    same_error("conv weight grad", |b| {
+        b.conv2d_weight_grad(
+            cg,
+            op(8, f8),
+            op(18, f8),
+            AccOut::Int(&mut yi.clone()[..17]),
+        )
+    });
+    let bad = ConvGeom { oh: 3, ..cg };
+    same_error("conv geometry", |b| {
+        b.conv2d(
+            bad,
+            op(18, None),
+            op(16, None),
+            AccOut::Float(&mut yf.clone()[..18]),
+        )
+    });
+    let bad = ConvGeom { groups: 3, ..cg };
+    same_error("conv groups", |b| {
+        b.conv2d_weight_grad(
+            bad,
+            op(8, None),
+            op(18, None),
+            AccOut::Float(&mut yf.clone()[..16]),
+        )
+    });
+}
+
+#[test]
+fn zero_threads_is_an_error() {
+    assert!(RayonBackend::with_threads(0).is_err());
+    assert_eq!(RayonBackend::with_threads(3).expect("pool").threads(), 3);
+}

@@ -1,0 +1,280 @@
+//! `fixnn train`, `eval` and `export` as a user runs them, on a subset of
+//! MNIST: bit-identical runs with 1, 2 and 3 threads, a crash while writing
+//! a checkpoint, damaged checkpoints, exports that read back.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fixnn"))
+        .args(args)
+        .output()
+        .expect("run fixnn")
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn data_dir() -> String {
+    let d = root().join("../shared/datasets/mnist");
+    assert!(d.is_dir(), "MNIST is expected at {}", d.display());
+    d.to_string_lossy().into_owned()
+}
+
+fn model() -> String {
+    root()
+        .join("examples/mnist-mlp.json")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fixnn-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn train(out: &Path, extra: &[&str]) -> Output {
+    let data = data_dir();
+    let m = model();
+    let out = out.to_string_lossy().into_owned();
+    let mut args = vec![
+        "train",
+        &m,
+        "--data",
+        &data,
+        "--out",
+        &out,
+        "--train-samples",
+        "640",
+        "--test-samples",
+        "200",
+        "--no-report",
+    ];
+    args.extend_from_slice(extra);
+    fixnn(&args)
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// metrics.json without the `seconds` fields.
+fn metrics_without_seconds(dir: &Path) -> serde_json::Value {
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    for e in m["epochs"].as_array_mut().unwrap() {
+        let secs = e.as_object_mut().unwrap().remove("seconds").unwrap();
+        assert!(secs.as_f64().unwrap() > 0.0);
+    }
+    m
+}
+
+#[test]
+fn same_seed_same_bytes_with_1_2_and_3_threads() {
+    let mut results = Vec::new();
+    for threads in ["1", "2", "3"] {
+        let out = tmp(&format!("threads{threads}"));
+        let o = train(
+            &out,
+            &["--threads", threads, "--epochs", "2", "--seed", "7"],
+        );
+        let (so, se) = text(&o);
+        assert!(o.status.success(), "{so}{se}");
+        assert!(
+            so.trim_end()
+                .lines()
+                .last()
+                .unwrap()
+                .starts_with("test_accuracy="),
+            "{so}"
+        );
+        results.push((
+            std::fs::read(out.join("checkpoint.json")).unwrap(),
+            metrics_without_seconds(&out),
+        ));
+    }
+    assert_eq!(results[0].1["epochs"].as_array().unwrap().len(), 2);
+    for r in &results[1..] {
+        assert!(
+            r.0 == results[0].0,
+            "checkpoints differ between thread counts"
+        );
+        assert_eq!(r.1, results[0].1, "metrics differ between thread counts");
+    }
+    // A different seed gives a different run.
+    let out = tmp("seed8");
+    assert!(train(&out, &["--epochs", "1", "--seed", "8"])
+        .status
+        .success());
+    assert!(std::fs::read(out.join("checkpoint.json")).unwrap() != results[0].0);
+}
+
+#[test]
+fn killed_while_writing_a_checkpoint_leaves_the_previous_one() {
+    let out = tmp("crash");
+    let o = train(&out, &["--epochs", "1"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let ckpt = out.join("checkpoint.json");
+    let before = std::fs::read(&ckpt).unwrap();
+
+    // Resume for a second epoch, dying half-way through the checkpoint write.
+    let data = data_dir();
+    let m = model();
+    let outs = out.to_string_lossy().into_owned();
+    let o = Command::new(env!("CARGO_BIN_EXE_fixnn"))
+        .args([
+            "train",
+            &m,
+            "--data",
+            &data,
+            "--out",
+            &outs,
+            "--train-samples",
+            "640",
+            "--test-samples",
+            "200",
+            "--no-report",
+            "--epochs",
+            "2",
+            "--resume",
+        ])
+        .env("FIXNN_TEST_ABORT_MID_WRITE", "1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the crash hook did not fire");
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        before,
+        "the previous checkpoint was damaged"
+    );
+    let e = fixnn(&[
+        "eval",
+        ckpt.to_str().unwrap(),
+        "--data",
+        &data,
+        "--test-samples",
+        "200",
+    ]);
+    assert!(e.status.success(), "{:?}", text(&e));
+
+    // Resuming again completes the second epoch.
+    let o = train(&out, &["--epochs", "2", "--resume"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["epochs"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let a = tmp("straight");
+    assert!(train(&a, &["--epochs", "2"]).status.success());
+    let b = tmp("resumed");
+    assert!(train(&b, &["--epochs", "1"]).status.success());
+    assert!(train(&b, &["--epochs", "2", "--resume"]).status.success());
+    assert!(
+        std::fs::read(a.join("checkpoint.json")).unwrap()
+            == std::fs::read(b.join("checkpoint.json")).unwrap(),
+        "resuming changed the result"
+    );
+}
+
+#[test]
+fn damaged_checkpoints_are_refused_and_exports_read_back() {
+    let out = tmp("damage");
+    let o = train(&out, &["--epochs", "1"]);
+    let (so, _) = text(&o);
+    assert!(o.status.success());
+    let trained: f64 = so.trim_end().lines().last().unwrap()["test_accuracy=".len()..]
+        .parse()
+        .unwrap();
+    let ckpt = out.join("checkpoint.json");
+    let data = data_dir();
+
+    // eval reproduces the accuracy the run printed.
+    let e = fixnn(&[
+        "eval",
+        ckpt.to_str().unwrap(),
+        "--data",
+        &data,
+        "--test-samples",
+        "200",
+    ]);
+    let (es, ee) = text(&e);
+    assert!(e.status.success(), "{ee}");
+    assert_eq!(es.trim_end(), format!("test_accuracy={trained:.2}"));
+
+    let good = std::fs::read(&ckpt).unwrap();
+    let truncated = out.join("truncated.json");
+    std::fs::write(&truncated, &good[..good.len() * 2 / 3]).unwrap();
+    let mut altered = good.clone();
+    let at = altered.len() / 2
+        + altered[altered.len() / 2..]
+            .iter()
+            .position(|b| b.is_ascii_digit())
+            .unwrap();
+    altered[at] = if altered[at] == b'9' {
+        b'8'
+    } else {
+        altered[at] + 1
+    };
+    let altered_path = out.join("altered.json");
+    std::fs::write(&altered_path, &altered).unwrap();
+    for (p, needle) in [
+        (&truncated, "truncated checkpoint"),
+        (&altered_path, "checksum mismatch"),
+    ] {
+        for cmd in ["eval", "export"] {
+            let mut args = vec![cmd, p.to_str().unwrap()];
+            if cmd == "export" {
+                args.extend(["--format", "bin"]);
+            }
+            let o = fixnn(&args);
+            let (_, err) = text(&o);
+            assert_eq!(o.status.code(), Some(2), "{cmd} {}: {err}", p.display());
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(err.contains(needle), "{err} lacks {needle}");
+        }
+    }
+
+    // Exports: the blob reads back to the checkpoint's codes; the Rust file declares them.
+    let bin = out.join("model.bin");
+    let o = fixnn(&[
+        "export",
+        ckpt.to_str().unwrap(),
+        "--format",
+        "bin",
+        "--out",
+        bin.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let tensors = fixnn_std::export::parse_bin(&std::fs::read(&bin).unwrap()).unwrap();
+    let c = fixnn_std::checkpoint::load(&ckpt).unwrap();
+    assert_eq!(tensors.len(), c.state.tensors.len());
+    for (t, s) in tensors.iter().zip(&c.state.tensors) {
+        assert_eq!(t.name, s.name);
+        assert_eq!(Some(&t.codes), s.codes.as_ref(), "{}", t.name);
+    }
+    let rs = out.join("model.rs");
+    let o = fixnn(&[
+        "export",
+        ckpt.to_str().unwrap(),
+        "--format",
+        "rust",
+        "--out",
+        rs.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let src = std::fs::read_to_string(&rs).unwrap();
+    assert!(
+        src.contains("pub static FC1_WEIGHT: [i8; 78400] = ["),
+        "{}",
+        &src[..300.min(src.len())]
+    );
+    assert!(src.contains("pub const FC1_WEIGHT_BITS: u8 = 8;"));
+}
