@@ -356,21 +356,7 @@ pub(crate) fn quantize_values_in_place(
         let y = *x * up;
         let a = y.abs();
         let (c, clamped) = if fast && a < 65536.0 && (a >= f32::MIN_POSITIVE || *x == 0.0) {
-            let t = y as i32;
-            let r = y - t as f32;
-            let q = match rounder.rounding {
-                Rounding::Floor => t - (r < 0.0) as i32,
-                Rounding::NearestAway => t + (r >= 0.5) as i32 - (r <= -0.5) as i32,
-                _ => {
-                    if r > 0.5 || (r == 0.5 && t & 1 == 1) {
-                        t + 1
-                    } else if r < -0.5 || (r == -0.5 && t & 1 == 1) {
-                        t - 1
-                    } else {
-                        t
-                    }
-                }
-            };
+            let q = round::round_exact_f32(y, rounder.rounding);
             let c = q.clamp(lo, hi);
             (c, c != q)
         } else {

@@ -192,27 +192,33 @@ pub fn round_f32(x: f32, format: Format, rounding: Rounding, draw: u32) -> (i32,
         let y = x * super::format::pow2_f32(k);
         let a = y.abs();
         if a < 65536.0 && (a >= f32::MIN_POSITIVE || x == 0.0) {
-            let t = y as i32; // toward zero, exact
-            let r = y - t as f32; // the exact fraction, in (-1, 1)
-            let q = match rounding {
-                Rounding::Floor => t - (r < 0.0) as i32,
-                Rounding::NearestAway => t + (r >= 0.5) as i32 - (r <= -0.5) as i32,
-                _ => {
-                    // Nearest, ties to even.
-                    if r > 0.5 || (r == 0.5 && t & 1 == 1) {
-                        t + 1
-                    } else if r < -0.5 || (r == -0.5 && t & 1 == 1) {
-                        t - 1
-                    } else {
-                        t
-                    }
-                }
-            };
-            return format.saturate(q as i128);
+            return format.saturate(round_exact_f32(y, rounding) as i128);
         }
     }
     let (m, e) = decompose_f32(x).unwrap_or((0, 0));
     requantize_one(m, e, format, rounding, draw)
+}
+
+/// Round `y` (a normal f32 or zero with `|y| < 2^16`, so that its integer
+/// and fractional parts are exact) with a non-stochastic `rounding`.
+#[inline]
+pub(crate) fn round_exact_f32(y: f32, rounding: Rounding) -> i32 {
+    let t = y as i32; // toward zero, exact
+    let r = y - t as f32; // the exact fraction, in (-1, 1)
+    match rounding {
+        Rounding::Floor => t - (r < 0.0) as i32,
+        Rounding::NearestAway => t + (r >= 0.5) as i32 - (r <= -0.5) as i32,
+        _ => {
+            // Nearest, ties to even.
+            if r > 0.5 || (r == 0.5 && t & 1 == 1) {
+                t + 1
+            } else if r < -0.5 || (r == -0.5 && t & 1 == 1) {
+                t - 1
+            } else {
+                t
+            }
+        }
+    }
 }
 
 /// `v / 2^shift` rounded to an integer; `1 <= shift <= 96`, `|v| < 2^63`.
