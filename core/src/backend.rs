@@ -168,6 +168,128 @@ impl ConvGeom {
     }
 }
 
+/// Which of a layer's three products an operation computes; it decides
+/// which buffer holds which tensor in [`LinearGeom::check_buffers`] and
+/// [`ConvGeom::check_buffers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Pass {
+    /// Operands `(x, w)`, output `y`.
+    Forward,
+    /// Operands `(dy, w)`, output `dx`.
+    InputGrad,
+    /// Operands `(dy, x)`, output `dw`.
+    WeightGrad,
+}
+
+/// Check operand and output lengths against `[x, w, y]` element counts
+/// (`None`: the counts overflow `usize`), naming the first that differs.
+fn check_lens(
+    lens: Option<[usize; 3]>,
+    pass: Pass,
+    a: usize,
+    b: usize,
+    out: usize,
+    names: &[&'static str; 7],
+) -> Result<()> {
+    let Some([x, w, y]) = lens else {
+        return Err(shape_err(names[6]));
+    };
+    // names: input, weight, output, output-gradient, input-gradient, weight-gradient.
+    let want = match pass {
+        Pass::Forward => [(x, names[0]), (w, names[1]), (y, names[2])],
+        Pass::InputGrad => [(y, names[3]), (w, names[1]), (x, names[4])],
+        Pass::WeightGrad => [(y, names[3]), (x, names[0]), (w, names[5])],
+    };
+    for (len, (expected, what)) in [a, b, out].into_iter().zip(want) {
+        if len != expected {
+            return Err(shape_err(what));
+        }
+    }
+    Ok(())
+}
+
+impl LinearGeom {
+    /// Element counts of `[x, w, y]`, `None` if they overflow `usize`.
+    pub const fn lens(&self) -> Option<[usize; 3]> {
+        match (
+            self.batch.checked_mul(self.inp),
+            self.out.checked_mul(self.inp),
+            self.batch.checked_mul(self.out),
+        ) {
+            (Some(x), Some(w), Some(y)) => Some([x, w, y]),
+            _ => None,
+        }
+    }
+
+    /// Check the lengths of the operands `a`, `b` and the output of `pass`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shape`] naming the first buffer whose length differs.
+    pub fn check_buffers(&self, pass: Pass, a: usize, b: usize, out: usize) -> Result<()> {
+        const NAMES: [&str; 7] = [
+            "linear input length",
+            "linear weight length",
+            "linear output length",
+            "linear output-gradient length",
+            "linear input-gradient length",
+            "linear weight-gradient length",
+            "linear sizes overflow usize",
+        ];
+        check_lens(self.lens(), pass, a, b, out, &NAMES)
+    }
+}
+
+impl ConvGeom {
+    /// Element counts of `[x, weight, y]`, `None` if they overflow `usize`.
+    pub fn lens(&self) -> Option<[usize; 3]> {
+        let mul4 = |a: usize, b: usize, c: usize, d: usize| {
+            a.checked_mul(b)?.checked_mul(c)?.checked_mul(d)
+        };
+        Some([
+            mul4(self.batch, self.cin, self.h, self.w)?,
+            mul4(self.cout, self.cpg(), self.kh, self.kw)?,
+            mul4(self.batch, self.cout, self.oh, self.ow)?,
+        ])
+    }
+
+    /// Check the geometry ([`ConvGeom::check`]) and the lengths of the
+    /// operands `a`, `b` and the output of `pass`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shape`] naming the first rule broken or buffer that differs.
+    pub fn check_buffers(&self, pass: Pass, a: usize, b: usize, out: usize) -> Result<()> {
+        const NAMES: [&str; 7] = [
+            "convolution input length",
+            "convolution weight length",
+            "convolution output length",
+            "convolution output-gradient length",
+            "convolution input-gradient length",
+            "convolution weight-gradient length",
+            "convolution sizes overflow usize",
+        ];
+        self.check()?;
+        check_lens(self.lens(), pass, a, b, out, &NAMES)
+    }
+}
+
+impl AccOut<'_> {
+    /// Number of output elements.
+    pub fn len(&self) -> usize {
+        match self {
+            AccOut::Int(o) => o.len(),
+            AccOut::Float(o) => o.len(),
+        }
+    }
+
+    /// Whether the output is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The compute operations every backend provides. Each checks buffer
 /// lengths against the geometry and writes every output element.
 ///
@@ -298,13 +420,6 @@ fn shape_err(what: &'static str) -> Error {
     Error::Shape { what }
 }
 
-fn check(len: usize, want: usize, what: &'static str) -> Result<()> {
-    if len != want {
-        return Err(shape_err(what));
-    }
-    Ok(())
-}
-
 /// Dispatch to the integer or f32 instance of a kernel, checking that the
 /// output variant matches the operands.
 fn dispatch(
@@ -325,13 +440,6 @@ fn dispatch(
         }
     }
     Ok(())
-}
-
-fn out_len(out: &AccOut<'_>) -> usize {
-    match out {
-        AccOut::Int(o) => o.len(),
-        AccOut::Float(o) => o.len(),
-    }
 }
 
 fn linear_fwd<P: Path>(g: LinearGeom, x: &Reader<'_>, w: &Reader<'_>, y: &mut [P::Acc]) {
@@ -492,9 +600,7 @@ fn conv_dw<P: Path>(g: ConvGeom, dy: &Reader<'_>, x: &Reader<'_>, dw: &mut [P::A
 
 impl Backend for RefBackend {
     fn linear(&self, g: LinearGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()> {
-        check(x.v.len(), g.batch * g.inp, "linear input length")?;
-        check(w.v.len(), g.out * g.inp, "linear weight length")?;
-        check(out_len(&y), g.batch * g.out, "linear output length")?;
+        g.check_buffers(Pass::Forward, x.v.len(), w.v.len(), y.len())?;
         dispatch(
             x,
             w,
@@ -511,13 +617,7 @@ impl Backend for RefBackend {
         w: Operand<'_>,
         dx: AccOut<'_>,
     ) -> Result<()> {
-        check(dy.v.len(), g.batch * g.out, "linear output-gradient length")?;
-        check(w.v.len(), g.out * g.inp, "linear weight length")?;
-        check(
-            out_len(&dx),
-            g.batch * g.inp,
-            "linear input-gradient length",
-        )?;
+        g.check_buffers(Pass::InputGrad, dy.v.len(), w.v.len(), dx.len())?;
         dispatch(
             dy,
             w,
@@ -534,9 +634,7 @@ impl Backend for RefBackend {
         x: Operand<'_>,
         dw: AccOut<'_>,
     ) -> Result<()> {
-        check(dy.v.len(), g.batch * g.out, "linear output-gradient length")?;
-        check(x.v.len(), g.batch * g.inp, "linear input length")?;
-        check(out_len(&dw), g.out * g.inp, "linear weight-gradient length")?;
+        g.check_buffers(Pass::WeightGrad, dy.v.len(), x.v.len(), dw.len())?;
         dispatch(
             dy,
             x,
@@ -547,22 +645,7 @@ impl Backend for RefBackend {
     }
 
     fn conv2d(&self, g: ConvGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()> {
-        g.check()?;
-        check(
-            x.v.len(),
-            g.batch * g.cin * g.h * g.w,
-            "convolution input length",
-        )?;
-        check(
-            w.v.len(),
-            g.cout * g.cpg() * g.kh * g.kw,
-            "convolution weight length",
-        )?;
-        check(
-            out_len(&y),
-            g.batch * g.cout * g.oh * g.ow,
-            "convolution output length",
-        )?;
+        g.check_buffers(Pass::Forward, x.v.len(), w.v.len(), y.len())?;
         dispatch(
             x,
             w,
@@ -579,22 +662,7 @@ impl Backend for RefBackend {
         w: Operand<'_>,
         dx: AccOut<'_>,
     ) -> Result<()> {
-        g.check()?;
-        check(
-            dy.v.len(),
-            g.batch * g.cout * g.oh * g.ow,
-            "convolution output-gradient length",
-        )?;
-        check(
-            w.v.len(),
-            g.cout * g.cpg() * g.kh * g.kw,
-            "convolution weight length",
-        )?;
-        check(
-            out_len(&dx),
-            g.batch * g.cin * g.h * g.w,
-            "convolution input-gradient length",
-        )?;
+        g.check_buffers(Pass::InputGrad, dy.v.len(), w.v.len(), dx.len())?;
         dispatch(
             dy,
             w,
@@ -611,22 +679,7 @@ impl Backend for RefBackend {
         x: Operand<'_>,
         dw: AccOut<'_>,
     ) -> Result<()> {
-        g.check()?;
-        check(
-            dy.v.len(),
-            g.batch * g.cout * g.oh * g.ow,
-            "convolution output-gradient length",
-        )?;
-        check(
-            x.v.len(),
-            g.batch * g.cin * g.h * g.w,
-            "convolution input length",
-        )?;
-        check(
-            out_len(&dw),
-            g.cout * g.cpg() * g.kh * g.kw,
-            "convolution weight-gradient length",
-        )?;
+        g.check_buffers(Pass::WeightGrad, dy.v.len(), x.v.len(), dw.len())?;
         dispatch(
             dy,
             x,

@@ -46,7 +46,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use fixnn::backend::{product_exp, AccOut, Backend, ConvGeom, LinearGeom, Operand, RefBackend};
+use fixnn::backend::{
+    product_exp, AccOut, Backend, ConvGeom, LinearGeom, Operand, Pass, RefBackend,
+};
 use fixnn::{Error, Result};
 
 mod codes;
@@ -174,32 +176,6 @@ fn shape_err(what: &'static str) -> Error {
     Error::Shape { what }
 }
 
-fn check(len: usize, want: Option<usize>, what: &'static str) -> Result<()> {
-    match want {
-        Some(w) if w == len => Ok(()),
-        _ => Err(shape_err(what)),
-    }
-}
-
-fn out_len(out: &AccOut<'_>) -> usize {
-    match out {
-        AccOut::Int(o) => o.len(),
-        AccOut::Float(o) => o.len(),
-    }
-}
-
-fn mul(a: usize, b: usize) -> Option<usize> {
-    a.checked_mul(b)
-}
-
-fn mul3(a: usize, b: usize, c: usize) -> Option<usize> {
-    a.checked_mul(b)?.checked_mul(c)
-}
-
-fn mul4(a: usize, b: usize, c: usize, d: usize) -> Option<usize> {
-    mul3(a, b, c)?.checked_mul(d)
-}
-
 fn macs(dims: &[usize]) -> u64 {
     dims.iter().fold(1u64, |m, &d| m.saturating_mul(d as u64))
 }
@@ -308,20 +284,9 @@ impl RayonBackend {
     }
 }
 
-/// Lengths of a convolution's input, weight and output, if they fit `usize`.
-fn conv_lens(g: &ConvGeom) -> (Option<usize>, Option<usize>, Option<usize>) {
-    (
-        mul4(g.batch, g.cin, g.h, g.w),
-        mul4(g.cout, g.cpg(), g.kh, g.kw),
-        mul4(g.batch, g.cout, g.oh, g.ow),
-    )
-}
-
 impl Backend for RayonBackend {
     fn linear(&self, g: LinearGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()> {
-        check(x.v.len(), mul(g.batch, g.inp), "linear input length")?;
-        check(w.v.len(), mul(g.out, g.inp), "linear weight length")?;
-        check(out_len(&y), mul(g.batch, g.out), "linear output length")?;
+        g.check_buffers(Pass::Forward, x.v.len(), w.v.len(), y.len())?;
         self.linear_op(g, linear::Kind::Forward, (x, w), y)
     }
 
@@ -332,17 +297,7 @@ impl Backend for RayonBackend {
         w: Operand<'_>,
         dx: AccOut<'_>,
     ) -> Result<()> {
-        check(
-            dy.v.len(),
-            mul(g.batch, g.out),
-            "linear output-gradient length",
-        )?;
-        check(w.v.len(), mul(g.out, g.inp), "linear weight length")?;
-        check(
-            out_len(&dx),
-            mul(g.batch, g.inp),
-            "linear input-gradient length",
-        )?;
+        g.check_buffers(Pass::InputGrad, dy.v.len(), w.v.len(), dx.len())?;
         self.linear_op(g, linear::Kind::InputGrad, (dy, w), dx)
     }
 
@@ -353,26 +308,12 @@ impl Backend for RayonBackend {
         x: Operand<'_>,
         dw: AccOut<'_>,
     ) -> Result<()> {
-        check(
-            dy.v.len(),
-            mul(g.batch, g.out),
-            "linear output-gradient length",
-        )?;
-        check(x.v.len(), mul(g.batch, g.inp), "linear input length")?;
-        check(
-            out_len(&dw),
-            mul(g.out, g.inp),
-            "linear weight-gradient length",
-        )?;
+        g.check_buffers(Pass::WeightGrad, dy.v.len(), x.v.len(), dw.len())?;
         self.linear_op(g, linear::Kind::WeightGrad, (dy, x), dw)
     }
 
     fn conv2d(&self, g: ConvGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()> {
-        g.check()?;
-        let (xl, wl, yl) = conv_lens(&g);
-        check(x.v.len(), xl, "convolution input length")?;
-        check(w.v.len(), wl, "convolution weight length")?;
-        check(out_len(&y), yl, "convolution output length")?;
+        g.check_buffers(Pass::Forward, x.v.len(), w.v.len(), y.len())?;
         self.conv_op(g, conv::Kind::Forward, (x, w), y)
     }
 
@@ -383,11 +324,7 @@ impl Backend for RayonBackend {
         w: Operand<'_>,
         dx: AccOut<'_>,
     ) -> Result<()> {
-        g.check()?;
-        let (xl, wl, yl) = conv_lens(&g);
-        check(dy.v.len(), yl, "convolution output-gradient length")?;
-        check(w.v.len(), wl, "convolution weight length")?;
-        check(out_len(&dx), xl, "convolution input-gradient length")?;
+        g.check_buffers(Pass::InputGrad, dy.v.len(), w.v.len(), dx.len())?;
         self.conv_op(g, conv::Kind::InputGrad, (dy, w), dx)
     }
 
@@ -398,11 +335,7 @@ impl Backend for RayonBackend {
         x: Operand<'_>,
         dw: AccOut<'_>,
     ) -> Result<()> {
-        g.check()?;
-        let (xl, wl, yl) = conv_lens(&g);
-        check(dy.v.len(), yl, "convolution output-gradient length")?;
-        check(x.v.len(), xl, "convolution input length")?;
-        check(out_len(&dw), wl, "convolution weight-gradient length")?;
+        g.check_buffers(Pass::WeightGrad, dy.v.len(), x.v.len(), dw.len())?;
         self.conv_op(g, conv::Kind::WeightGrad, (dy, x), dw)
     }
 }
