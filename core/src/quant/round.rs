@@ -11,6 +11,19 @@ use core::num::NonZeroU32;
 use super::config::Rounding;
 use super::format::Format;
 
+/// `true` only in builds with the feature `fault-ties-to-odd`: a
+/// deliberately wrong `NearestEven` that rounds ties to the odd neighbour.
+/// It exists so the device test suite can prove that it catches a changed
+/// rounding rule; never enable it otherwise.
+const TIES_TO_ODD: bool = cfg!(feature = "fault-ties-to-odd");
+
+/// The tie rule of `NearestEven`: round a tie up iff the lower neighbour
+/// (`floor`) is odd (inverted by the test-only fault feature).
+#[inline(always)]
+const fn tie_up(floor_is_odd: bool) -> bool {
+    floor_is_odd != TIES_TO_ODD
+}
+
 /// The value of `v * 2^exp` rounded to a code of `format`.
 ///
 /// * `shift = format.step_exp() - exp`. If `shift <= 0` the value is exact
@@ -144,7 +157,7 @@ pub fn requantize_ratio(
     let rem = num.rem_euclid(den); // in [0, den)
     let up = match rounding {
         Rounding::Floor => false,
-        Rounding::NearestEven => 2 * rem > den || (2 * rem == den && floor & 1 == 1),
+        Rounding::NearestEven => 2 * rem > den || (2 * rem == den && tie_up(floor & 1 == 1)),
         // A tie is floor + 0.5: away from zero is up iff that is positive.
         Rounding::NearestAway => 2 * rem > den || (2 * rem == den && floor >= 0),
         Rounding::Stochastic => {
@@ -164,7 +177,9 @@ fn shift_right_round_i64(v: i64, shift: u32, rounding: Rounding, draw: u32) -> O
     let half = 1i64 << (shift - 1);
     Some(match rounding {
         Rounding::Floor => floor,
-        Rounding::NearestEven => floor + (rem > half || (rem == half && floor & 1 == 1)) as i64,
+        Rounding::NearestEven => {
+            floor + (rem > half || (rem == half && tie_up(floor & 1 == 1))) as i64
+        }
         Rounding::NearestAway => floor + (rem > half || (rem == half && floor >= 0)) as i64,
         Rounding::Stochastic => {
             let r = if shift <= 32 {
@@ -210,9 +225,9 @@ pub(crate) fn round_exact_f32(y: f32, rounding: Rounding) -> i32 {
         Rounding::NearestAway => t + (r >= 0.5) as i32 - (r <= -0.5) as i32,
         _ => {
             // Nearest, ties to even.
-            if r > 0.5 || (r == 0.5 && t & 1 == 1) {
+            if r > 0.5 || (r == 0.5 && tie_up(t & 1 == 1)) {
                 t + 1
-            } else if r < -0.5 || (r == -0.5 && t & 1 == 1) {
+            } else if r < -0.5 || (r == -0.5 && tie_up(t & 1 == 1)) {
                 t - 1
             } else {
                 t
@@ -229,7 +244,7 @@ fn shift_right_round(v: i128, shift: u32, rounding: Rounding, draw: u32) -> i128
     match rounding {
         Rounding::Floor => floor,
         Rounding::NearestEven => {
-            if rem > half || (rem == half && floor & 1 == 1) {
+            if rem > half || (rem == half && tie_up(floor & 1 == 1)) {
                 floor + 1
             } else {
                 floor

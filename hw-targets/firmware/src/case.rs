@@ -1,0 +1,141 @@
+//! The device half of the golden flow: run a case blob with the reference
+//! backend and print one line per record (see `fixnn_cases::write_line`).
+//!
+//! Output on semihosting stdout:
+//!
+//! ```text
+//! CASE <name> BOARD <machine> TARGET <triple>
+//! R <run> <step> <phase> <tensor> <part> <len> <fmt> <hash>     one per record
+//! X <run> <step> <error>                                          a run that stopped
+//! P <point> <bytes>                                              stack peak up to each point of the first run
+//! STACK <peak bytes> <stack bytes>
+//! MODEL <bytes of the model>
+//! END
+//! ```
+//!
+//! With `dump <run> <step> <phase> <tensor> <part>` on the command line only
+//! that run executes and the matching record's values are printed as
+//! `D <first index> <hex f32 bits>...` lines, eight per line.
+
+use core::fmt::Write;
+
+use fixnn::backend::RefBackend;
+use fixnn_cases::{write_line, Case, CaseError, Record, Sink, Want};
+
+use crate::{stack_peak, stack_size, Out, BOARD, TARGET};
+
+/// A record to print in full.
+struct Dump<'a> {
+    run: u32,
+    step: u32,
+    phase: &'a str,
+    name: &'a str,
+    part: &'a str,
+}
+
+impl Dump<'_> {
+    fn matches(&self, r: &Record<'_>) -> bool {
+        let mut c = [0u8; 4];
+        r.run == self.run
+            && r.step == self.step
+            && r.phase.code().encode_utf8(&mut c) == self.phase
+            && r.name == self.name
+            && r.part.name() == self.part
+    }
+}
+
+/// Parse `dump <run> <step> <phase> <tensor> <part>` anywhere in the
+/// command line's words.
+fn parse_dump<'a>(mut words: impl Iterator<Item = &'a str>) -> Option<Dump<'a>> {
+    words.find(|w| *w == "dump")?;
+    Some(Dump {
+        run: words.next()?.parse().ok()?,
+        step: words.next()?.parse().ok()?,
+        phase: words.next()?,
+        name: words.next()?,
+        part: words.next()?,
+    })
+}
+
+struct DeviceSink<'a> {
+    dump: Option<Dump<'a>>,
+    marks: u32,
+}
+
+impl Sink for DeviceSink<'_> {
+    fn record(&mut self, r: &Record<'_>) {
+        let mut w = Out;
+
+        match &self.dump {
+            None => {
+                let _ = write_line(&mut w, r);
+            }
+            Some(d) if d.matches(r) => {
+                for (i, chunk) in r.values.chunks(8).enumerate() {
+                    let _ = write!(w, "D {}", i * 8);
+                    for v in chunk {
+                        let _ = write!(w, " {:08x}", v.to_bits());
+                    }
+                    let _ = writeln!(w);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn mark(&mut self, what: &'static str) {
+        if self.marks < 8 {
+            self.marks += 1;
+            let _ = writeln!(Out, "P {what} {}", stack_peak());
+            crate::stack_repaint();
+        }
+    }
+
+    fn error(&mut self, run: u32, step: u32, e: &CaseError) {
+        let _ = writeln!(Out, "X {run} {step} {e:?}");
+    }
+}
+
+/// Run case `C` on `blob` with the reference backend, print its records
+/// (or the requested dump) and the stack and model sizes. Returns `false`
+/// if the blob is unusable.
+pub fn run_case<C: Case<B, K>, const B: usize, const K: usize>(blob: &[u8]) -> bool {
+    let mut buf = [0u8; 192];
+    let dump = parse_dump(crate::cmdline(&mut buf).split_ascii_whitespace());
+    let mut w = Out;
+    let _ = writeln!(w, "CASE {} BOARD {} TARGET {}", C::NAME, BOARD, TARGET);
+    let want = dump.as_ref().map_or(Want::All, |d| Want::Run(d.run));
+    let mut sink = DeviceSink { dump, marks: 0 };
+    let ok = match fixnn_cases::run::<C, RefBackend, B, K>(&RefBackend, blob, want, &mut sink) {
+        Ok(()) => true,
+        Err(e) => {
+            let _ = writeln!(w, "BLOB {e:?}");
+            false
+        }
+    };
+    let _ = writeln!(w, "STACK {} {}", stack_peak(), stack_size());
+    let _ = writeln!(w, "MODEL {}", core::mem::size_of::<C>());
+    let _ = writeln!(w, "END");
+    ok
+}
+
+/// Define a firmware whose `main` runs case `$net` (batch `$b`, `$k`
+/// classes) on the blob `$FIXNN_CASES_DIR/<binary name>.case`.
+#[macro_export]
+macro_rules! case_main {
+    ($net:ty, $b:expr, $k:expr) => {
+        static BLOB: &[u8] = include_bytes!(concat!(
+            env!("FIXNN_CASES_DIR"),
+            "/",
+            env!("CARGO_BIN_NAME"),
+            ".case"
+        ));
+
+        #[cortex_m_rt::entry]
+        fn main() -> ! {
+            $crate::init();
+            let ok = $crate::case::run_case::<$net, $b, $k>(BLOB);
+            $crate::exit(ok)
+        }
+    };
+}
