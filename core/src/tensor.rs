@@ -375,12 +375,44 @@ fn quantize_in_place(
         }
         return Ok((None, 0));
     };
-    if let Some(index) = v.iter().position(|x| !x.is_finite()) {
-        return Err(Error::NonFinite { index });
+    // Auto has refused non-finite data already.
+    if next.method != quant::Method::Auto {
+        if let Some(index) = quant::range::first_non_finite(v) {
+            return Err(Error::NonFinite { index });
+        }
     }
     cfg.scale = next.scale;
     let r = ctx.rounder(id, cfg.rounding);
     let n = quant::quantize_values_in_place(v, f, &r, sat);
+    Ok((Some(f), n))
+}
+
+/// [`quantize_in_place`] of a copy of `src` written into `dst` (same
+/// length), in one pass; `dst` is written only on success.
+fn quantize_into(
+    cfg: &mut QuantConfig,
+    ctx: &Ctx,
+    id: u32,
+    src: &[f32],
+    dst: &mut [f32],
+    sat: &mut [bool],
+) -> Result<(Option<Format>, u64)> {
+    check_len(src.len(), dst.len())?;
+    check_len(src.len(), sat.len())?;
+    let mut next = pass_config(cfg, ctx);
+    let Some(f) = next.update_scale_f32(src)? else {
+        dst.copy_from_slice(src);
+        sat.fill(false);
+        return Ok((None, 0));
+    };
+    if next.method != quant::Method::Auto {
+        if let Some(index) = quant::range::first_non_finite(src) {
+            return Err(Error::NonFinite { index });
+        }
+    }
+    cfg.scale = next.scale;
+    let r = ctx.rounder(id, cfg.rounding);
+    let n = quant::quantize_values_into(src, dst, f, &r, Some(sat));
     Ok((Some(f), n))
 }
 
@@ -517,10 +549,9 @@ impl<S: Shape> Act<S> {
     ///
     /// As [`Quantized::quantize_grad`].
     pub fn prepare_grad(&mut self, ctx: &Ctx, dy: &mut Tensor<S>) -> Result<()> {
+        // A select, not a conditional store: vectorises.
         for (g, &s) in dy.flat_mut().iter_mut().zip(S::flat(&self.sat)) {
-            if s {
-                *g = 0.0;
-            }
+            *g = if s { 0.0 } else { *g };
         }
         if self.quant.grad_cfg.method == quant::Method::None {
             return Ok(());
@@ -581,12 +612,28 @@ impl<S: Shape> Param<S> {
     ///
     /// As [`Quantized::quantize_data`]; the config is unchanged on error.
     pub fn refresh(&mut self, ctx: &Ctx) -> Result<()> {
-        self.q.v = self.master;
-        let fmt = self.quant.quantize_data(
+        let (master, q) = (S::flat(&self.master), S::flat_mut(&mut self.q.v));
+        let quant = &mut self.quant;
+        let res = quantize_into(
+            &mut quant.cfg,
             ctx,
-            S::flat_mut(&mut self.q.v),
+            quant.id,
+            master,
+            q,
             S::flat_mut(&mut self.sat),
-        )?;
+        );
+        let (fmt, n) = match res {
+            Ok(r) => r,
+            Err(e) => {
+                // As a copy followed by a failed in-place quantization.
+                self.q.v = self.master;
+                return Err(e);
+            }
+        };
+        if fmt.is_some() {
+            quant.stats.data += n;
+            quant.stats.data_total += S::LEN as u64;
+        }
         self.q.fmt = fmt;
         Ok(())
     }
@@ -625,9 +672,7 @@ impl<S: Shape> Param<S> {
             .iter_mut()
             .zip(S::flat(&self.sat))
         {
-            if s {
-                *g = 0.0;
-            }
+            *g = if s { 0.0 } else { *g };
         }
     }
 

@@ -837,6 +837,21 @@ impl Split {
         self.images.get(start..start.checked_add(px)?)
     }
 
+    /// Asks the CPU to start loading the images of `indices` into its
+    /// caches (no effect on results; indices past the end are ignored).
+    /// The trainer calls it for the next batch, whose images are scattered
+    /// over a dataset larger than the caches.
+    pub fn prefetch(&self, indices: &[u32]) {
+        for &i in indices {
+            let Some(img) = self.image(i as usize) else {
+                continue;
+            };
+            for line in img.chunks(64) {
+                prefetch(line.as_ptr());
+            }
+        }
+    }
+
     /// The label of sample `i`, or `None` past the end.
     pub fn label(&self, i: usize) -> Option<u8> {
         self.labels.get(i).copied()
@@ -897,6 +912,19 @@ impl Split {
         }
         Ok(())
     }
+}
+
+/// A hint to load the cache line holding `p`.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and has no visible effect, whatever
+    // the address; `p` points into a live slice anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Loads the four standard files from `dir` (each `name` or `name.gz`):

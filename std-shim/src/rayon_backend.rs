@@ -22,6 +22,14 @@
 //!   padded zero would multiply, absurd padding or dilation — go to the
 //!   reference backend itself.
 //!
+//! On CPUs with AVX-512 (F, BW, VNNI) the fully connected products have
+//! their own kernels (see `avx512`): integer products of codes of at most
+//! 8 bits by `vpdpbusd` (exact `i32` sums, used only where they cannot
+//! overflow), and f32 input and weight gradients that skip the terms whose
+//! gradient factor is zero (exactly a no-op when the other operand is
+//! finite), keeping each output's chain of additions in the reference's
+//! order.
+//!
 //! Operations of fewer than `2^17` products run on the calling thread (a
 //! trip through the pool costs more than they do); larger ones are split
 //! across the pool's threads.
@@ -51,6 +59,8 @@ use fixnn::backend::{
 };
 use fixnn::{Error, Result};
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod codes;
 mod conv;
 mod kernel;
@@ -66,6 +76,8 @@ use kernel::{Ctx, Elem, Isa, Out, KC, NR, NRD, PAR_MIN_MACS};
 pub struct RayonBackend {
     pool: Option<Arc<rayon::ThreadPool>>,
     isa: Isa,
+    /// The CPU runs the AVX-512 (F, BW, VNNI) kernels of `avx512`.
+    avx512: bool,
 }
 
 impl fmt::Debug for RayonBackend {
@@ -74,6 +86,7 @@ impl fmt::Debug for RayonBackend {
             .field("threads", &self.threads())
             .field("own_pool", &self.pool.is_some())
             .field("kernels", &self.isa)
+            .field("avx512", &self.avx512)
             .finish()
     }
 }
@@ -91,6 +104,7 @@ impl RayonBackend {
         RayonBackend {
             pool: None,
             isa: Isa::detect(),
+            avx512: avx512_detect(),
         }
     }
 
@@ -113,6 +127,7 @@ impl RayonBackend {
         Ok(RayonBackend {
             pool: Some(Arc::new(pool)),
             isa: Isa::detect(),
+            avx512: avx512_detect(),
         })
     }
 
@@ -121,6 +136,7 @@ impl RayonBackend {
     /// and compare the kernels.
     pub fn with_portable_kernels(mut self) -> Self {
         self.isa = Isa::Generic;
+        self.avx512 = false;
         self
     }
 
@@ -144,6 +160,18 @@ impl RayonBackend {
             Some(pool) if ctx.par => pool.install(|| f(ctx)),
             _ => f(ctx),
         }
+    }
+}
+
+/// Whether the AVX-512 kernels can run here.
+fn avx512_detect() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512::detect()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -230,6 +258,11 @@ impl RayonBackend {
         (a, b): (Operand<'_>, Operand<'_>),
         out: AccOut<'_>,
     ) -> Result<()> {
+        #[cfg(target_arch = "x86_64")]
+        let out = match self.linear_avx512(g, kind, (a, b), out) {
+            Ok(done) => return done,
+            Err(out) => out,
+        };
         let op = linear::Linear {
             g,
             kind,
@@ -249,6 +282,89 @@ impl RayonBackend {
                 linear::Kind::WeightGrad => RefBackend.linear_weight_grad(g, a, b, o),
             })
         })
+    }
+
+    /// The AVX-512 kernels, when the CPU has them and they apply:
+    /// integer forward products of codes that fit `i8`, and f32 input and
+    /// weight gradients with a finite `B` operand. `Err` gives the output
+    /// back for the other paths.
+    #[cfg(target_arch = "x86_64")]
+    fn linear_avx512<'o>(
+        &self,
+        g: LinearGeom,
+        kind: linear::Kind,
+        (a, b): (Operand<'_>, Operand<'_>),
+        out: AccOut<'o>,
+    ) -> std::result::Result<Result<()>, AccOut<'o>> {
+        if !self.avx512 {
+            return Err(out);
+        }
+        let LinearGeom {
+            batch,
+            inp,
+            out: n_out,
+        } = g;
+        let work = macs(&[batch, inp, n_out]);
+        match (kind, a.fmt, b.fmt, out) {
+            (linear::Kind::Forward, Some(fa), Some(fb), AccOut::Int(o)) => {
+                if !avx512::int8_fits(inp) {
+                    return Err(AccOut::Int(o));
+                }
+                let (ta, tb) = (ToCode::new(fa), ToCode::new(fb));
+                self.run(work, |ctx| {
+                    let p = avx512::Int8 {
+                        a: a.v,
+                        ta,
+                        b: b.v,
+                        tb,
+                        m: batch,
+                        n: n_out,
+                        k: inp,
+                    };
+                    if avx512::int8(&p, ctx.par, o) {
+                        Ok(Ok(()))
+                    } else {
+                        Err(AccOut::Int(o))
+                    }
+                })
+            }
+            (linear::Kind::InputGrad | linear::Kind::WeightGrad, _, _, AccOut::Float(o))
+                if a.fmt.is_none() || b.fmt.is_none() =>
+            {
+                self.run(work, |ctx| {
+                    if !all_finite(ctx, b.v) {
+                        return Err(AccOut::Float(o));
+                    }
+                    let p = match kind {
+                        // dx[b][i] = sum_o dy[b][o] w[o][i]
+                        linear::Kind::InputGrad => avx512::F32Sparse {
+                            a: a.v,
+                            am: n_out,
+                            ak: 1,
+                            b: b.v,
+                            ldb: inp,
+                            m: batch,
+                            n: inp,
+                            k: n_out,
+                        },
+                        // dw[o][i] = sum_b dy[b][o] x[b][i]
+                        _ => avx512::F32Sparse {
+                            a: a.v,
+                            am: 1,
+                            ak: n_out,
+                            b: b.v,
+                            ldb: inp,
+                            m: n_out,
+                            n: inp,
+                            k: batch,
+                        },
+                    };
+                    avx512::f32_sparse(&p, ctx.par, o);
+                    Ok(Ok(()))
+                })
+            }
+            (_, _, _, out) => Err(out),
+        }
     }
 
     fn conv_op(

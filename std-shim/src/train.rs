@@ -201,6 +201,9 @@ fn run<M: Arch>(
             train
                 .write_batch(idx, x.flat_mut(), &mut labels)
                 .map_err(|e| e.to_string())?;
+            if let Some(next) = order.get((b + 1) * BATCH..(b + 2) * BATCH) {
+                train.prefetch(next);
+            }
             x.fmt = None;
             let ctx = Ctx::train(seed, step as u32);
             model

@@ -19,6 +19,8 @@ enum Data {
     Float,
     /// Full precision with some infinities.
     FloatInf,
+    /// Full precision, mostly exact zeros (a gradient through a ReLU).
+    Sparse,
     /// Exact codes of `Format::new(bits, scale)`, uniform.
     Quant(u8, i8),
     /// Exact codes, mostly the extreme codes (largest products).
@@ -31,7 +33,7 @@ enum Data {
 impl Data {
     fn fmt(self) -> Option<Format> {
         match self {
-            Data::Float | Data::FloatInf => None,
+            Data::Float | Data::FloatInf | Data::Sparse => None,
             Data::Quant(b, s) | Data::Extreme(b, s) | Data::Garbage(b, s) => {
                 Some(Format::new(b, s).expect("valid test format"))
             }
@@ -70,7 +72,14 @@ fn values(d: &mut Draws, len: usize, data: Data) -> Vec<f32> {
         .map(|_| {
             let r = d.next();
             match data {
-                Data::Float | Data::FloatInf => {
+                Data::Sparse if r % 8 < 5 => {
+                    if r & 256 == 0 {
+                        0.0
+                    } else {
+                        -0.0
+                    }
+                }
+                Data::Float | Data::FloatInf | Data::Sparse => {
                     if r.is_multiple_of(23) {
                         return if r & 64 == 0 { 0.0 } else { -0.0 };
                     }
@@ -303,6 +312,73 @@ fn linear_mnist_sizes() {
         78,
         false,
     );
+}
+
+#[test]
+fn linear_byte_codes_and_sparse_gradients() {
+    // The domain of the AVX-512 kernels (when the CPU has them): integer
+    // products of codes of at most 8 bits, and f32 gradients with many
+    // zeros; checked against the reference on random shapes, widths and
+    // scales, with garbage codes, infinities and NaN mixed in.
+    let cases = if cfg!(debug_assertions) { 10 } else { 40 };
+    for seed in 0..cases {
+        let mut d = Draws::new(seed, 5);
+        let g = LinearGeom {
+            batch: d.usize(1, 70),
+            inp: d.usize(0, 300),
+            out: d.usize(1, 110),
+        };
+        let mut bits = || d.range(2, 8) as u8;
+        let (b1, b2) = (bits(), bits());
+        let s = (d.range(-4, 4) as i8, d.range(-4, 4) as i8);
+        let pairs = [
+            (Data::Quant(b1, s.0), Data::Quant(b2, s.1)),
+            (Data::Extreme(b1, s.1), Data::Extreme(b2, s.0)),
+            (Data::Garbage(b1, 0), Data::Quant(b2, 0)),
+            (Data::Quant(8, 0), Data::Garbage(8, 1)),
+            (Data::Sparse, Data::Quant(b1, s.0)),
+            (Data::Sparse, Data::Float),
+            (Data::Sparse, Data::FloatInf),
+            (Data::FloatInf, Data::Quant(b2, s.1)),
+        ];
+        for (da, db) in pairs {
+            check_pair(g, &mut d, (da, db), seed);
+        }
+    }
+    // Reductions at the limit of exact i32 sums of byte products, and one
+    // past it (another path).
+    let mut d = Draws::new(9, 5);
+    for inp in [65_792, 65_793] {
+        let g = LinearGeom {
+            batch: 2,
+            inp,
+            out: 3,
+        };
+        check_pair(g, &mut d, (Data::Extreme(8, 0), Data::Extreme(8, 0)), 9);
+    }
+}
+
+/// The three products of `g` with operands drawn as `da`, `db`.
+fn check_pair(g: LinearGeom, d: &mut Draws, (da, db): (Data, Data), seed: u64) {
+    let what = |m: &str| format!("{m} {g:?} {da:?} x {db:?} (seed {seed})");
+    let int = da.fmt().is_some() && db.fmt().is_some();
+    let x = values(d, g.batch * g.inp, da);
+    let w = values(d, g.out * g.inp, db);
+    let op = |v, data: Data| Operand { v, fmt: data.fmt() };
+    let (xo, wo) = (op(&x, da), op(&w, db));
+    compare(&what("linear"), g.batch * g.out, int, |b, o| {
+        b.linear(g, xo, wo, o)
+    });
+    let dy = values(d, g.batch * g.out, da);
+    let dyo = op(&dy, da);
+    compare(&what("linear_input_grad"), g.batch * g.inp, int, |b, o| {
+        b.linear_input_grad(g, dyo, wo, o)
+    });
+    let x2 = values(d, g.batch * g.inp, db);
+    let x2o = op(&x2, db);
+    compare(&what("linear_weight_grad"), g.out * g.inp, int, |b, o| {
+        b.linear_weight_grad(g, dyo, x2o, o)
+    });
 }
 
 // ---------------------------------------------------------------- conv

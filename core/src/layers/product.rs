@@ -89,10 +89,14 @@ pub(crate) fn forward<S: Shape, const C: usize>(
                 compute(AccOut::Int(acc))?;
                 let exp = sum_exp(e, bf.step_exp(), acc_bits(x.fmt, w.fmt, k));
                 let up = (e - exp) as u32;
-                for (i, chunk) in acc.chunks_mut(spatial).enumerate() {
-                    let bias = align_to(bf.code_of(b.v[i % C]) as i64, bf.step_exp(), exp);
-                    for a in chunk {
-                        *a = (*a << up).saturating_add(bias);
+                // Chunk `i` gets the bias of channel `i % C`: channel by
+                // channel, so that each bias is aligned once.
+                for (c, &bv) in b.v.iter().enumerate() {
+                    let bias = align_to(bf.code_of(bv) as i64, bf.step_exp(), exp);
+                    for chunk in acc.chunks_mut(spatial).skip(c).step_by(C) {
+                        for a in chunk {
+                            *a = (*a << up).saturating_add(bias);
+                        }
                     }
                 }
                 out.set_from_acc(ctx, acc, exp)
@@ -150,9 +154,22 @@ pub(crate) fn bias_grad<S: Shape, const C: usize>(
         None => {
             let sums = &mut bias.grad.v;
             sums.fill(0.0);
-            for (i, chunk) in dy.flat().chunks(spatial).enumerate() {
-                for &v in chunk {
-                    sums[i % C] += v;
+            // Chunk `i` belongs to channel `i % C`: batch item by batch
+            // item, each channel's sum takes its terms in index order (the
+            // same order as chunk by chunk), and the loop over channels
+            // vectorises.
+            let item = spatial.saturating_mul(C).max(1);
+            for row in dy.flat().chunks(item) {
+                if spatial == 1 {
+                    for (s, &v) in sums.iter_mut().zip(row) {
+                        *s += v;
+                    }
+                } else {
+                    for (s, chunk) in sums.iter_mut().zip(row.chunks(spatial)) {
+                        for &v in chunk {
+                            *s += v;
+                        }
+                    }
                 }
             }
             bias.finish_grad(ctx)

@@ -102,7 +102,13 @@ impl Format {
         } else if d <= -40 {
             0
         } else {
-            m / (1i64 << -d)
+            // Truncation toward zero (as `m / 2^-d`), by shifts: |m| < 2^24.
+            let s = -d;
+            if m >= 0 {
+                m >> s
+            } else {
+                -((-m) >> s)
+            }
         };
         q.clamp(i32::MIN as i64, i32::MAX as i64) as i32
     }

@@ -29,6 +29,7 @@ mod math;
 pub mod range;
 mod rng;
 mod round;
+mod slice;
 
 pub use config::{Group, Method, QuantConfig, RangeMethod, Rounding};
 pub use format::{check_storage, pow2_f32, Code, Format, MAX_BITS, MIN_BITS};
@@ -333,40 +334,4 @@ pub fn acc_to_f32(acc: i64, exp: i32) -> f32 {
     acc as f32 * pow2_f32(half) * pow2_f32(exp - half)
 }
 
-/// Replace each value of `v` by its quantized value in `format` (as
-/// [`Rounder::round_f32`] then [`Format::to_f32`], the same bits), record
-/// clamps in `sat` if given, and return how many were clamped. The values
-/// must be finite (checked by the callers).
-///
-/// The scale factors are computed once; nearest and floor rounding take an
-/// exact f32 path per element (see [`round_f32`]), everything else the
-/// exact integer path.
-pub(crate) fn quantize_values_in_place(
-    v: &mut [f32],
-    format: Format,
-    rounder: &Rounder,
-    mut sat: Option<&mut [bool]>,
-) -> u64 {
-    let k = -format.step_exp();
-    let (lo, hi) = (format.min_code(), format.max_code());
-    let fast = rounder.rounding != Rounding::Stochastic && (-126..=127).contains(&k);
-    let (up, down) = (pow2_f32(k), pow2_f32(-k));
-    let mut n = 0u64;
-    for (i, x) in v.iter_mut().enumerate() {
-        let y = *x * up;
-        let a = y.abs();
-        let (c, clamped) = if fast && a < 65536.0 && (a >= f32::MIN_POSITIVE || *x == 0.0) {
-            let q = round::round_exact_f32(y, rounder.rounding);
-            let c = q.clamp(lo, hi);
-            (c, c != q)
-        } else {
-            rounder.round_f32(i, *x, format)
-        };
-        *x = c as f32 * down;
-        n += clamped as u64;
-        if let Some(s) = sat.as_deref_mut() {
-            s[i] = clamped;
-        }
-    }
-    n
-}
+pub(crate) use slice::{quantize_values_in_place, quantize_values_into};

@@ -34,7 +34,7 @@ macro_rules! pooled {
     };
 }
 
-pooled!(f32 => F32, f64 => F64, i64 => I64, usize => USIZE);
+pooled!(f32 => F32, f64 => F64, i64 => I64, usize => USIZE, u32 => U32, i32 => I32, u64 => U64);
 
 /// A vector that goes back to its thread's pool when dropped.
 pub(super) struct Buf<T: Pooled> {

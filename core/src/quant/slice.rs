@@ -1,0 +1,418 @@
+//! Quantizing f32 slices to their quantized values, 16 elements at a time.
+//!
+//! The result of every element is exactly [`Rounder::round_f32`] followed by
+//! [`Format::to_f32`] (the reference, element by element). The common case
+//! (nearest or floor rounding, a step exponent whose inverse is a normal
+//! f32, data whose scaled values are normal or zero) is computed
+//! branch-free on whole chunks so that the compiler vectorises it:
+//!
+//! * `y = x * 2^(bits - 1 - scale)` is exact (a normal result of a product
+//!   by a power of two);
+//! * `y` is clamped to `[-2^16, 2^16]` first. Rounding is monotonic and
+//!   both bounds are integers outside every code range, so a clamped value
+//!   rounds to a code that saturates exactly when the unclamped one does
+//!   (an overflow to infinity included);
+//! * the clamped `y` is rounded as `round_exact_f32` (the routine
+//!   [`round_f32`](super::round_f32) uses on its fast path) rounds it, with
+//!   lane operations only (integer conversions by the `1.5 * 2^23` trick).
+//!
+//! A chunk that holds an element whose scaled value is subnormal (or
+//! underflowed to zero from a non-zero `x`) is done element by element with
+//! [`Rounder::round_f32`]; so is everything under stochastic rounding or a
+//! step exponent outside the normal range.
+
+use super::config::Rounding;
+use super::format::{pow2_f32, Format};
+use super::Rounder;
+
+/// Elements per chunk.
+const L: usize = 16;
+
+/// Scaled values at least this large saturate every format (`bits <= 16`).
+const BIG: f32 = 65536.0;
+
+/// Replace each value of `v` by its quantized value in `format`; record
+/// clamps in `sat` if given; return how many were clamped. The values must
+/// be finite (checked by the callers).
+pub(crate) fn quantize_values_in_place(
+    v: &mut [f32],
+    format: Format,
+    rounder: &Rounder,
+    sat: Option<&mut [bool]>,
+) -> u64 {
+    run(&mut InPlace(v), format, rounder, sat)
+}
+
+/// [`quantize_values_in_place`] reading from `src` and writing the
+/// quantized values to `dst` (the same length; checked by the callers).
+pub(crate) fn quantize_values_into(
+    src: &[f32],
+    dst: &mut [f32],
+    format: Format,
+    rounder: &Rounder,
+    sat: Option<&mut [bool]>,
+) -> u64 {
+    run(&mut Into(src, dst), format, rounder, sat)
+}
+
+/// Where the values come from and go to.
+trait Io {
+    fn len(&self) -> usize;
+    /// The source.
+    fn src(&self) -> &[f32];
+    /// The destination of elements `i..i + n`.
+    fn dst(&mut self, i: usize, n: usize) -> &mut [f32];
+
+    /// Apply `f` (a value to its quantized value and clamp flag) to every
+    /// element, `L` at a time; return the number of clamps.
+    #[inline(always)]
+    fn map(&mut self, mut sat: Option<&mut [bool]>, f: impl Fn(f32) -> (f32, bool)) -> u64 {
+        let len = self.len();
+        let mut n = 0u64;
+        let mut i = 0;
+        while let Some(x) = self.src().get(i..len).and_then(|s| s.first_chunk::<L>()) {
+            let mut vals = [0.0; L];
+            let mut flags = [0u8; L];
+            for l in 0..L {
+                let (v, c) = f(x[l]);
+                vals[l] = v;
+                flags[l] = c as u8;
+            }
+            self.dst(i, L).copy_from_slice(&vals);
+            if let Some(s) = sat.as_deref_mut() {
+                for (s, &c) in s[i..i + L].iter_mut().zip(&flags) {
+                    *s = c != 0;
+                }
+            }
+            n += flags.iter().map(|&c| c as u32).sum::<u32>() as u64;
+            i += L;
+        }
+        for j in i..len {
+            let (v, c) = f(self.src()[j]);
+            self.dst(j, 1)[0] = v;
+            if let Some(s) = sat.as_deref_mut() {
+                s[j] = c;
+            }
+            n += c as u64;
+        }
+        n
+    }
+}
+
+struct InPlace<'a>(&'a mut [f32]);
+struct Into<'a>(&'a [f32], &'a mut [f32]);
+
+impl Io for InPlace<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    #[inline(always)]
+    fn src(&self) -> &[f32] {
+        self.0
+    }
+    #[inline(always)]
+    fn dst(&mut self, i: usize, n: usize) -> &mut [f32] {
+        &mut self.0[i..i + n]
+    }
+}
+
+impl Io for Into<'_> {
+    fn len(&self) -> usize {
+        self.0.len().min(self.1.len())
+    }
+    #[inline(always)]
+    fn src(&self) -> &[f32] {
+        self.0
+    }
+    #[inline(always)]
+    fn dst(&mut self, i: usize, n: usize) -> &mut [f32] {
+        &mut self.1[i..i + n]
+    }
+}
+
+/// Constants of one call.
+#[derive(Clone, Copy)]
+struct K {
+    up: f32,
+    down: f32,
+    lo: i32,
+    hi: i32,
+}
+
+fn run<I: Io>(io: &mut I, format: Format, rounder: &Rounder, sat: Option<&mut [bool]>) -> u64 {
+    let k = -format.step_exp();
+    let c = K {
+        up: pow2_f32(k),
+        down: pow2_f32(-k),
+        lo: format.min_code(),
+        hi: format.max_code(),
+    };
+    let fast = (-126..=127).contains(&k);
+    match rounder.rounding {
+        Rounding::NearestEven if fast && !TIES_TO_ODD => io.map(sat, |x| nearest_even(x, c)),
+        Rounding::NearestEven if fast => chunks::<I, NEAREST_EVEN>(io, c, format, rounder, sat),
+        Rounding::NearestAway if fast => chunks::<I, NEAREST_AWAY>(io, c, format, rounder, sat),
+        Rounding::Floor if fast => chunks::<I, FLOOR>(io, c, format, rounder, sat),
+        _ => {
+            let mut n = 0;
+            let mut sat = sat;
+            for i in 0..io.len() {
+                let (q, clamped) = rounder.round_f32(i, io.src()[i], format);
+                io.dst(i, 1)[0] = format.to_f32(q);
+                n += clamped as u64;
+                if let Some(s) = sat.as_deref_mut() {
+                    s[i] = clamped;
+                }
+            }
+            n
+        }
+    }
+}
+
+const NEAREST_EVEN: u8 = 0;
+const NEAREST_AWAY: u8 = 1;
+const FLOOR: u8 = 2;
+
+fn chunks<I: Io, const M: u8>(
+    io: &mut I,
+    c: K,
+    format: Format,
+    rounder: &Rounder,
+    mut sat: Option<&mut [bool]>,
+) -> u64 {
+    let len = io.len();
+    let mut n = 0u64;
+    let mut i = 0;
+    while i < len {
+        let used = L.min(len - i);
+        let mut x = [0.0; L];
+        x[..used].copy_from_slice(&io.src()[i..i + used]);
+        let (vals, flags, clamped) = match fast_chunk::<M>(&x, c) {
+            Some(r) => r,
+            None => slow_chunk(&x, format, rounder, i),
+        };
+        io.dst(i, used).copy_from_slice(&vals[..used]);
+        if let Some(s) = sat.as_deref_mut() {
+            s[i..i + used].copy_from_slice(&flags[..used]);
+        }
+        // Padding lanes are zeros: never clamped.
+        n += clamped as u64;
+        i += L;
+    }
+    n
+}
+
+/// `1.5 * 2^23`: added to an f32 of magnitude at most `2^22`, the sum's
+/// low bits hold it rounded to an integer (nearest, ties to even).
+const MAGIC: f32 = 12_582_912.0;
+
+/// The integer an integral f32 of magnitude below `2^22` holds (a cast
+/// that vectorises).
+#[inline(always)]
+fn int_of(v: f32) -> i32 {
+    ((v + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32)
+}
+
+/// `y` rounded toward zero, as `y as i32`, for `|y| <= 2^16`, as an f32
+/// (branch-free; `-0.0` stays `-0.0`).
+#[inline(always)]
+fn trunc(y: f32) -> f32 {
+    let a = f32::from_bits(y.to_bits() & 0x7fff_ffff);
+    let r = (a + MAGIC) - MAGIC;
+    let t = if r > a { r - 1.0 } else { r };
+    f32::from_bits(t.to_bits() | (y.to_bits() & 0x8000_0000))
+}
+
+/// `true` only in builds with core's test-only feature `fault-ties-to-odd`,
+/// under which `NearestEven` rounds ties to the odd neighbour everywhere
+/// (see `round.rs`); the fast path follows it.
+const TIES_TO_ODD: bool = cfg!(feature = "fault-ties-to-odd");
+
+/// [`round_exact_f32`](super::round::round_exact_f32) (mode `M`) for a
+/// normal or zero `y` with `|y| <= 2^16`, in branch-free lane operations.
+#[inline(always)]
+fn round_lane<const M: u8>(y: f32) -> i32 {
+    let t = trunc(y);
+    let ti = int_of(t);
+    let r = y - t; // exact, in (-1, 1)
+    match M {
+        FLOOR => ti - (r < 0.0) as i32,
+        NEAREST_AWAY => ti + (r >= 0.5) as i32 - (r <= -0.5) as i32,
+        _ => {
+            let tie = ((ti & 1) == 1) != TIES_TO_ODD;
+            let up = (r > 0.5) | ((r == 0.5) & tie);
+            let down = (r < -0.5) | ((r == -0.5) & tie);
+            ti + up as i32 - down as i32
+        }
+    }
+}
+
+/// Nearest, ties to even, of one element (the common case, and the only
+/// one without a check for subnormal scaled values: whatever a tiny `y`
+/// is, exact or rounded, it rounds to 0 unclamped, as its exact value does).
+///
+/// `(y + 1.5 * 2^23) - 1.5 * 2^23` is `y` rounded to an integer, ties to
+/// even, by the f32 addition itself (exact for `|y| <= 2^22`); the code is
+/// clamped as an f32 (integers below `2^16` are exact), so no conversion
+/// to integers is needed.
+#[inline(always)]
+fn nearest_even(x: f32, c: K) -> (f32, bool) {
+    let y = x * c.up;
+    let y = if y < -BIG { -BIG } else { y };
+    let y = if y > BIG { BIG } else { y };
+    let q = (y + MAGIC) - MAGIC;
+    let code = if q < c.lo as f32 { c.lo as f32 } else { q };
+    let code = if code > c.hi as f32 {
+        c.hi as f32
+    } else {
+        code
+    };
+    (code * c.down, code != q)
+}
+
+/// The chunk branch-free, or `None` if a scaled value is subnormal (or
+/// underflowed from a non-zero value): then the exact path decides.
+#[inline(always)]
+fn fast_chunk<const M: u8>(x: &[f32; L], c: K) -> Option<([f32; L], [bool; L], u32)> {
+    let mut tiny = 0u32;
+    for &v in x {
+        let a = (v * c.up).abs();
+        tiny |= ((a < f32::MIN_POSITIVE) & (v != 0.0)) as u32;
+    }
+    if tiny != 0 {
+        return None;
+    }
+    let mut vals = [0.0; L];
+    let mut flags = [0u8; L];
+    for l in 0..L {
+        let y = x[l] * c.up;
+        let y = if y < -BIG { -BIG } else { y };
+        let y = if y > BIG { BIG } else { y };
+        let q = round_lane::<M>(y);
+        let code = q.max(c.lo).min(c.hi);
+        vals[l] = code as f32 * c.down;
+        flags[l] = (code != q) as u8;
+    }
+    let clamped = flags.iter().map(|&f| f as u32).sum();
+    Some((vals, flags.map(|f| f != 0), clamped))
+}
+
+/// The chunk element by element with the exact rounding.
+#[cold]
+#[inline(never)]
+fn slow_chunk(
+    x: &[f32; L],
+    format: Format,
+    rounder: &Rounder,
+    i: usize,
+) -> ([f32; L], [bool; L], u32) {
+    let mut vals = [0.0; L];
+    let mut flags = [false; L];
+    let mut clamped = 0u32;
+    for l in 0..L {
+        let (q, s) = rounder.round_f32(i + l, x[l], format);
+        vals[l] = format.to_f32(q);
+        flags[l] = s;
+        clamped += s as u32;
+    }
+    (vals, flags, clamped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::Stream;
+    use std::vec::Vec;
+
+    /// The reference: element by element, [`Rounder::round_f32`] then
+    /// [`Format::to_f32`].
+    fn reference(x: &[f32], f: Format, r: &Rounder) -> (Vec<u32>, Vec<bool>, u64) {
+        let mut sat = Vec::new();
+        let vals = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let (q, s) = r.round_f32(i, v, f);
+                sat.push(s);
+                f.to_f32(q).to_bits()
+            })
+            .collect();
+        let n = sat.iter().filter(|&&s| s).count() as u64;
+        (vals, sat, n)
+    }
+
+    /// Values that probe every path: ties, saturation, huge, subnormal,
+    /// signed zeros, and random bit patterns.
+    fn samples(s: &Stream, len: usize, f: Format) -> Vec<f32> {
+        let step = f.step();
+        (0..len as u32)
+            .map(|i| {
+                let d = s.draw(i);
+                let v = match d % 11 {
+                    0 => ((d >> 8) % 600) as f32 * 0.5 - 150.0, // halves of steps
+                    1 => ((d >> 8) % 80_000) as f32 - 40_000.0,
+                    2 => f32::from_bits(d >> 9), // subnormal or tiny, positive
+                    3 => -f32::from_bits(d >> 9),
+                    4 => 0.0,
+                    5 => -0.0,
+                    6 => (d as i32 as f32) * 1e30,
+                    _ => {
+                        let x = f32::from_bits(d);
+                        if x.is_finite() {
+                            return x;
+                        }
+                        1.0
+                    }
+                };
+                if d % 11 <= 1 {
+                    let y = v * step;
+                    if y.is_finite() {
+                        return y;
+                    }
+                }
+                // The callers pass finite values only.
+                if v.is_finite() {
+                    v
+                } else {
+                    -3.0
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn slice_quantizer_equals_the_element_reference() {
+        let s = Stream::new(11, 22, 33);
+        let mut case = 0u32;
+        for bits in 2..=16u8 {
+            for scale in [-128i8, -127, -100, -20, -3, 0, 2, 7, 30, 100, 126, 127] {
+                let f = Format::new(bits, scale).unwrap();
+                for rounding in [
+                    Rounding::NearestEven,
+                    Rounding::NearestAway,
+                    Rounding::Floor,
+                    Rounding::Stochastic,
+                ] {
+                    case += 1;
+                    let len = (s.draw(case) % 300) as usize;
+                    let x = samples(&Stream::new(5, case, 0), len, f);
+                    let r = Rounder::new(rounding, Stream::new(1, case, 2)).at(s.draw(case) % 999);
+                    let (want, want_sat, want_n) = reference(&x, f, &r);
+                    let mut v = x.clone();
+                    let mut sat = std::vec![true; len];
+                    let n = quantize_values_in_place(&mut v, f, &r, Some(&mut sat));
+                    let got: Vec<u32> = v.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(
+                        (got, sat, n),
+                        (want.clone(), want_sat, want_n),
+                        "{f:?} {rounding:?}"
+                    );
+                    let mut dst = std::vec![f32::NAN; len];
+                    let n = quantize_values_into(&x, &mut dst, f, &r, None);
+                    let got: Vec<u32> = dst.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!((got, n), (want, want_n), "{f:?} {rounding:?} (into)");
+                }
+            }
+        }
+    }
+}
