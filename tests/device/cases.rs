@@ -12,7 +12,7 @@ use fixnn::tensor::Shape;
 use fixnn::Stream;
 use fixnn_cases::blob::{write_header, write_run};
 use fixnn_cases::nets::{Cnn, Mixed, Mlp, CLASSES, CNN_B, MIXED_B, MLP_B};
-use fixnn_cases::{write_line, Case, CaseError, Record, Sink, Want};
+use fixnn_cases::{write_error_line, write_line, Case, CaseError, Record, Sink, Want};
 use fixnn_std::data::{self, Dataset};
 use fixnn_std::rayon_backend::RayonBackend;
 
@@ -44,14 +44,11 @@ impl Sink for Report {
     }
 
     fn error(&mut self, run: u32, step: u32, e: &CaseError) {
-        self.lines.push(error_line(run, step, e));
+        let mut s = String::new();
+        let _ = write_error_line(&mut s, run, step, e);
+        self.lines.push(s.trim_end().to_string());
         self.values.push(Vec::new());
     }
-}
-
-/// The line that reports a failed run (the firmware prints the same).
-pub fn error_line(run: u32, step: u32, e: &CaseError) -> String {
-    format!("X {run} {step} {e:?}")
 }
 
 /// Every case, in the order the suite runs them.

@@ -21,5 +21,6 @@ pub mod nets;
 mod run;
 
 pub use run::{
-    hash_record, run, write_line, Case, CaseError, GradFn, Part, Phase, Record, Sink, Want,
+    hash_record, run, write_error_line, write_line, Case, CaseError, GradFn, Part, Phase, Record,
+    Sink, Want,
 };

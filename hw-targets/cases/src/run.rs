@@ -225,6 +225,16 @@ pub fn write_line(w: &mut dyn Write, r: &Record<'_>) -> fmt::Result {
     writeln!(w, " {:016x}", hash_record(r))
 }
 
+/// The line that reports a run stopped by an error:
+/// `X <run> <step> <error as Debug>`.
+///
+/// # Errors
+///
+/// Those of the writer.
+pub fn write_error_line(w: &mut dyn Write, run: u32, step: u32, e: &CaseError) -> fmt::Result {
+    writeln!(w, "X {run} {step} {e:?}")
+}
+
 /// Report every tensor of `net` for `phase`.
 fn report<L: Layer>(net: &mut L, run: u32, step: u32, phase: Phase, sink: &mut dyn Sink) {
     walk(net, &mut |name, t| {

@@ -20,7 +20,7 @@
 use core::fmt::Write;
 
 use fixnn::backend::RefBackend;
-use fixnn_cases::{write_line, Case, CaseError, Record, Sink, Want};
+use fixnn_cases::{write_error_line, write_line, Case, CaseError, Record, Sink, Want};
 
 use crate::{stack_peak, stack_size, Out, BOARD, TARGET};
 
@@ -92,7 +92,7 @@ impl Sink for DeviceSink<'_> {
     }
 
     fn error(&mut self, run: u32, step: u32, e: &CaseError) {
-        let _ = writeln!(Out, "X {run} {step} {e:?}");
+        let _ = write_error_line(&mut Out, run, step, e);
     }
 }
 
