@@ -5,11 +5,16 @@
 //!   -> bn (BatchNorm2d) -> relu -> pool (MaxPool 2x2) -> flat -> fc (8->3)`
 //!   on 1x6x6 images, batch 1 (4.8 KB of model, 13 KB of stack at the
 //!   peak on the M0).
-//! * [`Mixed`] (`mixed`): every other layer type and geometry feature:
-//!   `q0 -> conv (2->4, stride 2, pad 1, 2 groups) -> cbn (ConvBn 4->4,
-//!   pad 2, dilation 2, 2 groups) -> relu -> pool (AvgPool 2x2) -> flat ->
-//!   fc1 (4->8) -> bn1 (BatchNorm1d) -> relu2 -> q1 -> fc2 (8->3)` on 2x4x4
-//!   inputs, batch 2 (not on the micro:bit: ~24 KB of stack at the peak).
+//! * [`MixConv`] (`mixconv`) and [`MixDense`] (`mixdense`): every other
+//!   layer type and geometry feature, with configs rotated over every
+//!   method, range method, rounding and bit width, batch 2, split in two
+//!   so that each fits the micro:bit: `q0 -> conv (2->4, stride 2, pad 1,
+//!   2 groups) -> relu -> pool (AvgPool 2x2) -> flat -> fc (4->3)` on 2x4x4
+//!   inputs, and `q0 -> cbn (ConvBn 3x3 depthwise on 2 channels, pad 2,
+//!   dilation 2) -> pool (MaxPool 2x2) -> flat -> fc1 (2->4) -> bn1
+//!   (BatchNorm1d) -> relu -> q1 -> fc2 (4->3)` on 2x2x2 inputs. (Building
+//!   a layer by value costs about three copies of it on the M0's stack,
+//!   which is what bounds these sizes.)
 //! * [`Mlp`] (`mlp`): nics_fix_pt's MNIST MLP, 784-100-10, batch 64, as in
 //!   `examples/mnist-mlp.json` (M4 and M7 boards: it needs about 1.4 MB).
 //!
@@ -69,7 +74,7 @@ fn dx<L: Layer>(f: &mut GradFn<'_>, name: &'static str, layer: &L) {
 
 /// Batch of [`Cnn`].
 pub const CNN_B: usize = 1;
-/// Classes of [`Cnn`] and [`Mixed`].
+/// Classes of [`Cnn`], [`MixConv`] and [`MixDense`].
 pub const CLASSES: usize = 3;
 
 /// The small CNN of the `cnn` case.
@@ -129,58 +134,43 @@ impl Case<CNN_B, CLASSES> for Cnn {
     }
 }
 
-/// Batch of [`Mixed`].
-pub const MIXED_B: usize = 2;
+/// Batch of the two `mix*` cases (two items, so that batch norms see a
+/// variance).
+pub const MIX_B: usize = 2;
 
-/// The model of the `mixed` case.
+/// The model of the `mixconv` case.
 #[derive(Model)]
-pub struct Mixed {
+pub struct MixConv {
     /// Input quantizer.
-    pub q0: Quant<S4<MIXED_B, 2, 4, 4>>,
+    pub q0: Quant<S4<MIX_B, 2, 4, 4>>,
     /// 3x3, 2 -> 4 channels in 2 groups, stride 2, padding 1.
-    pub conv: Conv2d<2, 4, 1, 3, 3, 4, 4, 2, 2, MIXED_B>,
-    /// Fused conv + batch norm: 3x3, 4 -> 4 in 2 groups, padding 2, dilation 2.
-    pub cbn: ConvBn<4, 4, 2, 3, 3, 2, 2, 2, 2, MIXED_B>,
+    pub conv: Conv2d<2, 4, 1, 3, 3, 4, 4, 2, 2, MIX_B>,
     /// ReLU.
-    pub relu: Relu<S4<MIXED_B, 4, 2, 2>>,
+    pub relu: Relu<S4<MIX_B, 4, 2, 2>>,
     /// 2x2 average pooling.
-    pub pool: AvgPool2d<4, 2, 2, 1, 1, MIXED_B>,
+    pub pool: AvgPool2d<4, 2, 2, 1, 1, MIX_B>,
     /// To 4 features.
-    pub flat: Flatten<MIXED_B, 4, 1, 1, 4>,
-    /// 4 -> 8.
-    pub fc1: Linear<4, 8, MIXED_B>,
-    /// Batch norm over 8 features.
-    pub bn1: BatchNorm1d<8, MIXED_B>,
-    /// ReLU.
-    pub relu2: Relu<S2<MIXED_B, 8>>,
-    /// Activation quantizer.
-    pub q1: Quant<S2<MIXED_B, 8>>,
-    /// 8 -> 3.
-    pub fc2: Linear<8, CLASSES, MIXED_B>,
+    pub flat: Flatten<MIX_B, 4, 1, 1, 4>,
+    /// 4 -> 3.
+    pub fc: Linear<4, CLASSES, MIX_B>,
 }
 
-impl Case<MIXED_B, CLASSES> for Mixed {
-    const NAME: &'static str = "mixed";
+impl Case<MIX_B, CLASSES> for MixConv {
+    const NAME: &'static str = "mixconv";
 
     #[inline(never)]
     fn build_in(slot: &mut MaybeUninit<Self>) -> Result<&mut Self> {
-        let conv2d = Conv2d::new(1, (2, 2), (1, 1), (1, 1))?;
-        let convbn = ConvBn::new(2, (1, 1), (2, 2), (2, 2))?;
-        let pooling = AvgPool2d::new(4, (2, 2), (1, 1), (0, 0))?;
+        // Each fallible constructor runs inside the literal, so at most one
+        // layer is on the stack besides the slot.
         Ok(in_place!(
             slot,
-            Mixed {
+            MixConv {
                 q0: Quant::new(0),
-                conv: conv2d,
-                cbn: convbn,
-                relu: Relu::new(3),
-                pool: pooling,
-                flat: Flatten::new(5),
-                fc1: Linear::new(6),
-                bn1: BatchNorm1d::new(7),
-                relu2: Relu::new(8),
-                q1: Quant::new(9),
-                fc2: Linear::new(10),
+                conv: Conv2d::new(1, (2, 2), (1, 1), (1, 1))?,
+                relu: Relu::new(2),
+                pool: AvgPool2d::new(3, (2, 2), (1, 1), (0, 0))?,
+                flat: Flatten::new(4),
+                fc: Linear::new(5),
             }
         ))
     }
@@ -189,22 +179,80 @@ impl Case<MIXED_B, CLASSES> for Mixed {
         let m = self;
         init(&mut m.conv.weight, seed, 9);
         init(&mut m.conv.bias, seed, 9);
-        init(&mut m.cbn.weight, seed, 18);
-        init(&mut m.cbn.bias, seed, 18);
-        init(&mut m.fc1.weight, seed, 4);
-        init(&mut m.fc1.bias, seed, 4);
-        init(&mut m.fc2.weight, seed, 8);
-        init(&mut m.fc2.bias, seed, 8);
+        init(&mut m.fc.weight, seed, 4);
+        init(&mut m.fc.bias, seed, 4);
+    }
+
+    fn input_grads(&self, f: &mut GradFn<'_>) {
+        dx(f, "relu", &self.relu);
+        dx(f, "pool", &self.pool);
+        dx(f, "flat", &self.flat);
+        dx(f, "fc", &self.fc);
+    }
+}
+
+/// The model of the `mixdense` case.
+#[derive(Model)]
+pub struct MixDense {
+    /// Input quantizer.
+    pub q0: Quant<S4<MIX_B, 2, 2, 2>>,
+    /// Fused conv + batch norm: 3x3 depthwise on 2 channels (2 groups),
+    /// padding 2, dilation 2.
+    pub cbn: ConvBn<2, 2, 1, 3, 3, 2, 2, 2, 2, MIX_B>,
+    /// 2x2 max pooling.
+    pub pool: MaxPool2d<2, 2, 2, 1, 1, MIX_B>,
+    /// To 2 features.
+    pub flat: Flatten<MIX_B, 2, 1, 1, 2>,
+    /// 2 -> 4.
+    pub fc1: Linear<2, 4, MIX_B>,
+    /// Batch norm over 4 features.
+    pub bn1: BatchNorm1d<4, MIX_B>,
+    /// ReLU.
+    pub relu: Relu<S2<MIX_B, 4>>,
+    /// Activation quantizer.
+    pub q1: Quant<S2<MIX_B, 4>>,
+    /// 4 -> 3.
+    pub fc2: Linear<4, CLASSES, MIX_B>,
+}
+
+impl Case<MIX_B, CLASSES> for MixDense {
+    const NAME: &'static str = "mixdense";
+
+    #[inline(never)]
+    fn build_in(slot: &mut MaybeUninit<Self>) -> Result<&mut Self> {
+        Ok(in_place!(
+            slot,
+            MixDense {
+                q0: Quant::new(0),
+                cbn: ConvBn::new(1, (1, 1), (2, 2), (2, 2))?,
+                pool: MaxPool2d::new(2, (2, 2), (2, 2), (0, 0))?,
+                flat: Flatten::new(3),
+                fc1: Linear::new(4),
+                bn1: BatchNorm1d::new(5),
+                relu: Relu::new(6),
+                q1: Quant::new(7),
+                fc2: Linear::new(8),
+            }
+        ))
+    }
+
+    fn init(&mut self, seed: u64) {
+        let m = self;
+        init(&mut m.cbn.weight, seed, 9);
+        init(&mut m.cbn.bias, seed, 9);
+        init(&mut m.fc1.weight, seed, 2);
+        init(&mut m.fc1.bias, seed, 2);
+        init(&mut m.fc2.weight, seed, 4);
+        init(&mut m.fc2.bias, seed, 4);
     }
 
     fn input_grads(&self, f: &mut GradFn<'_>) {
         dx(f, "cbn", &self.cbn);
-        dx(f, "relu", &self.relu);
         dx(f, "pool", &self.pool);
         dx(f, "flat", &self.flat);
         dx(f, "fc1", &self.fc1);
         dx(f, "bn1", &self.bn1);
-        dx(f, "relu2", &self.relu2);
+        dx(f, "relu", &self.relu);
         dx(f, "q1", &self.q1);
         dx(f, "fc2", &self.fc2);
     }
