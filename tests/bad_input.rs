@@ -1415,3 +1415,38 @@ fn cli_inspect_and_quantize_refuse_bad_input() {
     assert!(err.contains("no values given"), "{err}");
     cli_refuses(&["frobnicate"], &["frobnicate"]);
 }
+
+/// nics_fix_pt YAML configs: block nesting that used to overflow the stack
+/// (200,000 levels of `- `) is refused at level 65, flow nesting by the
+/// parser's own limit, duplicated keys by name.
+#[test]
+fn nics_yaml_refuses_deep_nesting_and_duplicated_keys() {
+    use fixnn_std::nics::{parse, ScaleForm, MAX_YAML_DEPTH};
+    let ok = "- ".repeat(MAX_YAML_DEPTH) + "x";
+    let e = parse(&ok, ScaleForm::Auto).unwrap_err();
+    assert!(
+        e.contains("expected a mapping with `data` and `grad`"),
+        "{e}"
+    );
+    let e = parse(&("- ".repeat(200_000) + "x"), ScaleForm::Auto).unwrap_err();
+    assert!(
+        e.contains(&format!("YAML nested deeper than {MAX_YAML_DEPTH} levels")),
+        "{e}"
+    );
+    let e = parse(&("a: ".to_string() + &"[".repeat(200_000)), ScaleForm::Auto).unwrap_err();
+    assert!(e.contains("recursion limit exceeded"), "{e}");
+    let dup = "data:\n  fc1:\n    weight: {bitwidth: 8, scale: 1, method: 1}\n    weight: {bitwidth: 4, scale: 1, method: 1}\n";
+    let e = parse(dup, ScaleForm::Auto).unwrap_err();
+    assert!(
+        e.contains("\"weight\"") && e.contains("duplicated key"),
+        "{e}"
+    );
+
+    let d = tmp("yaml");
+    let p = d.join("deep.yaml");
+    std::fs::write(&p, "- ".repeat(200_000)).unwrap();
+    cli_refuses(
+        &["inspect", p.to_str().unwrap()],
+        &["deep.yaml", "YAML nested deeper than 64 levels"],
+    );
+}

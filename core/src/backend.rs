@@ -19,7 +19,13 @@
 //!   layer shape and no bit width can overflow an accumulator);
 //! * otherwise (a full-precision operand) products and sums are f32
 //!   ([`AccOut::Float`]), summed in the documented order of each method, so
-//!   the result is the same on every target.
+//!   the result is the same on every target. Finite f32 operands can
+//!   overflow such a sum to an infinity (and `inf - inf` then to NaN): the
+//!   backend does not check, but every quantizing config refuses the value
+//!   ([`Error::NonFinite`]) and so does the loss
+//!   ([`softmax_cross_entropy`](crate::layers::softmax_cross_entropy)), so
+//!   an overflow ends training with an error, never silently. The integer
+//!   path cannot overflow ([`MAX_REDUCTION`]).
 
 use crate::error::{Error, Result};
 use crate::quant::{pow2_f32, Format};
