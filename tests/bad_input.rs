@@ -1450,3 +1450,31 @@ fn nics_yaml_refuses_deep_nesting_and_duplicated_keys() {
         &["deep.yaml", "YAML nested deeper than 64 levels"],
     );
 }
+
+/// A config tree that lists one tensor twice (two entries, not two keys) is
+/// refused by path in the core and in fixnn-std, and the model keeps its
+/// configs.
+#[test]
+fn config_trees_listing_a_tensor_twice_are_refused_by_path() {
+    let good = mlp_config_json();
+    let v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let mut twice = v.clone();
+    let first = twice["tensors"][0].clone();
+    let name = first["name"].as_str().unwrap().to_string();
+    twice["tensors"].as_array_mut().unwrap().push(first);
+    let text = serde_json::to_string(&twice).unwrap();
+    let mut buf = [0u8; 128];
+    let doc = ConfigDoc::<12>::from_json(&text, &mut buf).unwrap();
+    let file = fixnn_std::configs::ConfigFile::parse(&text).unwrap();
+    let (core_err, std_err, unchanged) = big(move || {
+        let mut m = MnistMlp::build(1).unwrap();
+        m.fc1.weight.quant.cfg = QuantConfig::fixed(5, 1);
+        let c = doc.apply(&mut *m).unwrap_err().to_string();
+        let s = file.apply(&mut *m).unwrap_err();
+        (c, s, m.fc1.weight.quant.cfg == QuantConfig::fixed(5, 1))
+    });
+    for e in [&core_err, &std_err] {
+        assert!(e.contains(&format!("{name}: listed more than once")), "{e}");
+    }
+    assert!(unchanged, "a refused tree changed the model");
+}

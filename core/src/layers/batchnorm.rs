@@ -316,7 +316,17 @@ impl<const C: usize, S: ChannelShape> BatchNorm<C, S> {
     ///
     /// The shape must have `C` channels, no zero size and fewer than `2^40`
     /// values per channel (checked at compile time: the exact integer
-    /// statistics cannot overflow their `i128` sums).
+    /// statistics cannot overflow their `i128` sums):
+    ///
+    /// ```compile_fail,E0080
+    /// # use fixnn::layers::BatchNorm1d;
+    /// let bn = BatchNorm1d::<1, { 1 << 40 }>::new(0);
+    /// ```
+    ///
+    /// ```no_run
+    /// # use fixnn::layers::BatchNorm1d;
+    /// let bn = BatchNorm1d::<1, { (1 << 40) - 1 }>::new(0); // compiles (never run: 16 TB)
+    /// ```
     pub fn new(id: u32) -> Self {
         const {
             assert!(
