@@ -14,13 +14,42 @@
 //!   integers and summed in an `i64` accumulator ([`AccOut::Int`]); the
 //!   result is exact, at exponent `step_exp(a) + step_exp(b)`
 //!   ([`product_exp`]). Codes have at most 16 bits, so a product has at most
-//!   31 bits and a sum of up to `2^32` products cannot overflow;
+//!   31 bits and a sum of up to `2^32` products cannot overflow
+//!   ([`MAX_REDUCTION`]: every geometry check refuses a longer sum, so no
+//!   layer shape and no bit width can overflow an accumulator);
 //! * otherwise (a full-precision operand) products and sums are f32
 //!   ([`AccOut::Float`]), summed in the documented order of each method, so
-//!   the result is the same on every target.
+//!   the result is the same on every target. Finite f32 operands can
+//!   overflow such a sum to an infinity (and `inf - inf` then to NaN): the
+//!   backend does not check, but every quantizing config refuses the value
+//!   ([`Error::NonFinite`]) and so does the loss
+//!   ([`softmax_cross_entropy`](crate::layers::softmax_cross_entropy)), so
+//!   an overflow ends training with an error, never silently. The integer
+//!   path cannot overflow ([`MAX_REDUCTION`]).
 
 use crate::error::{Error, Result};
 use crate::quant::{pow2_f32, Format};
+
+/// The most products one `i64` accumulator sums. Codes have at most 16
+/// bits, so a product of two codes is at most `2^30` in magnitude
+/// (`(-2^15)^2`) and `2^32` of them sum to at most `2^62`: below `2^63`
+/// with one bit to spare for the bias a layer adds to the sum. This holds
+/// for every bit width (2 to 16), so it is a property of the shape alone:
+/// [`LinearGeom::check`] and [`ConvGeom::check`] refuse a longer reduction
+/// (each layer's forward, input-gradient and weight-gradient sums), and a
+/// sum of `n <= 2^32` codes (a bias gradient, a pooling window) is at most
+/// `2^47`.
+pub const MAX_REDUCTION: u64 = 1 << 32;
+
+/// Whether every length in `n` is at most [`MAX_REDUCTION`].
+const fn reductions_fit(n: [u64; 3]) -> bool {
+    n[0] <= MAX_REDUCTION && n[1] <= MAX_REDUCTION && n[2] <= MAX_REDUCTION
+}
+
+/// `a * b * c` in `u64`, saturating.
+const fn mul3(a: usize, b: usize, c: usize) -> u64 {
+    (a as u64).saturating_mul(b as u64).saturating_mul(c as u64)
+}
 
 /// A read-only operand: values, and the format they are exact codes of.
 #[derive(Clone, Copy, Debug)]
@@ -154,6 +183,16 @@ impl ConvGeom {
                 what: "convolution output size does not match stride, padding and dilation",
             });
         }
+        let sums = [
+            mul3(self.cpg(), self.kh, self.kw),
+            mul3(self.opg(), self.kh, self.kw),
+            mul3(self.batch, self.oh, self.ow),
+        ];
+        if !reductions_fit(sums) {
+            return Err(Error::Shape {
+                what: "convolution sums more than 2^32 products (cin/groups*kh*kw, cout/groups*kh*kw or batch*oh*ow): the i64 accumulator could overflow",
+            });
+        }
         Ok(())
     }
 
@@ -210,6 +249,22 @@ fn check_lens(
 }
 
 impl LinearGeom {
+    /// Check that no sum is longer than [`MAX_REDUCTION`] products: `inp`
+    /// (forward), `out` (input gradient), `batch` (weight gradient).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shape`] saying which sizes are too large.
+    pub const fn check(&self) -> Result<()> {
+        if reductions_fit([self.inp as u64, self.out as u64, self.batch as u64]) {
+            Ok(())
+        } else {
+            Err(Error::Shape {
+                what: "linear sums more than 2^32 products (inp, out or batch): the i64 accumulator could overflow",
+            })
+        }
+    }
+
     /// Element counts of `[x, w, y]`, `None` if they overflow `usize`.
     pub const fn lens(&self) -> Option<[usize; 3]> {
         match (
@@ -222,11 +277,12 @@ impl LinearGeom {
         }
     }
 
-    /// Check the lengths of the operands `a`, `b` and the output of `pass`.
+    /// Check the sizes ([`LinearGeom::check`]) and the lengths of the
+    /// operands `a`, `b` and the output of `pass`.
     ///
     /// # Errors
     ///
-    /// [`Error::Shape`] naming the first buffer whose length differs.
+    /// [`Error::Shape`] naming the first rule broken or buffer that differs.
     pub fn check_buffers(&self, pass: Pass, a: usize, b: usize, out: usize) -> Result<()> {
         const NAMES: [&str; 7] = [
             "linear input length",
@@ -237,6 +293,7 @@ impl LinearGeom {
             "linear weight-gradient length",
             "linear sizes overflow usize",
         ];
+        self.check()?;
         check_lens(self.lens(), pass, a, b, out, &NAMES)
     }
 }
@@ -403,7 +460,10 @@ impl Path for IntPath {
     const ZERO: i64 = 0;
     #[inline]
     fn mac(acc: i64, a: &Reader<'_>, i: usize, b: &Reader<'_>, j: usize) -> i64 {
-        acc + a.code(i) * b.code(j)
+        // Wrapping: identical to `+` and `*` for codes of at most 16 bits
+        // in sums no longer than MAX_REDUCTION (they cannot overflow);
+        // values that are not codes of their format cannot panic.
+        acc.wrapping_add(a.code(i).wrapping_mul(b.code(j)))
     }
 }
 

@@ -55,6 +55,12 @@ pub enum Error {
         /// What does not fit.
         what: &'static str,
     },
+    /// A hyper-parameter or setting with a value that cannot work (NaN,
+    /// infinity, out of range).
+    Invalid {
+        /// Which value, and what it must be.
+        what: &'static str,
+    },
     /// A config field that is reserved for a later version holds a value this
     /// version does not implement.
     Unsupported {
@@ -93,6 +99,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Shape { what } => write!(f, "shape error: {what}"),
+            Error::Invalid { what } => write!(f, "invalid value: {what}"),
             Error::NoFormat => write!(f, "method `none` has no integer format"),
             Error::Unsupported { field } => {
                 write!(

@@ -63,10 +63,23 @@ impl Sgd {
     ///
     /// # Errors
     ///
-    /// A fixed-point master with bits outside `2..=16`, or a non-finite
-    /// master value ([`crate::Error::NonFinite`]); values are updated but
-    /// not requantized then.
+    /// [`crate::Error::Invalid`] if `lr`, `momentum` or `weight_decay` is
+    /// NaN or infinite (nothing is updated then); a fixed-point master with
+    /// bits outside `2..=16`, or a non-finite master value
+    /// ([`crate::Error::NonFinite`]); values are updated but not
+    /// requantized then.
+    ///
+    /// Finite hyper-parameters can still overflow a master value to
+    /// infinity (an `lr` near `f32::MAX`): f32 masters are not checked after
+    /// the update (it would cost a pass per step); the next forward pass
+    /// refuses the value ([`crate::Error::NonFinite`] from the quantizer or
+    /// the loss).
     pub fn update(&self, ctx: &Ctx, id: u32, p: ParamState<'_>) -> Result<()> {
+        if !(self.lr.is_finite() && self.momentum.is_finite() && self.weight_decay.is_finite()) {
+            return Err(crate::Error::Invalid {
+                what: "SGD lr, momentum and weight_decay must be finite",
+            });
+        }
         for ((w, m), &g) in p.master.iter_mut().zip(p.momentum.iter_mut()).zip(p.grad) {
             let d = g + self.weight_decay * *w;
             *m = self.momentum * *m + d;

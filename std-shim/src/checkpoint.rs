@@ -141,6 +141,7 @@ pub fn save(path: &Path, bytes: &[u8]) -> Result<(), String> {
 pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     let text =
         std::str::from_utf8(bytes).map_err(|_| "not a checkpoint: not UTF-8 text".to_string())?;
+    crate::configs::check_json(text).map_err(|e| format!("not a checkpoint: {e}"))?;
     let file: FileIn<'_> = serde_json::from_str(text).map_err(|e| {
         if e.is_eof() {
             format!("truncated checkpoint: {e}")

@@ -67,6 +67,10 @@ pub struct TrainArgs {
     /// Continue from the checkpoint in the output directory.
     #[arg(long)]
     pub resume: bool,
+    /// Start afresh in an output directory that already holds a run,
+    /// replacing its checkpoint and metrics (without it, that is an error).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Train on the first N samples only (quick runs).
     #[arg(long, value_name = "N")]
     pub train_samples: Option<usize>,
@@ -283,6 +287,7 @@ where
                 data: a.data,
                 out: a.out,
                 resume: a.resume,
+                overwrite: a.overwrite,
                 train_samples: a.train_samples,
                 test_samples: a.test_samples,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),

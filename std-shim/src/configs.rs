@@ -15,6 +15,18 @@ use fixnn::QuantConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Refuse JSON text that names a key twice in one object or nests deeper
+/// than [`fixnn::model::MAX_DEPTH`] levels, before serde_json parses it
+/// (serde_json keeps the last of two equal keys in a map and would accept
+/// the text). Every JSON reader of this crate calls it first.
+///
+/// # Errors
+///
+/// One message naming the duplicated key or the byte offset nested too deep.
+pub fn check_json(text: &str) -> Result<(), String> {
+    model::check_json(text).map_err(|p| p.to_string())
+}
+
 /// One tensor's configs (the core's `ConfigEntry` with owned strings).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +87,7 @@ impl ConfigFile {
     ///
     /// One message listing every problem found, `; `-separated.
     pub fn parse(text: &str) -> Result<Self, String> {
+        check_json(text)?;
         let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
         let Value::Object(top) = v else {
             return Err("expected a JSON object with format, version and tensors".into());
@@ -293,6 +306,7 @@ impl StateFile {
     ///
     /// The parse error with its line and column, or a wrong header.
     pub fn parse(text: &str) -> Result<Self, String> {
+        check_json(text)?;
         let s: StateFile =
             serde_json::from_str(text).map_err(|e| format!("not a state document: {e}"))?;
         if s.format != STATE_FORMAT || s.version != STATE_VERSION {

@@ -62,6 +62,9 @@ fn header(out: &mut String) {
 pub fn inspect(path: &Path, form: ScaleForm) -> Result<String, String> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if text.trim_start().starts_with(['{', '[']) {
+        crate::configs::check_json(&text).map_err(|e| format!("{shown}: {e}"))?;
+    }
     let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
     let format = json
         .as_ref()

@@ -218,12 +218,46 @@ fn to_config(
     })
 }
 
+/// The deepest nesting of YAML sequences and mappings [`parse`] accepts
+/// (nics_fix_pt configs nest 3 or 4 levels). Building and dropping the
+/// document tree recurses once per level, so deeper text would overflow
+/// the stack.
+pub const MAX_YAML_DEPTH: usize = 64;
+
+/// Walk the parser's events (no tree, no recursion) and refuse nesting
+/// deeper than [`MAX_YAML_DEPTH`].
+fn check_yaml_depth(text: &str) -> Result<(), String> {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut p = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    loop {
+        let (ev, mark) = p.next_token().map_err(|e| format!("not YAML: {e}"))?;
+        match ev {
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_YAML_DEPTH {
+                    return Err(format!(
+                        "YAML nested deeper than {MAX_YAML_DEPTH} levels (line {}, column {})",
+                        mark.line(),
+                        mark.col() + 1
+                    ));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            Event::StreamEnd => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
 /// Parse a nics_fix_pt YAML config.
 ///
 /// # Errors
 ///
-/// One message listing every bad path.
+/// One message listing every bad path; nesting deeper than
+/// [`MAX_YAML_DEPTH`] and duplicated keys are errors.
 pub fn parse(text: &str, form: ScaleForm) -> Result<NicsConfigs, String> {
+    check_yaml_depth(text)?;
     let docs = YamlLoader::load_from_str(text).map_err(|e| format!("not YAML: {e}"))?;
     let Some(doc) = docs.first() else {
         return Err("empty YAML document".into());

@@ -168,6 +168,7 @@ fn read_input(path: &Path) -> Result<Vec<f32>, String> {
         std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text))
     };
     read.map_err(|e| format!("cannot read --input {shown}: {e}"))?;
+    crate::configs::check_json(&text).map_err(|e| format!("--input {shown}: {e}"))?;
     let raw: Vec<&RawValue> = match serde_json::from_str::<Vec<&RawValue>>(&text) {
         Ok(v) => v,
         Err(array_err) => match serde_json::from_str::<ValuesObject>(&text) {

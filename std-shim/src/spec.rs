@@ -143,6 +143,7 @@ impl ModelSpec {
     ///
     /// A message naming the field that is wrong.
     pub fn parse(text: &str) -> Result<Self, String> {
+        crate::configs::check_json(text)?;
         let spec: ModelSpec = serde_json::from_str(text).map_err(|e| e.to_string())?;
         spec.check()?;
         Ok(spec)

@@ -49,6 +49,9 @@ pub struct TrainOptions {
     pub out: Option<PathBuf>,
     /// Continue from the checkpoint in the output directory.
     pub resume: bool,
+    /// Start afresh even if the output directory holds a run (without
+    /// `resume` or this, an existing checkpoint is an error, not replaced).
+    pub overwrite: bool,
     /// Use only the first N training samples (quick runs, tests).
     pub train_samples: Option<usize>,
     /// Use only the first N test samples.
@@ -100,7 +103,19 @@ fn load_data(spec: &ModelSpec, dir: Option<&Path>) -> Result<(Split, Split), Str
         Dataset::Mnist
     };
     let dir = data::resolve_data_dir(dir).map_err(|e| e.to_string())?;
-    data::load(&dir, kind).map_err(|e| e.to_string())
+    let (train, test) = data::load(&dir, kind).map_err(|e| e.to_string())?;
+    for (split, name) in [(&train, "training"), (&test, "test")] {
+        // Both architectures take 28x28 images (784 values per sample).
+        if (split.rows(), split.cols()) != (28, 28) {
+            return Err(format!(
+                "{}: the {name} images are {}x{}; the models take 28x28",
+                dir.display(),
+                split.rows(),
+                split.cols()
+            ));
+        }
+    }
+    Ok((train, test))
 }
 
 /// `fixnn train`.
@@ -114,6 +129,13 @@ pub fn train(opts: TrainOptions) -> Result<Summary, String> {
         .out
         .clone()
         .unwrap_or_else(|| Path::new("runs").join(&spec.name));
+    let existing = out.join("checkpoint.json");
+    if !opts.resume && !opts.overwrite && existing.exists() {
+        return Err(format!(
+            "{} already holds a run: --resume continues it, --overwrite replaces it, or choose another --out",
+            existing.display()
+        ));
+    }
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let (train, test) = load_data(&spec, opts.data.as_deref())?;
     let bk = backend(opts.threads)?;
@@ -177,6 +199,12 @@ fn run<M: Arch>(
 
     let n_train = limit(train.len(), opts.train_samples);
     let n_test = limit(test.len(), opts.test_samples);
+    if n_test == 0 {
+        return Err("no test samples (an empty test set or --test-samples 0)".into());
+    }
+    if epochs == 0 {
+        return Err("epochs must be at least 1 (--epochs or the model file's schedule)".into());
+    }
     let batches = n_train / BATCH;
     if batches == 0 {
         return Err(format!(
@@ -431,6 +459,9 @@ pub fn eval(
     let (_, test) = load_data(&c.spec, data_dir)?;
     let bk = backend(threads)?;
     let n = limit(test.len(), test_samples);
+    if n == 0 {
+        return Err("no test samples (an empty test set or --test-samples 0)".into());
+    }
     let path = path.to_path_buf();
     big_stack(move || {
         let seed = c.spec.seed;

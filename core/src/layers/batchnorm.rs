@@ -314,7 +314,19 @@ impl<const C: usize, S: ChannelShape> BatchNorm<C, S> {
     /// `eps = 1e-5`, `momentum = 0.1`, every config `None`; `id` numbers its
     /// tensors (`id * 16 + k`).
     ///
-    /// The shape must have `C` channels and no zero size (checked at compile time).
+    /// The shape must have `C` channels, no zero size and fewer than `2^40`
+    /// values per channel (checked at compile time: the exact integer
+    /// statistics cannot overflow their `i128` sums):
+    ///
+    /// ```compile_fail,E0080
+    /// # use fixnn::layers::BatchNorm1d;
+    /// let bn = BatchNorm1d::<1, { 1 << 40 }>::new(0);
+    /// ```
+    ///
+    /// ```no_run
+    /// # use fixnn::layers::BatchNorm1d;
+    /// let bn = BatchNorm1d::<1, { (1 << 40) - 1 }>::new(0); // compiles (never run: 16 TB)
+    /// ```
     pub fn new(id: u32) -> Self {
         const {
             assert!(
@@ -328,6 +340,13 @@ impl<const C: usize, S: ChannelShape> BatchNorm<C, S> {
             assert!(
                 S::LEN == S::BATCH * C * S::SPATIAL,
                 "BatchNorm: the shape must be [batch][channel][spatial]"
+            );
+            // The exact statistics sum codes and squared codes of
+            // N = batch * spatial values in i128: below 2^40 values,
+            // N * sum q^2 < 2^40 * 2^40 * 2^30 = 2^110 cannot overflow.
+            assert!(
+                (S::BATCH as u64).saturating_mul(S::SPATIAL as u64) < 1 << 40,
+                "BatchNorm: more than 2^40 values per channel (i128 statistics)"
             );
         };
         let base = id.wrapping_mul(ID_STRIDE);

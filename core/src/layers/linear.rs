@@ -46,7 +46,33 @@ pub struct Linear<const IN: usize, const OUT: usize, const B: usize> {
 impl<const IN: usize, const OUT: usize, const B: usize> Linear<IN, OUT, B> {
     /// A layer with zero weights and bias, all configs `None`; `id` numbers
     /// its tensors (`id * 16 + k`).
+    ///
+    /// # Accumulators
+    ///
+    /// Checked when `new` is compiled: `IN`, `OUT` and `B` (the lengths of
+    /// the forward, input-gradient and weight-gradient sums) are at most
+    /// [`MAX_REDUCTION`](crate::backend::MAX_REDUCTION) = `2^32`, so no
+    /// `i64` accumulator can overflow at any bit width. A larger layer does
+    /// not compile:
+    ///
+    /// ```compile_fail,E0080
+    /// # use fixnn::layers::Linear;
+    /// let l = Linear::<{ (1 << 32) + 1 }, 1, 1>::new(0);
+    /// ```
+    ///
+    /// while the largest allowed one does (it is never run: it would need 96 GB):
+    ///
+    /// ```no_run
+    /// # use fixnn::layers::Linear;
+    /// let l = Linear::<{ 1 << 32 }, 1, 1>::new(0);
+    /// ```
     pub fn new(id: u32) -> Self {
+        const {
+            assert!(
+                Self::GEOM.check().is_ok(),
+                "Linear: IN, OUT and B must be at most 2^32 (i64 accumulators)"
+            );
+        };
         let base = id.wrapping_mul(ID_STRIDE);
         Linear {
             weight: Param::new(base),

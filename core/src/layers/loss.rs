@@ -28,6 +28,11 @@ pub struct LossOutput {
 ///
 /// [`Error::Shape`] if a label is not below `N`; [`Error::NonFinite`] if a
 /// logit is NaN or infinite. Nothing is written on error.
+///
+/// Finite logits never give a NaN: `x - m <= 0` (it may round to `-inf`
+/// for logits more than `f32::MAX` apart, whose `exp` is 0), `s >= 1`, so
+/// every `p` is in `[0, 1]`; the loss is finite or `+inf` (the true loss
+/// exceeds `f32::MAX`).
 pub fn softmax_cross_entropy<const B: usize, const N: usize>(
     logits: &Tensor<S2<B, N>>,
     labels: &[usize; B],

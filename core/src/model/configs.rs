@@ -361,6 +361,51 @@ impl<const N: usize> ConfigDoc<N> {
         }
         apply_configs(model, &entries, false)
     }
+
+    /// Parse a config tree: [`check_json`](super::check_json) first (a key
+    /// given twice, nesting deeper than [`MAX_DEPTH`](super::MAX_DEPTH)),
+    /// then serde-json-core with escapes decoded through `escape_buf` (as
+    /// long as the longest escaped string; names with escapes round-trip).
+    /// Unknown keys are refused. No recursion deeper than the check allows.
+    ///
+    /// # Errors
+    ///
+    /// [`DocJsonError::Structure`] naming the duplicated key or the offset
+    /// nested too deep; [`DocJsonError::Parse`] for everything the parser
+    /// refuses (syntax, unknown or missing keys, wrong types, more than `N`
+    /// tensors, strings longer than their capacity).
+    pub fn from_json<'a>(
+        text: &'a str,
+        escape_buf: &mut [u8],
+    ) -> core::result::Result<Self, DocJsonError<'a>> {
+        super::check_json(text).map_err(DocJsonError::Structure)?;
+        let (doc, _) =
+            serde_json_core::from_str_escaped(text, escape_buf).map_err(DocJsonError::Parse)?;
+        Ok(doc)
+    }
+}
+
+/// Why [`ConfigDoc::from_json`] refused a text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DocJsonError<'a> {
+    /// A duplicated key or too deep nesting.
+    Structure(super::JsonProblem<'a>),
+    /// What serde-json-core reports (its custom messages are dropped:
+    /// `CustomError` stands for a wrong value, a missing or unknown field,
+    /// or more tensors than the document holds).
+    Parse(serde_json_core::de::Error),
+}
+
+impl fmt::Display for DocJsonError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DocJsonError::Structure(p) => write!(f, "{p}"),
+            DocJsonError::Parse(serde_json_core::de::Error::CustomError) => f.write_str(
+                "config JSON: a wrong or missing value, an unknown key, or more tensors than the document holds",
+            ),
+            DocJsonError::Parse(e) => write!(f, "config JSON: {e:?}"),
+        }
+    }
 }
 
 /// Which tensors [`set_method`] changes.
