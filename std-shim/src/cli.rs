@@ -61,7 +61,8 @@ pub struct TrainArgs {
     /// Dataset directory (else $FIXNN_DATA, ../shared/datasets/mnist, data/mnist).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Output directory (default runs/<name>).
+    /// Output directory (default runs/<name>; if that holds a run, the
+    /// first free runs/<name>-2, -3, ...).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Continue from the checkpoint in the output directory.

@@ -45,7 +45,8 @@ pub struct TrainOptions {
     pub seed: Option<u64>,
     /// Dataset directory.
     pub data: Option<PathBuf>,
-    /// Output directory (default `runs/<name>`).
+    /// Output directory (default `runs/<name>`, or the first free
+    /// `runs/<name>-N` when that holds a run).
     pub out: Option<PathBuf>,
     /// Continue from the checkpoint in the output directory.
     pub resume: bool,
@@ -118,6 +119,21 @@ fn load_data(spec: &ModelSpec, dir: Option<&Path>) -> Result<(Split, Split), Str
     Ok((train, test))
 }
 
+/// The output directory when `--out` is not given: `<root>/<name>`; when
+/// that already holds a run (and `reuse` is off), the first of
+/// `<root>/<name>-2`, `<root>/<name>-3`, ... that does not, so running the
+/// same command twice keeps both runs.
+fn default_out(root: &Path, name: &str, reuse: bool) -> PathBuf {
+    let base = root.join(name);
+    if reuse || !base.join("checkpoint.json").exists() {
+        return base;
+    }
+    (2u32..)
+        .map(|n| root.join(format!("{name}-{n}")))
+        .find(|d| !d.join("checkpoint.json").exists())
+        .unwrap_or(base)
+}
+
 /// `fixnn train`.
 ///
 /// # Errors
@@ -125,10 +141,10 @@ fn load_data(spec: &ModelSpec, dir: Option<&Path>) -> Result<(Split, Split), Str
 /// A one-line message naming what went wrong (model file, data, output).
 pub fn train(opts: TrainOptions) -> Result<Summary, String> {
     let spec = ModelSpec::load(&opts.model)?;
-    let out = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| Path::new("runs").join(&spec.name));
+    let out = match &opts.out {
+        Some(dir) => dir.clone(),
+        None => default_out(Path::new("runs"), &spec.name, opts.resume || opts.overwrite),
+    };
     let existing = out.join("checkpoint.json");
     if !opts.resume && !opts.overwrite && existing.exists() {
         return Err(format!(
@@ -478,4 +494,24 @@ pub fn eval(
             }
         }
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_out;
+
+    #[test]
+    fn the_default_output_directory_never_holds_an_earlier_run() {
+        let root = std::env::temp_dir().join(format!("fixnn-default-out-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(default_out(&root, "m", false), root.join("m"));
+        for (n, want) in [("m", "m-2"), ("m-2", "m-3")] {
+            std::fs::create_dir_all(root.join(n)).unwrap();
+            std::fs::write(root.join(n).join("checkpoint.json"), b"{}").unwrap();
+            assert_eq!(default_out(&root, "m", false), root.join(want));
+        }
+        // --resume and --overwrite mean the run at runs/<name>.
+        assert_eq!(default_out(&root, "m", true), root.join("m"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
