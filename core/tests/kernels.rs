@@ -74,9 +74,18 @@ fn linear_all_passes_match_the_reference() {
         let w = codes(&mut r, fb, nw, extreme);
         let dy = codes(&mut r, fa, ny, extreme);
         let scratch = [0, 8, 40, 100, 4096][r.below(5)];
-        let ox = Operand { v: &x, fmt: Some(fa) };
-        let ow = Operand { v: &w, fmt: Some(fb) };
-        let od = Operand { v: &dy, fmt: Some(fa) };
+        let ox = Operand {
+            v: &x,
+            fmt: Some(fa),
+        };
+        let ow = Operand {
+            v: &w,
+            fmt: Some(fb),
+        };
+        let od = Operand {
+            v: &dy,
+            fmt: Some(fa),
+        };
         let f1 = compare(&|b, o| b.linear(g, ox, ow, o), ny, scratch);
         let f2 = compare(&|b, o| b.linear_input_grad(g, od, ow, o), nx, scratch);
         let f3 = compare(&|b, o| b.linear_weight_grad(g, od, ox, o), nw, scratch);
@@ -127,9 +136,18 @@ fn conv_all_passes_match_the_reference() {
         let wt = codes(&mut r, fb, nw, extreme);
         let dy = codes(&mut r, fa, ny, extreme);
         let scratch = [0, 12, 64, 300, 8192][r.below(5)];
-        let ox = Operand { v: &x, fmt: Some(fa) };
-        let ow = Operand { v: &wt, fmt: Some(fb) };
-        let od = Operand { v: &dy, fmt: Some(fa) };
+        let ox = Operand {
+            v: &x,
+            fmt: Some(fa),
+        };
+        let ow = Operand {
+            v: &wt,
+            fmt: Some(fb),
+        };
+        let od = Operand {
+            v: &dy,
+            fmt: Some(fa),
+        };
         let f1 = compare(&|b, o| b.conv2d(g, ox, ow, o), ny, scratch);
         let f2 = compare(&|b, o| b.conv2d_input_grad(g, od, ow, o), nx, scratch);
         let f3 = compare(&|b, o| b.conv2d_weight_grad(g, od, ox, o), nw, scratch);
@@ -153,21 +171,30 @@ fn float_operands_and_non_codes_go_to_the_reference() {
     // f32 operand: the reference's f32 sums.
     let (mut a, mut b) = (vec![0f32; 6], vec![1f32; 6]);
     let xf = Operand { v: &x, fmt: None };
-    let wq = Operand { v: &w, fmt: Some(f) };
+    let wq = Operand {
+        v: &w,
+        fmt: Some(f),
+    };
     RefBackend.linear(g, xf, wq, AccOut::Float(&mut a)).unwrap();
     d.linear(g, xf, wq, AccOut::Float(&mut b)).unwrap();
     assert_eq!(a, b);
     // A value above the format's range: not packed (it would not fit).
     let mut big = x.clone();
     big[3] = 1000.0;
-    let xq = Operand { v: &big, fmt: Some(f) };
+    let xq = Operand {
+        v: &big,
+        fmt: Some(f),
+    };
     let (mut a, mut b) = (vec![0i64; 6], vec![0i64; 6]);
     RefBackend.linear(g, xq, wq, AccOut::Int(&mut a)).unwrap();
     d.linear(g, xq, wq, AccOut::Int(&mut b)).unwrap();
     assert_eq!(a, b);
     assert_eq!((d.fast_calls(), d.fallback_calls()), (0, 2));
     // Wrong output variant: the same error as the reference.
-    let xq = Operand { v: &x, fmt: Some(f) };
+    let xq = Operand {
+        v: &x,
+        fmt: Some(f),
+    };
     assert_eq!(
         d.linear(g, xq, wq, AccOut::Float(&mut [0.0; 6])),
         RefBackend.linear(g, xq, wq, AccOut::Float(&mut [0.0; 6]))

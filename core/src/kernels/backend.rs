@@ -3,9 +3,7 @@
 use core::cell::{Cell, RefCell};
 
 use super::gemm::{gemm, CodeConv};
-use crate::backend::{
-    AccOut, Backend, ConvGeom, LinearGeom, Operand, Pass, RefBackend,
-};
+use crate::backend::{AccOut, Backend, ConvGeom, LinearGeom, Operand, Pass, RefBackend};
 use crate::error::Result;
 
 /// A [`Backend`] that computes integer products (both operands quantized)

@@ -21,11 +21,7 @@
 pub fn block2x2(a: &[u32], b: &[u32], words: usize, acc: [i32; 4]) -> [i32; 4] {
     #[cfg(fixnn_dsp)]
     {
-        if words != 0
-            && words.is_multiple_of(2)
-            && words <= a.len() / 2
-            && words <= b.len() / 2
-        {
+        if words != 0 && words.is_multiple_of(2) && words <= a.len() / 2 && words <= b.len() / 2 {
             return dsp::block2x2(a, b, words, acc);
         }
     }

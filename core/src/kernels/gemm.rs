@@ -174,7 +174,11 @@ fn pack(
             let word = if r >= rows {
                 0
             } else {
-                let lo = if k < k1 { conv.code(get(r, k)) } else { Some(0) };
+                let lo = if k < k1 {
+                    conv.code(get(r, k))
+                } else {
+                    Some(0)
+                };
                 let hi = if k + 1 < k1 {
                     conv.code(get(r, k + 1))
                 } else {

@@ -108,18 +108,32 @@ fn main() -> ! {
             codes(&mut r, fa, &mut x[..nx], extreme);
             codes(&mut r, fb, &mut w[..nw], extreme);
             codes(&mut r, fa, &mut dy[..ny], extreme);
-            let ox = Operand { v: &x[..nx], fmt: Some(fa) };
-            let ow = Operand { v: &w[..nw], fmt: Some(fb) };
-            let od = Operand { v: &dy[..ny], fmt: Some(fa) };
+            let ox = Operand {
+                v: &x[..nx],
+                fmt: Some(fa),
+            };
+            let ow = Operand {
+                v: &w[..nw],
+                fmt: Some(fb),
+            };
+            let od = Operand {
+                v: &dy[..ny],
+                fmt: Some(fa),
+            };
             t.check("linear", ny, &mut want, &mut got, &d, &|b, o| {
                 b.linear(g, ox, ow, o).is_ok()
             });
             t.check("linear_input_grad", nx, &mut want, &mut got, &d, &|b, o| {
                 b.linear_input_grad(g, od, ow, o).is_ok()
             });
-            t.check("linear_weight_grad", nw, &mut want, &mut got, &d, &|b, o| {
-                b.linear_weight_grad(g, od, ox, o).is_ok()
-            });
+            t.check(
+                "linear_weight_grad",
+                nw,
+                &mut want,
+                &mut got,
+                &d,
+                &|b, o| b.linear_weight_grad(g, od, ox, o).is_ok(),
+            );
         } else {
             let groups = 1 + r.below(3);
             let (cin, cout) = (groups * (1 + r.below(3)), groups * (1 + r.below(3)));
@@ -148,27 +162,37 @@ fn main() -> ! {
             codes(&mut r, fa, &mut x[..nx], extreme);
             codes(&mut r, fb, &mut w[..nw], extreme);
             codes(&mut r, fa, &mut dy[..ny], extreme);
-            let ox = Operand { v: &x[..nx], fmt: Some(fa) };
-            let ow = Operand { v: &w[..nw], fmt: Some(fb) };
-            let od = Operand { v: &dy[..ny], fmt: Some(fa) };
+            let ox = Operand {
+                v: &x[..nx],
+                fmt: Some(fa),
+            };
+            let ow = Operand {
+                v: &w[..nw],
+                fmt: Some(fb),
+            };
+            let od = Operand {
+                v: &dy[..ny],
+                fmt: Some(fa),
+            };
             t.check("conv2d", ny, &mut want, &mut got, &d, &|b, o| {
                 b.conv2d(g, ox, ow, o).is_ok()
             });
             t.check("conv2d_input_grad", nx, &mut want, &mut got, &d, &|b, o| {
                 b.conv2d_input_grad(g, od, ow, o).is_ok()
             });
-            t.check("conv2d_weight_grad", nw, &mut want, &mut got, &d, &|b, o| {
-                b.conv2d_weight_grad(g, od, ox, o).is_ok()
-            });
+            t.check(
+                "conv2d_weight_grad",
+                nw,
+                &mut want,
+                &mut got,
+                &d,
+                &|b, o| b.conv2d_weight_grad(g, od, ox, o).is_ok(),
+            );
         }
         fast += d.fast_calls();
         slow += d.fallback_calls();
     }
-    let _ = writeln!(
-        Out,
-        "KERNELS {cases} {} {fast} {slow} {}",
-        t.ops, t.bad
-    );
+    let _ = writeln!(Out, "KERNELS {cases} {} {fast} {slow} {}", t.ops, t.bad);
     // The block itself: asm (on M4/M7) against portable, random words and
     // lengths, sums allowed to wrap (both must wrap alike).
     let mut a = [0u32; 2 * 64];
@@ -179,7 +203,12 @@ fn main() -> ! {
         for v in a.iter_mut().chain(b.iter_mut()) {
             *v = r.next() as u32;
         }
-        let acc = [r.next() as i32, r.next() as i32, r.next() as i32, r.next() as i32];
+        let acc = [
+            r.next() as i32,
+            r.next() as i32,
+            r.next() as i32,
+            r.next() as i32,
+        ];
         let (p, q) = (
             block2x2(&a[..2 * words], &b[..2 * words], words, acc),
             block2x2_portable(&a[..2 * words], &b[..2 * words], words, acc),
