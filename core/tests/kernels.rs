@@ -227,3 +227,114 @@ fn chunks_are_as_long_as_32_bits_allow() {
         }
     }
 }
+
+#[test]
+fn int8_and_int16_code_slices_give_the_reference_sums() {
+    use fixnn::kernels::{conv2d, linear_weight_grad, CodeSlice};
+    let mut r = Rng(77);
+    let mut scratch = vec![0u32; 4096];
+    for case in 0..100 {
+        let (fa, fb) = (fmt(&mut r, 8), fmt(&mut r, 16));
+        let g = LinearGeom {
+            batch: 1 + r.below(9),
+            inp: 1 + r.below(40),
+            out: 1 + r.below(9),
+        };
+        let [nx, nw, ny] = g.lens().unwrap();
+        let x = codes(&mut r, fa, nx, case % 7 == 0);
+        let dy = codes(&mut r, fb, ny, case % 7 == 0);
+        let xc: Vec<i8> = x.iter().map(|&v| fa.code_of(v) as i8).collect();
+        let dc: Vec<i16> = dy.iter().map(|&v| fb.code_of(v) as i16).collect();
+        let mut want = vec![0i64; nw];
+        let (od, ox) = (
+            Operand {
+                v: &dy,
+                fmt: Some(fb),
+            },
+            Operand {
+                v: &x,
+                fmt: Some(fa),
+            },
+        );
+        RefBackend
+            .linear_weight_grad(g, od, ox, AccOut::Int(&mut want))
+            .unwrap();
+        let mut got = vec![0i64; nw];
+        let ok = linear_weight_grad(
+            &mut scratch,
+            g,
+            &CodeSlice {
+                v: &dc,
+                bits: u32::from(fb.bits()),
+            },
+            &CodeSlice {
+                v: &xc,
+                bits: u32::from(fa.bits()),
+            },
+            &mut got,
+        );
+        assert_eq!(ok, fa.bits() + fb.bits() <= 30);
+        if ok {
+            assert_eq!(got, want);
+        }
+        // A code outside its declared width is refused, not wrapped.
+        if fa.bits() < 8 {
+            let mut bad = xc.clone();
+            bad[0] = i8::MIN;
+            let xs = CodeSlice {
+                v: &bad,
+                bits: u32::from(fa.bits()),
+            };
+            let ds = CodeSlice {
+                v: &dc,
+                bits: u32::from(fb.bits()),
+            };
+            assert!(!linear_weight_grad(&mut scratch, g, &ds, &xs, &mut got));
+        }
+    }
+    // A convolution on i8 codes.
+    let g = ConvGeom {
+        batch: 2,
+        cin: 4,
+        h: 6,
+        w: 5,
+        cout: 6,
+        kh: 3,
+        kw: 3,
+        oh: 6,
+        ow: 5,
+        stride: (1, 1),
+        pad: (1, 1),
+        dil: (1, 1),
+        groups: 2,
+    };
+    let f = Format::new(8, 0).unwrap();
+    let [nx, nw, ny] = g.lens().unwrap();
+    let x = codes(&mut r, f, nx, false);
+    let w = codes(&mut r, f, nw, false);
+    let mut want = vec![0i64; ny];
+    let (ox, ow) = (
+        Operand {
+            v: &x,
+            fmt: Some(f),
+        },
+        Operand {
+            v: &w,
+            fmt: Some(f),
+        },
+    );
+    RefBackend
+        .conv2d(g, ox, ow, AccOut::Int(&mut want))
+        .unwrap();
+    let xc: Vec<i8> = x.iter().map(|&v| f.code_of(v) as i8).collect();
+    let wc: Vec<i8> = w.iter().map(|&v| f.code_of(v) as i8).collect();
+    let mut got = vec![0i64; ny];
+    assert!(conv2d(
+        &mut scratch,
+        g,
+        &CodeSlice { v: &xc, bits: 8 },
+        &CodeSlice { v: &wc, bits: 8 },
+        &mut got
+    ));
+    assert_eq!(got, want);
+}

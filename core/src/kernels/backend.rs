@@ -2,7 +2,8 @@
 
 use core::cell::{Cell, RefCell};
 
-use super::gemm::{gemm, CodeConv};
+use super::gemm::CodeConv;
+use super::ops::{self, F32Codes};
 use crate::backend::{AccOut, Backend, ConvGeom, LinearGeom, Operand, Pass, RefBackend};
 use crate::error::Result;
 
@@ -87,252 +88,85 @@ impl<'s> DspBackend<'s> {
     }
 }
 
-/// Input coordinate read by output coordinate `o` at kernel tap `k`, if inside.
-#[inline(always)]
-fn tap(o: usize, k: usize, stride: usize, pad: usize, dil: usize, size: usize) -> Option<usize> {
-    (o * stride + k * dil)
-        .checked_sub(pad)
-        .filter(|&i| i < size)
-}
-
-/// Output coordinate that reads input coordinate `i` at kernel tap `k`, if any.
-#[inline(always)]
-fn tap_back(
-    i: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    dil: usize,
-    osize: usize,
-) -> Option<usize> {
-    let t = (i + pad).checked_sub(k * dil)?;
-    if !t.is_multiple_of(stride) {
-        return None;
-    }
-    Some(t / stride).filter(|&o| o < osize)
+macro_rules! op {
+    ($name:ident, $geom:ty, $pass:expr, $a:ident, $b:ident, $out:ident, $doc:literal) => {
+        #[doc = $doc]
+        fn $name(
+            &self,
+            g: $geom,
+            $a: Operand<'_>,
+            $b: Operand<'_>,
+            $out: AccOut<'_>,
+        ) -> Result<()> {
+            g.check_buffers($pass, $a.v.len(), $b.v.len(), $out.len())?;
+            self.run(
+                $a,
+                $b,
+                $out,
+                |s, ca, cb, o| {
+                    let fa = F32Codes { v: $a.v, conv: ca };
+                    let fb = F32Codes { v: $b.v, conv: cb };
+                    ops::$name(s, g, &fa, &fb, o)
+                },
+                |o| RefBackend.$name(g, $a, $b, o),
+            )
+        }
+    };
 }
 
 impl Backend for DspBackend<'_> {
-    fn linear(&self, g: LinearGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()> {
-        g.check_buffers(Pass::Forward, x.v.len(), w.v.len(), y.len())?;
-        let (xv, wv) = (x.v, w.v);
-        self.run(
-            x,
-            w,
-            y,
-            |s, cx, cw, y| {
-                gemm(
-                    s,
-                    (g.batch, g.out, g.inp),
-                    (cx, |b, i| xv[b * g.inp + i]),
-                    (cw, |o, i| wv[o * g.inp + i]),
-                    y,
-                    (g.out, 1),
-                )
-            },
-            |y| RefBackend.linear(g, x, w, y),
-        )
-    }
-
-    fn linear_input_grad(
-        &self,
-        g: LinearGeom,
-        dy: Operand<'_>,
-        w: Operand<'_>,
-        dx: AccOut<'_>,
-    ) -> Result<()> {
-        g.check_buffers(Pass::InputGrad, dy.v.len(), w.v.len(), dx.len())?;
-        let (dyv, wv) = (dy.v, w.v);
-        self.run(
-            dy,
-            w,
-            dx,
-            |s, cd, cw, dx| {
-                gemm(
-                    s,
-                    (g.batch, g.inp, g.out),
-                    (cd, |b, o| dyv[b * g.out + o]),
-                    (cw, |i, o| wv[o * g.inp + i]),
-                    dx,
-                    (g.inp, 1),
-                )
-            },
-            |dx| RefBackend.linear_input_grad(g, dy, w, dx),
-        )
-    }
-
-    fn linear_weight_grad(
-        &self,
-        g: LinearGeom,
-        dy: Operand<'_>,
-        x: Operand<'_>,
-        dw: AccOut<'_>,
-    ) -> Result<()> {
-        g.check_buffers(Pass::WeightGrad, dy.v.len(), x.v.len(), dw.len())?;
-        let (dyv, xv) = (dy.v, x.v);
-        self.run(
-            dy,
-            x,
-            dw,
-            |s, cd, cx, dw| {
-                gemm(
-                    s,
-                    (g.out, g.inp, g.batch),
-                    (cd, |o, b| dyv[b * g.out + o]),
-                    (cx, |i, b| xv[b * g.inp + i]),
-                    dw,
-                    (g.inp, 1),
-                )
-            },
-            |dw| RefBackend.linear_weight_grad(g, dy, x, dw),
-        )
-    }
-
-    fn conv2d(&self, g: ConvGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()> {
-        g.check_buffers(Pass::Forward, x.v.len(), w.v.len(), y.len())?;
-        let (xv, wv) = (x.v, w.v);
-        self.run(
-            x,
-            w,
-            y,
-            |s, cx, cw, y| {
-                let (cpg, opg) = (g.cpg(), g.opg());
-                let (khw, ohw) = (g.kh * g.kw, g.oh * g.ow);
-                let kk = cpg * khw;
-                for b in 0..g.batch {
-                    for grp in 0..g.groups {
-                        let xb = (b * g.cin + grp * cpg) * g.h * g.w;
-                        let wb = grp * opg * kk;
-                        let yb = (b * g.cout + grp * opg) * ohw;
-                        let Some(yo) = y.get_mut(yb..) else {
-                            return false;
-                        };
-                        // A: output pixels by (ci, ky, kx); B: weights.
-                        let a = |p: usize, k: usize| {
-                            let (oy, ox) = (p / g.ow, p % g.ow);
-                            let (ci, t) = (k / khw, k % khw);
-                            let (ky, kx) = (t / g.kw, t % g.kw);
-                            match (
-                                tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h),
-                                tap(ox, kx, g.stride.1, g.pad.1, g.dil.1, g.w),
-                            ) {
-                                (Some(iy), Some(ix)) => xv[xb + (ci * g.h + iy) * g.w + ix],
-                                _ => 0.0,
-                            }
-                        };
-                        let bw = |j: usize, k: usize| wv[wb + j * kk + k];
-                        if !gemm(s, (ohw, opg, kk), (cx, a), (cw, bw), yo, (1, ohw)) {
-                            return false;
-                        }
-                    }
-                }
-                true
-            },
-            |y| RefBackend.conv2d(g, x, w, y),
-        )
-    }
-
-    fn conv2d_input_grad(
-        &self,
-        g: ConvGeom,
-        dy: Operand<'_>,
-        w: Operand<'_>,
-        dx: AccOut<'_>,
-    ) -> Result<()> {
-        g.check_buffers(Pass::InputGrad, dy.v.len(), w.v.len(), dx.len())?;
-        let (dyv, wv) = (dy.v, w.v);
-        self.run(
-            dy,
-            w,
-            dx,
-            |s, cd, cw, dx| {
-                let (cpg, opg) = (g.cpg(), g.opg());
-                let (khw, hw) = (g.kh * g.kw, g.h * g.w);
-                for b in 0..g.batch {
-                    for grp in 0..g.groups {
-                        let yb = (b * g.cout + grp * opg) * g.oh * g.ow;
-                        let xb = (b * g.cin + grp * cpg) * hw;
-                        let Some(xo) = dx.get_mut(xb..) else {
-                            return false;
-                        };
-                        // A: input pixels by (co, ky, kx) of the group; B: weights
-                        // rows ci, same columns.
-                        let a = |p: usize, k: usize| {
-                            let (iy, ix) = (p / g.w, p % g.w);
-                            let (co, t) = (k / khw, k % khw);
-                            let (ky, kx) = (t / g.kw, t % g.kw);
-                            match (
-                                tap_back(iy, ky, g.stride.0, g.pad.0, g.dil.0, g.oh),
-                                tap_back(ix, kx, g.stride.1, g.pad.1, g.dil.1, g.ow),
-                            ) {
-                                (Some(oy), Some(ox)) => dyv[yb + (co * g.oh + oy) * g.ow + ox],
-                                _ => 0.0,
-                            }
-                        };
-                        let bw = |ci: usize, k: usize| {
-                            let (co, t) = (k / khw, k % khw);
-                            wv[((grp * opg + co) * cpg + ci) * khw + t]
-                        };
-                        if !gemm(s, (hw, cpg, opg * khw), (cd, a), (cw, bw), xo, (1, hw)) {
-                            return false;
-                        }
-                    }
-                }
-                true
-            },
-            |dx| RefBackend.conv2d_input_grad(g, dy, w, dx),
-        )
-    }
-
-    fn conv2d_weight_grad(
-        &self,
-        g: ConvGeom,
-        dy: Operand<'_>,
-        x: Operand<'_>,
-        dw: AccOut<'_>,
-    ) -> Result<()> {
-        g.check_buffers(Pass::WeightGrad, dy.v.len(), x.v.len(), dw.len())?;
-        let (dyv, xv) = (dy.v, x.v);
-        self.run(
-            dy,
-            x,
-            dw,
-            |s, cd, cx, dw| {
-                let (cpg, opg) = (g.cpg(), g.opg());
-                let (khw, ohw) = (g.kh * g.kw, g.oh * g.ow);
-                let kk = cpg * khw;
-                for grp in 0..g.groups {
-                    let Some(wo) = dw.get_mut(grp * opg * kk..) else {
-                        return false;
-                    };
-                    // A: output channels of the group by (b, oy, ox); B:
-                    // (ci, ky, kx) by (b, oy, ox), the input each reads.
-                    let a = |co: usize, k: usize| {
-                        let (b, p) = (k / ohw, k % ohw);
-                        dyv[(b * g.cout + grp * opg + co) * ohw + p]
-                    };
-                    let bx = |j: usize, k: usize| {
-                        let (b, p) = (k / ohw, k % ohw);
-                        let (oy, ox) = (p / g.ow, p % g.ow);
-                        let (ci, t) = (j / khw, j % khw);
-                        let (ky, kx) = (t / g.kw, t % g.kw);
-                        match (
-                            tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h),
-                            tap(ox, kx, g.stride.1, g.pad.1, g.dil.1, g.w),
-                        ) {
-                            (Some(iy), Some(ix)) => {
-                                xv[((b * g.cin + grp * cpg + ci) * g.h + iy) * g.w + ix]
-                            }
-                            _ => 0.0,
-                        }
-                    };
-                    if !gemm(s, (opg, kk, g.batch * ohw), (cd, a), (cx, bx), wo, (kk, 1)) {
-                        return false;
-                    }
-                }
-                true
-            },
-            |dw| RefBackend.conv2d_weight_grad(g, dy, x, dw),
-        )
-    }
+    op!(
+        linear,
+        LinearGeom,
+        Pass::Forward,
+        x,
+        w,
+        y,
+        "[`ops::linear`] on packed tiles."
+    );
+    op!(
+        linear_input_grad,
+        LinearGeom,
+        Pass::InputGrad,
+        dy,
+        w,
+        dx,
+        "[`ops::linear_input_grad`] on packed tiles."
+    );
+    op!(
+        linear_weight_grad,
+        LinearGeom,
+        Pass::WeightGrad,
+        dy,
+        x,
+        dw,
+        "[`ops::linear_weight_grad`] on packed tiles."
+    );
+    op!(
+        conv2d,
+        ConvGeom,
+        Pass::Forward,
+        x,
+        w,
+        y,
+        "[`ops::conv2d`] on packed tiles."
+    );
+    op!(
+        conv2d_input_grad,
+        ConvGeom,
+        Pass::InputGrad,
+        dy,
+        w,
+        dx,
+        "[`ops::conv2d_input_grad`] on packed tiles."
+    );
+    op!(
+        conv2d_weight_grad,
+        ConvGeom,
+        Pass::WeightGrad,
+        dy,
+        x,
+        dw,
+        "[`ops::conv2d_weight_grad`] on packed tiles."
+    );
 }

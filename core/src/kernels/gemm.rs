@@ -4,13 +4,11 @@ use super::block::block2x2;
 use crate::quant::{pow2_f32, Format};
 
 /// Turns values that are exact codes of a [`Format`] into those codes, the
-/// way the reference backend reads them (`value * 2^-step_exp`, truncated),
-/// and refuses any code outside the format's range.
+/// way the reference backend reads them (`value * 2^-step_exp`, truncated
+/// toward zero; the packer refuses codes outside the format's range).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CodeConv {
     to_code: f32,
-    lo: i32,
-    hi: i32,
     bits: u32,
 }
 
@@ -21,18 +19,15 @@ impl CodeConv {
         let to_code = pow2_f32(-fmt.step_exp());
         to_code.is_finite().then_some(CodeConv {
             to_code,
-            lo: fmt.min_code(),
-            hi: fmt.max_code(),
             bits: u32::from(fmt.bits()),
         })
     }
 
-    /// The code of `v`, `None` if it lies outside `[min_code, max_code]`
-    /// (then the value was not a code of the format).
+    /// `v * 2^-step_exp` truncated to `i32` (saturating; NaN gives 0): the
+    /// code of `v` if `v` is a code of the format.
     #[inline(always)]
-    pub fn code(&self, v: f32) -> Option<i32> {
-        let c = (v * self.to_code) as i32;
-        (c >= self.lo && c <= self.hi).then_some(c)
+    pub fn code(&self, v: f32) -> i32 {
+        (v * self.to_code) as i32
     }
 
     /// Code width in bits.
@@ -60,36 +55,43 @@ pub const fn chunk_words(ba: u32, bb: u32) -> usize {
     (products / 2) & !1
 }
 
+/// A matrix of integer codes, read row by row: one operand of [`gemm`].
+pub trait Rows {
+    /// Every code lies in `[-2^(bits-1), 2^(bits-1) - 1]` (the packer checks).
+    fn bits(&self) -> u32;
+
+    /// Call `visit` with the codes of row `r` at `k0..k1`, in order. A value
+    /// that is not a code may be reported as any out-of-range number.
+    fn row(&self, r: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32));
+}
+
 /// `out[i rs + j cs] = sum over k < k_len of A(i, k) B(j, k)` for
-/// `i < m`, `j < n`, exactly (i64), where `A(i, k) = a(i, k)` is read
-/// through `ca` and `B(j, k) = b(j, k)` through `cb`.
+/// `i < m`, `j < n`, exactly (i64).
 ///
-/// Packs `A` and `B` into `scratch` in tiles of as many `k` as fit
-/// (rows rounded up to even with zero rows, `k` rounded up to a multiple of
-/// 4 with zeros), multiplies them with [`block2x2`] in chunks of at most
-/// [`chunk_words`] words and adds each chunk's 32-bit sums to the `i64`
-/// outputs. Writes every `out[i rs + j cs]`, nothing else.
+/// Packs `A` and `B` into `scratch` ([module layout](super)) in tiles of as
+/// many `k` as fit (rows rounded up to even with zero rows, `k` rounded up
+/// to a multiple of 4 with zeros), multiplies them with [`block2x2`] in
+/// chunks of at most [`chunk_words`] words and adds each chunk's 32-bit sums
+/// to the `i64` outputs. Writes every `out[i rs + j cs]`, nothing else.
 ///
 /// Returns `false`, with `out` partly written, when it cannot compute the
-/// result: a value that is not a code of its format, formats too wide for
-/// 32-bit chunks, `scratch` smaller than four words per (rounded) row of `A`
-/// and `B`, or `out` too short. The caller then uses the reference kernels.
-#[allow(clippy::too_many_arguments)]
+/// result: a code outside its `bits`, formats too wide for 32-bit chunks,
+/// `scratch` smaller than four words per (rounded) row of `A` and `B`, or
+/// `out` too short. The caller then uses the reference kernels.
 pub fn gemm(
     scratch: &mut [u32],
     (m, n, k_len): (usize, usize, usize),
-    (ca, a): (CodeConv, impl Fn(usize, usize) -> f32),
-    (cb, b): (CodeConv, impl Fn(usize, usize) -> f32),
+    a: &impl Rows,
+    b: &impl Rows,
     out: &mut [i64],
     (rs, cs): (usize, usize),
 ) -> bool {
-    let chunk = chunk_words(ca.bits, cb.bits);
+    let chunk = chunk_words(a.bits(), b.bits());
     let (mp, np) = (m.next_multiple_of(2), n.next_multiple_of(2));
     let rows = mp + np;
-    if chunk == 0 || rows == 0 {
-        return chunk != 0;
+    if chunk == 0 {
+        return false;
     }
-    // Output cells first: zero them (and check the buffer once).
     for i in 0..m {
         for j in 0..n {
             match out.get_mut(i * rs + j * cs) {
@@ -98,7 +100,7 @@ pub fn gemm(
             }
         }
     }
-    if k_len == 0 {
+    if k_len == 0 || rows == 0 {
         return true;
     }
     let want = k_len.div_ceil(2).next_multiple_of(2);
@@ -112,48 +114,80 @@ pub fn gemm(
     let mut k0 = 0;
     while k0 < k_len {
         let k1 = k_len.min(k0 + 2 * words);
-        if !pack(ta, m, mp, words, k0, k1, ca, &a) || !pack(tb, n, np, words, k0, k1, cb, &b) {
+        if !pack(ta, m, mp, words, k0, k1, a) || !pack(tb, n, np, words, k0, k1, b) {
             return false;
         }
-        // Words holding codes of this tile (even, padded with zeros).
         let used = (k1 - k0).div_ceil(2).next_multiple_of(2);
-        for p in 0..mp / 2 {
-            let rows_a = &ta[2 * p * words..2 * p * words + 2 * used];
-            for q in 0..np / 2 {
-                let rows_b = &tb[2 * q * words..2 * q * words + 2 * used];
-                let mut s = [0i64; 4];
-                let mut w0 = 0;
-                while w0 < used {
-                    let w1 = used.min(w0 + chunk);
-                    let c = block2x2(
-                        &rows_a[2 * w0..2 * w1],
-                        &rows_b[2 * w0..2 * w1],
-                        w1 - w0,
-                        [0; 4],
-                    );
-                    for (s, c) in s.iter_mut().zip(c) {
-                        *s += i64::from(c);
-                    }
-                    w0 = w1;
-                }
-                for (t, s) in s.into_iter().enumerate() {
-                    let (i, j) = (2 * p + t / 2, 2 * q + t % 2);
-                    if i < m && j < n {
-                        if let Some(o) = out.get_mut(i * rs + j * cs) {
-                            *o += s;
-                        }
-                    }
-                }
-            }
+        if !gemm_packed(ta, tb, (m, n), words, used, chunk, out, (rs, cs)) {
+            return false;
         }
         k0 = k1;
     }
     true
 }
 
+/// The multiply of [`gemm`] on tiles packed already: adds `sum over the
+/// first `used` words of A row i . B row j` to `out[i rs + j cs]` for
+/// `i < m`, `j < n`, where `ta` holds `round_up_2(m)` rows and `tb`
+/// `round_up_2(n)` rows of `words` words each, pairs interleaved. `used`
+/// must be even and at most `words`; `chunk` even, non-zero and at most
+/// [`chunk_words`] of the codes' widths (the codes must be within them).
+/// `false` (nothing or part added) if a slice is too short or `used`,
+/// `chunk` are not as required.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed(
+    ta: &[u32],
+    tb: &[u32],
+    (m, n): (usize, usize),
+    words: usize,
+    used: usize,
+    chunk: usize,
+    out: &mut [i64],
+    (rs, cs): (usize, usize),
+) -> bool {
+    let (mp, np) = (m.next_multiple_of(2), n.next_multiple_of(2));
+    if chunk == 0 || !chunk.is_multiple_of(2) || !used.is_multiple_of(2) || used > words {
+        return false;
+    }
+    if ta.len() < mp * words || tb.len() < np * words {
+        return false;
+    }
+    for p in 0..mp / 2 {
+        let rows_a = &ta[2 * p * words..2 * p * words + 2 * used];
+        for q in 0..np / 2 {
+            let rows_b = &tb[2 * q * words..2 * q * words + 2 * used];
+            let mut s = [0i64; 4];
+            let mut w0 = 0;
+            while w0 < used {
+                let w1 = used.min(w0 + chunk);
+                let c = block2x2(
+                    &rows_a[2 * w0..2 * w1],
+                    &rows_b[2 * w0..2 * w1],
+                    w1 - w0,
+                    [0; 4],
+                );
+                for (s, c) in s.iter_mut().zip(c) {
+                    *s += i64::from(c);
+                }
+                w0 = w1;
+            }
+            for (t, s) in s.into_iter().enumerate() {
+                let (i, j) = (2 * p + t / 2, 2 * q + t % 2);
+                if i < m && j < n {
+                    match out.get_mut(i * rs + j * cs) {
+                        Some(o) => *o += s,
+                        None => return false,
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
 /// Pack rows `0..rows` (then zero rows up to `padded`) of `k0..k1` into
 /// `tile`, pairs of rows interleaved, `words` words per row, zeros past
-/// `k1`. `false` if a value is not a code.
+/// `k1` up to a multiple of 4. `false` if a code is out of range.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pack(
@@ -163,38 +197,40 @@ fn pack(
     words: usize,
     k0: usize,
     k1: usize,
-    conv: CodeConv,
-    get: &impl Fn(usize, usize) -> f32,
+    src: &impl Rows,
 ) -> bool {
     let used = (k1 - k0).div_ceil(2).next_multiple_of(2);
+    let half = 1i32 << (src.bits().clamp(1, 16) - 1);
     for r in 0..padded {
         let base = (r / 2) * 2 * words + r % 2;
-        for w in 0..used {
-            let k = k0 + 2 * w;
-            let word = if r >= rows {
-                0
-            } else {
-                let lo = if k < k1 {
-                    conv.code(get(r, k))
-                } else {
-                    Some(0)
-                };
-                let hi = if k + 1 < k1 {
-                    conv.code(get(r, k + 1))
-                } else {
-                    Some(0)
-                };
-                match (lo, hi) {
-                    (Some(lo), Some(hi)) => pack2(lo, hi),
-                    _ => return false,
-                }
-            };
-            if let Some(t) = tile.get_mut(base + 2 * w) {
-                *t = word;
-            } else {
-                return false;
+        let Some(dst) = tile.get_mut(base..base + 2 * used - 1) else {
+            return false;
+        };
+        if r >= rows {
+            dst.iter_mut().step_by(2).for_each(|d| *d = 0);
+            continue;
+        }
+        // Codes arrive one by one; the word is stored at every odd one.
+        let (mut n, mut lo, mut bad) = (0usize, 0i32, false);
+        let mut words_out = dst.iter_mut().step_by(2);
+        src.row(r, k0, k1, &mut |c| {
+            bad |= c < -half || c >= half;
+            if n % 2 == 0 {
+                lo = c;
+            } else if let Some(d) = words_out.next() {
+                *d = pack2(lo, c);
+            }
+            n += 1;
+        });
+        if bad || n != k1 - k0 {
+            return false;
+        }
+        if n % 2 == 1 {
+            if let Some(d) = words_out.next() {
+                *d = pack2(lo, 0);
             }
         }
+        words_out.for_each(|d| *d = 0);
     }
     true
 }

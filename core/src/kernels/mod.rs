@@ -36,10 +36,15 @@
 mod backend;
 mod block;
 mod gemm;
+mod ops;
 
 pub use backend::DspBackend;
 pub use block::{block2x2, block2x2_portable};
-pub use gemm::{chunk_words, gemm, pack2, CodeConv};
+pub use gemm::{chunk_words, gemm, gemm_packed, pack2, CodeConv, Rows};
+pub use ops::{
+    conv2d, conv2d_input_grad, conv2d_weight_grad, linear, linear_input_grad, linear_weight_grad,
+    CodeSlice, Codes, F32Codes,
+};
 
 /// Whether this build uses the DSP-instruction inner block (`thumbv7em`
 /// targets: Cortex-M4 and M7) rather than the portable one.

@@ -1,0 +1,414 @@
+//! The six products of [`Backend`](crate::backend::Backend) on integer code
+//! slices, lowered to [`gemm`]. Same sums, same output layout as
+//! [`RefBackend`](crate::backend::RefBackend)'s integer path.
+
+use super::gemm::{gemm, CodeConv, Rows};
+use crate::backend::{ConvGeom, LinearGeom, Pass};
+
+/// A flat tensor of integer codes (row-major, as the backend's operands).
+pub trait Codes {
+    /// Number of elements.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Code width: every code must lie in `[-2^(bits-1), 2^(bits-1) - 1]`
+    /// (the kernels check, and decline otherwise).
+    fn bits(&self) -> u32;
+    /// The code at `i`; any out-of-range number (e.g. `i32::MIN`) if `i` is
+    /// past the end or the element is not a code.
+    fn at(&self, i: usize) -> i32;
+}
+
+/// Codes stored as `i8` (`bits <= 8`) or `i16` (`bits <= 16`).
+#[derive(Clone, Copy, Debug)]
+pub struct CodeSlice<'a, T> {
+    /// The codes.
+    pub v: &'a [T],
+    /// Their width in bits.
+    pub bits: u32,
+}
+
+impl Codes for CodeSlice<'_, i8> {
+    fn len(&self) -> usize {
+        self.v.len()
+    }
+    fn bits(&self) -> u32 {
+        self.bits
+    }
+    #[inline(always)]
+    fn at(&self, i: usize) -> i32 {
+        self.v.get(i).map_or(i32::MIN, |&c| i32::from(c))
+    }
+}
+
+impl Codes for CodeSlice<'_, i16> {
+    fn len(&self) -> usize {
+        self.v.len()
+    }
+    fn bits(&self) -> u32 {
+        self.bits
+    }
+    #[inline(always)]
+    fn at(&self, i: usize) -> i32 {
+        self.v.get(i).map_or(i32::MIN, |&c| i32::from(c))
+    }
+}
+
+/// f32 values that are codes of a format (a backend [`Operand`](crate::backend::Operand)),
+/// converted as they are packed.
+#[derive(Clone, Copy, Debug)]
+pub struct F32Codes<'a> {
+    /// The values.
+    pub v: &'a [f32],
+    /// Their format's conversion.
+    pub conv: CodeConv,
+}
+
+impl Codes for F32Codes<'_> {
+    fn len(&self) -> usize {
+        self.v.len()
+    }
+    fn bits(&self) -> u32 {
+        self.conv.bits()
+    }
+    #[inline(always)]
+    fn at(&self, i: usize) -> i32 {
+        self.v.get(i).map_or(i32::MIN, |&x| self.conv.code(x))
+    }
+}
+
+/// Rows at `base + r rs + k ks`.
+struct Affine<'a, C> {
+    c: &'a C,
+    base: usize,
+    rs: usize,
+    ks: usize,
+}
+
+impl<C: Codes> Rows for Affine<'_, C> {
+    fn bits(&self) -> u32 {
+        self.c.bits()
+    }
+    #[inline(always)]
+    fn row(&self, r: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32)) {
+        let mut i = self.base + r * self.rs + k0 * self.ks;
+        for _ in k0..k1 {
+            visit(self.c.at(i));
+            i += self.ks;
+        }
+    }
+}
+
+/// Rows whose element `(r, k)` is at `idx(r, k)`, zero where `None`.
+struct Gather<'a, C, F> {
+    c: &'a C,
+    idx: F,
+}
+
+impl<C: Codes, F: Fn(usize, usize) -> Option<usize>> Rows for Gather<'_, C, F> {
+    fn bits(&self) -> u32 {
+        self.c.bits()
+    }
+    #[inline(always)]
+    fn row(&self, r: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32)) {
+        for k in k0..k1 {
+            visit((self.idx)(r, k).map_or(0, |i| self.c.at(i)));
+        }
+    }
+}
+
+/// im2col of one batch element and group: row = output pixel, `k = (ci,
+/// ky, kx)`, the input each tap reads (zero in the padding).
+struct Im2col<'a, C> {
+    c: &'a C,
+    g: ConvGeom,
+    /// Index of `x[b][grp cpg][0][0]`.
+    base: usize,
+}
+
+impl<C: Codes> Rows for Im2col<'_, C> {
+    fn bits(&self) -> u32 {
+        self.c.bits()
+    }
+    #[inline(always)]
+    fn row(&self, p: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32)) {
+        let g = &self.g;
+        let (oy, ox) = (p / g.ow, p % g.ow);
+        let khw = g.kh * g.kw;
+        let (mut ci, t) = (k0 / khw, k0 % khw);
+        let (mut ky, mut kx) = (t / g.kw, t % g.kw);
+        let mut iy = tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h);
+        for _ in k0..k1 {
+            let v = match (iy, tap(ox, kx, g.stride.1, g.pad.1, g.dil.1, g.w)) {
+                (Some(iy), Some(ix)) => self.c.at(self.base + (ci * g.h + iy) * g.w + ix),
+                _ => 0,
+            };
+            visit(v);
+            kx += 1;
+            if kx == g.kw {
+                kx = 0;
+                ky += 1;
+                if ky == g.kh {
+                    ky = 0;
+                    ci += 1;
+                }
+                iy = tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h);
+            }
+        }
+    }
+}
+
+/// Input coordinate read by output coordinate `o` at kernel tap `k`, if inside.
+#[inline(always)]
+fn tap(o: usize, k: usize, stride: usize, pad: usize, dil: usize, size: usize) -> Option<usize> {
+    (o * stride + k * dil)
+        .checked_sub(pad)
+        .filter(|&i| i < size)
+}
+
+/// Output coordinate that reads input coordinate `i` at kernel tap `k`, if any.
+#[inline(always)]
+fn tap_back(
+    i: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    osize: usize,
+) -> Option<usize> {
+    let t = (i + pad).checked_sub(k * dil)?;
+    if !t.is_multiple_of(stride) {
+        return None;
+    }
+    Some(t / stride).filter(|&o| o < osize)
+}
+
+/// `y[b][o] = sum_i x[b][i] w[o][i]`, exact. `false` (output partly
+/// written) if the lengths do not match `g`, a code is out of its range,
+/// the widths are too large (`bits_x + bits_w > 30`) or `scratch` is too
+/// small ([`gemm`]).
+pub fn linear(
+    scratch: &mut [u32],
+    g: LinearGeom,
+    x: &impl Codes,
+    w: &impl Codes,
+    y: &mut [i64],
+) -> bool {
+    if g.check_buffers(Pass::Forward, x.len(), w.len(), y.len())
+        .is_err()
+    {
+        return false;
+    }
+    let a = Affine {
+        c: x,
+        base: 0,
+        rs: g.inp,
+        ks: 1,
+    };
+    let b = Affine {
+        c: w,
+        base: 0,
+        rs: g.inp,
+        ks: 1,
+    };
+    gemm(scratch, (g.batch, g.out, g.inp), &a, &b, y, (g.out, 1))
+}
+
+/// `dx[b][i] = sum_o dy[b][o] w[o][i]`, exact; `false` as for [`linear`].
+pub fn linear_input_grad(
+    scratch: &mut [u32],
+    g: LinearGeom,
+    dy: &impl Codes,
+    w: &impl Codes,
+    dx: &mut [i64],
+) -> bool {
+    if g.check_buffers(Pass::InputGrad, dy.len(), w.len(), dx.len())
+        .is_err()
+    {
+        return false;
+    }
+    let a = Affine {
+        c: dy,
+        base: 0,
+        rs: g.out,
+        ks: 1,
+    };
+    let b = Affine {
+        c: w,
+        base: 0,
+        rs: 1,
+        ks: g.inp,
+    };
+    gemm(scratch, (g.batch, g.inp, g.out), &a, &b, dx, (g.inp, 1))
+}
+
+/// `dw[o][i] = sum_b dy[b][o] x[b][i]`, exact; `false` as for [`linear`].
+pub fn linear_weight_grad(
+    scratch: &mut [u32],
+    g: LinearGeom,
+    dy: &impl Codes,
+    x: &impl Codes,
+    dw: &mut [i64],
+) -> bool {
+    if g.check_buffers(Pass::WeightGrad, dy.len(), x.len(), dw.len())
+        .is_err()
+    {
+        return false;
+    }
+    let a = Affine {
+        c: dy,
+        base: 0,
+        rs: 1,
+        ks: g.out,
+    };
+    let b = Affine {
+        c: x,
+        base: 0,
+        rs: 1,
+        ks: g.inp,
+    };
+    gemm(scratch, (g.out, g.inp, g.batch), &a, &b, dw, (g.inp, 1))
+}
+
+/// The convolution of [`Backend::conv2d`](crate::backend::Backend::conv2d),
+/// exact: per batch element and group, im2col of the output pixels times
+/// the group's weights. `false` as for [`linear`] (the geometry is checked
+/// too).
+pub fn conv2d(
+    scratch: &mut [u32],
+    g: ConvGeom,
+    x: &impl Codes,
+    w: &impl Codes,
+    y: &mut [i64],
+) -> bool {
+    if g.check_buffers(Pass::Forward, x.len(), w.len(), y.len())
+        .is_err()
+    {
+        return false;
+    }
+    let (cpg, opg) = (g.cpg(), g.opg());
+    let (kk, ohw) = (cpg * g.kh * g.kw, g.oh * g.ow);
+    for b in 0..g.batch {
+        for grp in 0..g.groups {
+            let a = Im2col {
+                c: x,
+                g,
+                base: (b * g.cin + grp * cpg) * g.h * g.w,
+            };
+            let bw = Affine {
+                c: w,
+                base: grp * opg * kk,
+                rs: kk,
+                ks: 1,
+            };
+            let Some(yo) = y.get_mut((b * g.cout + grp * opg) * ohw..) else {
+                return false;
+            };
+            if !gemm(scratch, (ohw, opg, kk), &a, &bw, yo, (1, ohw)) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// The input gradient of [`Backend::conv2d_input_grad`](crate::backend::Backend::conv2d_input_grad),
+/// exact: per batch element and group, the output gradients each input
+/// pixel received through each `(co, ky, kx)`, times the weights. `false`
+/// as for [`conv2d`].
+pub fn conv2d_input_grad(
+    scratch: &mut [u32],
+    g: ConvGeom,
+    dy: &impl Codes,
+    w: &impl Codes,
+    dx: &mut [i64],
+) -> bool {
+    if g.check_buffers(Pass::InputGrad, dy.len(), w.len(), dx.len())
+        .is_err()
+    {
+        return false;
+    }
+    let (cpg, opg) = (g.cpg(), g.opg());
+    let (khw, hw) = (g.kh * g.kw, g.h * g.w);
+    for b in 0..g.batch {
+        for grp in 0..g.groups {
+            let yb = (b * g.cout + grp * opg) * g.oh * g.ow;
+            let a = Gather {
+                c: dy,
+                idx: |p: usize, k: usize| {
+                    let (iy, ix) = (p / g.w, p % g.w);
+                    let (co, t) = (k / khw, k % khw);
+                    let (ky, kx) = (t / g.kw, t % g.kw);
+                    let oy = tap_back(iy, ky, g.stride.0, g.pad.0, g.dil.0, g.oh)?;
+                    let ox = tap_back(ix, kx, g.stride.1, g.pad.1, g.dil.1, g.ow)?;
+                    Some(yb + (co * g.oh + oy) * g.ow + ox)
+                },
+            };
+            let bw = Gather {
+                c: w,
+                idx: |ci: usize, k: usize| {
+                    let (co, t) = (k / khw, k % khw);
+                    Some(((grp * opg + co) * cpg + ci) * khw + t)
+                },
+            };
+            let Some(xo) = dx.get_mut((b * g.cin + grp * cpg) * hw..) else {
+                return false;
+            };
+            if !gemm(scratch, (hw, cpg, opg * khw), &a, &bw, xo, (1, hw)) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// The weight gradient of [`Backend::conv2d_weight_grad`](crate::backend::Backend::conv2d_weight_grad),
+/// exact: per group, the output gradients of its channels times the
+/// inputs each `(ci, ky, kx)` read, over `(b, oy, ox)`. `false` as for
+/// [`conv2d`].
+pub fn conv2d_weight_grad(
+    scratch: &mut [u32],
+    g: ConvGeom,
+    dy: &impl Codes,
+    x: &impl Codes,
+    dw: &mut [i64],
+) -> bool {
+    if g.check_buffers(Pass::WeightGrad, dy.len(), x.len(), dw.len())
+        .is_err()
+    {
+        return false;
+    }
+    let (cpg, opg) = (g.cpg(), g.opg());
+    let (khw, ohw) = (g.kh * g.kw, g.oh * g.ow);
+    let kk = cpg * khw;
+    for grp in 0..g.groups {
+        let a = Gather {
+            c: dy,
+            idx: |co: usize, k: usize| {
+                let (b, p) = (k / ohw, k % ohw);
+                Some((b * g.cout + grp * opg + co) * ohw + p)
+            },
+        };
+        let bx = Gather {
+            c: x,
+            idx: |j: usize, k: usize| {
+                let (b, p) = (k / ohw, k % ohw);
+                let (oy, ox) = (p / g.ow, p % g.ow);
+                let (ci, t) = (j / khw, j % khw);
+                let (ky, kx) = (t / g.kw, t % g.kw);
+                let iy = tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h)?;
+                let ix = tap(ox, kx, g.stride.1, g.pad.1, g.dil.1, g.w)?;
+                Some(((b * g.cin + grp * cpg + ci) * g.h + iy) * g.w + ix)
+            },
+        };
+        let Some(wo) = dw.get_mut(grp * opg * kk..) else {
+            return false;
+        };
+        if !gemm(scratch, (opg, kk, g.batch * ohw), &a, &bx, wo, (kk, 1)) {
+            return false;
+        }
+    }
+    true
+}
