@@ -50,8 +50,104 @@ pub fn block2x2_portable(a: &[u32], b: &[u32], words: usize, acc: [i32; 4]) -> [
     [c00, c01, c10, c11]
 }
 
+/// One row pair of `A` against consecutive row pairs of `B`: for each pair
+/// `q < out.len() / 4`, `out[4 q..4 q + 4] = block2x2(a, b pair q, words,
+/// [0; 4])`, where `b` holds the pairs back to back (`2 words` words each).
+///
+/// On `thumbv7em` targets one `asm!` loop runs every pair (when `words` is
+/// even and non-zero and the slices are long enough); otherwise
+/// [`block2x2`] per pair. Same results either way.
+#[inline]
+pub fn row_pair(a: &[u32], b: &[u32], words: usize, out: &mut [i32]) {
+    let pairs = out.len() / 4;
+    #[cfg(fixnn_dsp)]
+    {
+        if pairs != 0
+            && words != 0
+            && words.is_multiple_of(2)
+            && words <= a.len() / 2
+            && pairs <= b.len() / (2 * words)
+        {
+            dsp::row_pair(a, b, words, pairs, out);
+            return;
+        }
+    }
+    for (q, o) in out.chunks_exact_mut(4).enumerate().take(pairs) {
+        let r = match b.get(2 * q * words..2 * (q + 1) * words) {
+            Some(bq) => block2x2(a, bq, words, [0; 4]),
+            None => [0; 4],
+        };
+        o.copy_from_slice(&r);
+    }
+}
+
 #[cfg(fixnn_dsp)]
 mod dsp {
+    /// [`super::row_pair`] in one loop: 10 instructions per pair of `B`
+    /// around the 2 x 2 block's inner loop.
+    ///
+    /// Caller: `words` even and non-zero, `a.len() >= 2 words`,
+    /// `b.len() >= 2 words pairs`, `out.len() >= 4 pairs`, `pairs > 0`.
+    #[inline]
+    pub(super) fn row_pair(a: &[u32], b: &[u32], words: usize, pairs: usize, out: &mut [i32]) {
+        let bytes = 8 * words;
+        // SAFETY: reads 2 words u32 of `a` per pair (rewound by `bytes`
+        // after each) and the `pairs` consecutive pairs of `b`, 2 words
+        // words each: all within the slices (checked by the caller); LDRD
+        // needs word alignment, which u32 slices have. Writes 4 i32 per
+        // pair to `out` (within it). Pushes one word (`bytes`) at the start
+        // and pops it at the end; calls nothing.
+        unsafe {
+            let pa = a.as_ptr();
+            let aend = pa.add(2 * words);
+            let pb = b.as_ptr();
+            let pbend = pb.add(2 * words * pairs);
+            core::arch::asm!(
+                "push {{{t0}}}",
+                "3:",
+                "movs {c00}, #0",
+                "movs {c01}, #0",
+                "movs {c10}, #0",
+                "movs {c11}, #0",
+                "2:",
+                "ldrd {t0}, {t1}, [{pa}], #8",
+                "ldrd {b0}, {b1}, [{pb}], #8",
+                "smlad {c00}, {t0}, {b0}, {c00}",
+                "smlad {c01}, {t0}, {b1}, {c01}",
+                "smlad {c10}, {t1}, {b0}, {c10}",
+                "smlad {c11}, {t1}, {b1}, {c11}",
+                "ldrd {t0}, {t1}, [{pa}], #8",
+                "ldrd {b0}, {b1}, [{pb}], #8",
+                "smlad {c00}, {t0}, {b0}, {c00}",
+                "smlad {c01}, {t0}, {b1}, {c01}",
+                "smlad {c10}, {t1}, {b0}, {c10}",
+                "smlad {c11}, {t1}, {b1}, {c11}",
+                "cmp {pa}, {aend}",
+                "bne 2b",
+                "strd {c00}, {c01}, [{out}], #8",
+                "strd {c10}, {c11}, [{out}], #8",
+                "ldr {t0}, [sp]",
+                "subs {pa}, {pa}, {t0}",
+                "cmp {pb}, {pbend}",
+                "bne 3b",
+                "pop {{{t0}}}",
+                pa = inout(reg) pa => _,
+                aend = in(reg) aend,
+                pb = inout(reg) pb => _,
+                pbend = in(reg) pbend,
+                out = inout(reg) out.as_mut_ptr() => _,
+                t0 = inout(reg) bytes => _,
+                t1 = out(reg) _,
+                b0 = out(reg) _,
+                b1 = out(reg) _,
+                c00 = out(reg) _,
+                c01 = out(reg) _,
+                c10 = out(reg) _,
+                c11 = out(reg) _,
+            );
+        }
+    }
+
     /// `LDRD`/`SMLAD` loop, two words per row per iteration: 4 `LDRD`,
     /// 8 `SMLAD`, `CMP`, `BNE` for 16 multiply-accumulates.
     ///

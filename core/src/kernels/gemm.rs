@@ -1,6 +1,6 @@
 //! Packed-tile integer matrix product with chunked 32-bit accumulation.
 
-use super::block::block2x2;
+use super::block::{block2x2, row_pair};
 use crate::quant::{pow2_f32, Format};
 
 /// Turns values that are exact codes of a [`Format`] into those codes, the
@@ -114,11 +114,12 @@ pub fn gemm(
     let mut k0 = 0;
     while k0 < k_len {
         let k1 = k_len.min(k0 + 2 * words);
-        if !pack(ta, m, mp, words, k0, k1, a) || !pack(tb, n, np, words, k0, k1, b) {
+        // Rows `used` words apart (the last tile may be shorter).
+        let used = (k1 - k0).div_ceil(2).next_multiple_of(2);
+        if !pack(ta, m, mp, used, k0, k1, a) || !pack(tb, n, np, used, k0, k1, b) {
             return false;
         }
-        let used = (k1 - k0).div_ceil(2).next_multiple_of(2);
-        if !gemm_packed(ta, tb, (m, n), words, used, chunk, out, (rs, cs)) {
+        if !gemm_packed(ta, tb, (m, n), used, used, chunk, out, (rs, cs)) {
             return false;
         }
         k0 = k1;
@@ -152,37 +153,111 @@ pub fn gemm_packed(
     if ta.len() < mp * words || tb.len() < np * words {
         return false;
     }
+    // Pairs of B per call of the row-pair kernel (its i32 results on the stack).
+    const GROUP: usize = 16;
+    let mut buf = [0i32; 4 * GROUP];
     for p in 0..mp / 2 {
         let rows_a = &ta[2 * p * words..2 * p * words + 2 * used];
-        for q in 0..np / 2 {
-            let rows_b = &tb[2 * q * words..2 * q * words + 2 * used];
-            let mut s = [0i64; 4];
-            let mut w0 = 0;
-            while w0 < used {
-                let w1 = used.min(w0 + chunk);
-                let c = block2x2(
-                    &rows_a[2 * w0..2 * w1],
-                    &rows_b[2 * w0..2 * w1],
-                    w1 - w0,
-                    [0; 4],
-                );
-                for (s, c) in s.iter_mut().zip(c) {
-                    *s += i64::from(c);
+        let (i0, i1) = (2 * p, 2 * p + 1);
+        let mut q0 = 0;
+        while q0 < np / 2 {
+            let q1 = (np / 2).min(q0 + GROUP);
+            if used <= chunk && used == words {
+                // One chunk (8-bit codes: up to 2^17 products), pairs of B
+                // back to back: one kernel call for the whole group.
+                let res = &mut buf[..4 * (q1 - q0)];
+                row_pair(rows_a, &tb[2 * q0 * words..2 * q1 * words], used, res);
+                if cs == 1 {
+                    // Rows of the output are contiguous: add slice by slice.
+                    for (i, e) in [(i0, 0), (i1, 2)] {
+                        if i >= m {
+                            continue;
+                        }
+                        let (j0, j1) = (2 * q0, (2 * q1).min(n));
+                        let Some(row) = out.get_mut(i * rs + j0..i * rs + j1) else {
+                            return false;
+                        };
+                        for (o, r) in row.chunks_mut(2).zip(res.chunks_exact(4)) {
+                            o[0] += i64::from(r[e]);
+                            if let Some(o1) = o.get_mut(1) {
+                                *o1 += i64::from(r[e + 1]);
+                            }
+                        }
+                    }
+                    q0 = q1;
+                    continue;
                 }
-                w0 = w1;
-            }
-            for (t, s) in s.into_iter().enumerate() {
-                let (i, j) = (2 * p + t / 2, 2 * q + t % 2);
-                if i < m && j < n {
-                    match out.get_mut(i * rs + j * cs) {
-                        Some(o) => *o += s,
-                        None => return false,
+                for (q, r) in (q0..q1).zip(res.chunks_exact(4)) {
+                    if !add(
+                        out,
+                        (m, n),
+                        (rs, cs),
+                        (i0, q),
+                        [r[0], r[1], r[2], r[3]].map(i64::from),
+                    ) {
+                        return false;
                     }
                 }
+            } else {
+                for q in q0..q1 {
+                    let rows_b = &tb[2 * q * words..2 * q * words + 2 * used];
+                    let sum = sum_chunks(rows_a, rows_b, used, chunk);
+                    if !add(out, (m, n), (rs, cs), (i0, q), sum) {
+                        return false;
+                    }
+                }
+            }
+            q0 = q1;
+        }
+    }
+    true
+}
+
+/// Add the block of rows `i0, i0 + 1` and columns `2 q, 2 q + 1` (those
+/// inside `m x n`) to `out`; `false` if an index is past its end.
+#[inline(always)]
+fn add(
+    out: &mut [i64],
+    (m, n): (usize, usize),
+    (rs, cs): (usize, usize),
+    (i0, q): (usize, usize),
+    s: [i64; 4],
+) -> bool {
+    let (i1, j0, j1) = (i0 + 1, 2 * q, 2 * q + 1);
+    for (i, j, v) in [
+        (i0, j0, s[0]),
+        (i0, j1, s[1]),
+        (i1, j0, s[2]),
+        (i1, j1, s[3]),
+    ] {
+        if i < m && j < n {
+            match out.get_mut(i * rs + j * cs) {
+                Some(o) => *o += v,
+                None => return false,
             }
         }
     }
     true
+}
+
+/// The 2 x 2 block over `used` words in chunks of `chunk` words, each
+/// chunk's 32-bit sums widened and added in `i64`.
+#[inline(never)]
+fn sum_chunks(rows_a: &[u32], rows_b: &[u32], used: usize, chunk: usize) -> [i64; 4] {
+    let mut s = [0i64; 4];
+    let mut w0 = 0;
+    while w0 < used {
+        let w1 = used.min(w0 + chunk);
+        let (a, b) = (rows_a.get(2 * w0..2 * w1), rows_b.get(2 * w0..2 * w1));
+        if let (Some(a), Some(b)) = (a, b) {
+            let c = block2x2(a, b, w1 - w0, [0; 4]);
+            for (s, c) in s.iter_mut().zip(c) {
+                *s += i64::from(c);
+            }
+        }
+        w0 = w1;
+    }
+    s
 }
 
 /// Pack rows `0..rows` (then zero rows up to `padded`) of `k0..k1` into

@@ -306,7 +306,8 @@ pub fn conv2d(
             let Some(yo) = y.get_mut((b * g.cout + grp * opg) * ohw..) else {
                 return false;
             };
-            if !gemm(scratch, (ohw, opg, kk), &a, &bw, yo, (1, ohw)) {
+            // Weights as A: output rows (channels) are contiguous in `y`.
+            if !gemm(scratch, (opg, ohw, kk), &bw, &a, yo, (ohw, 1)) {
                 return false;
             }
         }
@@ -356,7 +357,7 @@ pub fn conv2d_input_grad(
             let Some(xo) = dx.get_mut((b * g.cin + grp * cpg) * hw..) else {
                 return false;
             };
-            if !gemm(scratch, (hw, cpg, opg * khw), &a, &bw, xo, (1, hw)) {
+            if !gemm(scratch, (cpg, hw, opg * khw), &bw, &a, xo, (hw, 1)) {
                 return false;
             }
         }
