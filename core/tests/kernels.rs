@@ -210,7 +210,7 @@ fn chunks_are_as_long_as_32_bits_allow() {
                 assert_eq!(c, 0);
                 continue;
             }
-            assert!(c >= 2 && c % 2 == 0);
+            assert!(c >= 2 && c.is_multiple_of(2));
             // 2 c products of the largest magnitude fit in i32.
             let p = 1i64 << (ba + bb - 2);
             assert!(2 * c as i64 * p <= i64::from(i32::MAX), "{ba} {bb}");

@@ -60,9 +60,10 @@ pub trait Rows {
     /// Every code lies in `[-2^(bits-1), 2^(bits-1) - 1]` (the packer checks).
     fn bits(&self) -> u32;
 
-    /// Call `visit` with the codes of row `r` at `k0..k1`, in order. A value
-    /// that is not a code may be reported as any out-of-range number.
-    fn row(&self, r: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32));
+    /// Call `visit` with the codes of row `r` at `k0..k1`, two at a time, in
+    /// order (an odd count ends with the pair `(last, 0)`). A value that is
+    /// not a code may be reported as any out-of-range number.
+    fn row(&self, r: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32, i32));
 }
 
 /// `out[i rs + j cs] = sum over k < k_len of A(i, k) B(j, k)` for
@@ -285,25 +286,19 @@ fn pack(
             dst.iter_mut().step_by(2).for_each(|d| *d = 0);
             continue;
         }
-        // Codes arrive one by one; the word is stored at every odd one.
-        let (mut n, mut lo, mut bad) = (0usize, 0i32, false);
+        // Codes arrive two by two; bits outside the range flag an error.
+        let (mut n, mut bad) = (0usize, 0u32);
         let mut words_out = dst.iter_mut().step_by(2);
-        src.row(r, k0, k1, &mut |c| {
-            bad |= c < -half || c >= half;
-            if n % 2 == 0 {
-                lo = c;
-            } else if let Some(d) = words_out.next() {
-                *d = pack2(lo, c);
-            }
-            n += 1;
-        });
-        if bad || n != k1 - k0 {
-            return false;
-        }
-        if n % 2 == 1 {
+        let span = 2 * half as u32;
+        src.row(r, k0, k1, &mut |lo, hi| {
+            bad |= u32::from((lo + half) as u32 >= span) | u32::from((hi + half) as u32 >= span);
             if let Some(d) = words_out.next() {
-                *d = pack2(lo, 0);
+                *d = pack2(lo, hi);
             }
+            n += 2;
+        });
+        if bad != 0 || n != (k1 - k0).next_multiple_of(2) {
+            return false;
         }
         words_out.for_each(|d| *d = 0);
     }

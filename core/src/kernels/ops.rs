@@ -19,6 +19,44 @@ pub trait Codes {
     /// The code at `i`; any out-of-range number (e.g. `i32::MIN`) if `i` is
     /// past the end or the element is not a code.
     fn at(&self, i: usize) -> i32;
+
+    /// Call `visit` with the codes at `start..start + len`, two at a time
+    /// (an odd count ends with `(last, 0)`), as [`Codes::at`] reads them.
+    #[inline(always)]
+    fn run(&self, start: usize, len: usize, visit: &mut impl FnMut(i32, i32)) {
+        let mut i = start;
+        for _ in 0..len / 2 {
+            visit(self.at(i), self.at(i + 1));
+            i += 2;
+        }
+        if len % 2 == 1 {
+            visit(self.at(i), 0);
+        }
+    }
+}
+
+/// [`Codes::run`] over a slice: pairs, then the odd last one; a range past
+/// the end reports one out-of-range pair.
+#[inline(always)]
+fn run_slice<T: Copy>(
+    v: &[T],
+    start: usize,
+    len: usize,
+    code: impl Fn(T) -> i32,
+    visit: &mut impl FnMut(i32, i32),
+) {
+    let Some(s) = start.checked_add(len).and_then(|end| v.get(start..end)) else {
+        visit(i32::MIN, i32::MIN);
+        return;
+    };
+    let pairs = s.chunks_exact(2);
+    let rest = pairs.remainder();
+    for p in pairs {
+        visit(code(p[0]), code(p[1]));
+    }
+    if let [last] = rest {
+        visit(code(*last), 0);
+    }
 }
 
 /// Codes stored as `i8` (`bits <= 8`) or `i16` (`bits <= 16`).
@@ -34,6 +72,10 @@ impl Codes for CodeSlice<'_, i8> {
     fn len(&self) -> usize {
         self.v.len()
     }
+    #[inline(always)]
+    fn run(&self, start: usize, len: usize, visit: &mut impl FnMut(i32, i32)) {
+        run_slice(self.v, start, len, i32::from, visit);
+    }
     fn bits(&self) -> u32 {
         self.bits
     }
@@ -46,6 +88,10 @@ impl Codes for CodeSlice<'_, i8> {
 impl Codes for CodeSlice<'_, i16> {
     fn len(&self) -> usize {
         self.v.len()
+    }
+    #[inline(always)]
+    fn run(&self, start: usize, len: usize, visit: &mut impl FnMut(i32, i32)) {
+        run_slice(self.v, start, len, i32::from, visit);
     }
     fn bits(&self) -> u32 {
         self.bits
@@ -70,6 +116,10 @@ impl Codes for F32Codes<'_> {
     fn len(&self) -> usize {
         self.v.len()
     }
+    #[inline(always)]
+    fn run(&self, start: usize, len: usize, visit: &mut impl FnMut(i32, i32)) {
+        run_slice(self.v, start, len, |x| self.conv.code(x), visit);
+    }
     fn bits(&self) -> u32 {
         self.conv.bits()
     }
@@ -92,11 +142,19 @@ impl<C: Codes> Rows for Affine<'_, C> {
         self.c.bits()
     }
     #[inline(always)]
-    fn row(&self, r: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32)) {
-        let mut i = self.base + r * self.rs + k0 * self.ks;
-        for _ in k0..k1 {
-            visit(self.c.at(i));
-            i += self.ks;
+    fn row(&self, r: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32, i32)) {
+        let i = self.base + r * self.rs + k0 * self.ks;
+        if self.ks == 1 {
+            self.c.run(i, k1 - k0, visit);
+            return;
+        }
+        let mut i = i;
+        for _ in 0..(k1 - k0) / 2 {
+            visit(self.c.at(i), self.c.at(i + self.ks));
+            i += 2 * self.ks;
+        }
+        if (k1 - k0) % 2 == 1 {
+            visit(self.c.at(i), 0);
         }
     }
 }
@@ -112,9 +170,15 @@ impl<C: Codes, F: Fn(usize, usize) -> Option<usize>> Rows for Gather<'_, C, F> {
         self.c.bits()
     }
     #[inline(always)]
-    fn row(&self, r: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32)) {
-        for k in k0..k1 {
-            visit((self.idx)(r, k).map_or(0, |i| self.c.at(i)));
+    fn row(&self, r: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32, i32)) {
+        let get = |k: usize| (self.idx)(r, k).map_or(0, |i| self.c.at(i));
+        let mut k = k0;
+        while k + 1 < k1 {
+            visit(get(k), get(k + 1));
+            k += 2;
+        }
+        if k < k1 {
+            visit(get(k), 0);
         }
     }
 }
@@ -133,19 +197,25 @@ impl<C: Codes> Rows for Im2col<'_, C> {
         self.c.bits()
     }
     #[inline(always)]
-    fn row(&self, p: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32)) {
+    fn row(&self, p: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32, i32)) {
         let g = &self.g;
         let (oy, ox) = (p / g.ow, p % g.ow);
         let khw = g.kh * g.kw;
         let (mut ci, t) = (k0 / khw, k0 % khw);
         let (mut ky, mut kx) = (t / g.kw, t % g.kw);
         let mut iy = tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h);
+        let (mut lo, mut odd) = (0, false);
         for _ in k0..k1 {
             let v = match (iy, tap(ox, kx, g.stride.1, g.pad.1, g.dil.1, g.w)) {
                 (Some(iy), Some(ix)) => self.c.at(self.base + (ci * g.h + iy) * g.w + ix),
                 _ => 0,
             };
-            visit(v);
+            if odd {
+                visit(lo, v);
+            } else {
+                lo = v;
+            }
+            odd = !odd;
             kx += 1;
             if kx == g.kw {
                 kx = 0;
@@ -156,6 +226,9 @@ impl<C: Codes> Rows for Im2col<'_, C> {
                 }
                 iy = tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h);
             }
+        }
+        if odd {
+            visit(lo, 0);
         }
     }
 }

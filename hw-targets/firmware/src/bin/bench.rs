@@ -154,7 +154,7 @@ fn main() -> ! {
     #[allow(unsafe_code)]
     let bufs = unsafe { &mut *core::ptr::addr_of_mut!(BUFS) };
     let f8 = Format::new(8, 0).unwrap();
-    let mut rng = Rng(0x5eed_0f_f1e1d);
+    let mut rng = Rng(0x05ee_d0ff_1e1d);
     for i in 0..N {
         bufs.xc[i] = rng.code();
         bufs.wc[i] = rng.code();

@@ -86,7 +86,7 @@ impl Tally {
 #[cortex_m_rt::entry]
 fn main() -> ! {
     fw::init();
-    let mut r = Rng(0x0dd_b1a5_e5ba_d5ee);
+    let mut r = Rng(0x0ddb_1a5e_5bad_5eed);
     let (mut x, mut w, mut dy) = ([0f32; N], [0f32; N], [0f32; N]);
     let (mut want, mut got) = ([0i64; N], [0i64; N]);
     let mut t = Tally { ops: 0, bad: 0 };
