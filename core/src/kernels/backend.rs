@@ -8,7 +8,7 @@ use crate::backend::{AccOut, Backend, ConvGeom, LinearGeom, Operand, Pass, RefBa
 use crate::error::Result;
 
 /// A [`Backend`] that computes integer products (both operands quantized)
-/// with the packed-tile kernels of this module ([`gemm`], `SMLAD` on
+/// with the packed-tile kernels of this module ([`gemm`](super::gemm), `SMLAD` on
 /// Cortex-M4/M7), and everything else with [`RefBackend`].
 ///
 /// Same bits as [`RefBackend`] for every input: integer sums are exact
