@@ -201,30 +201,50 @@ impl<C: Codes> Rows for Im2col<'_, C> {
         let g = &self.g;
         let (oy, ox) = (p / g.ow, p % g.ow);
         let khw = g.kh * g.kw;
-        let (mut ci, t) = (k0 / khw, k0 % khw);
-        let (mut ky, mut kx) = (t / g.kw, t % g.kw);
-        let mut iy = tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h);
+        // Input column of tap kx: x0 + kx dil (inside when 0 <= it < w).
+        let x0 = (ox * g.stride.1) as isize - g.pad.1 as isize;
+        let (lo_kx, hi_kx) = {
+            // Taps inside the row: kx in [lo_kx, hi_kx).
+            let d = g.dil.1 as isize;
+            let lo = if x0 >= 0 { 0 } else { (-x0 + d - 1) / d };
+            let hi = ((g.w as isize - x0 + d - 1) / d).clamp(0, g.kw as isize);
+            (lo.min(hi) as usize, hi as usize)
+        };
         let (mut lo, mut odd) = (0, false);
-        for _ in k0..k1 {
-            let v = match (iy, tap(ox, kx, g.stride.1, g.pad.1, g.dil.1, g.w)) {
-                (Some(iy), Some(ix)) => self.c.at(self.base + (ci * g.h + iy) * g.w + ix),
-                _ => 0,
-            };
+        let mut emit = |v: i32| {
             if odd {
                 visit(lo, v);
             } else {
                 lo = v;
             }
             odd = !odd;
-            kx += 1;
-            if kx == g.kw {
-                kx = 0;
-                ky += 1;
-                if ky == g.kh {
-                    ky = 0;
-                    ci += 1;
+        };
+        let mut k = k0;
+        let (mut ci, t) = (k0 / khw, k0 % khw);
+        let (mut ky, mut kx0) = (t / g.kw, t % g.kw);
+        while k < k1 {
+            // One kernel row (ci, ky): taps kx0..kx1 of it lie in k0..k1.
+            let kx1 = g.kw.min(kx0 + (k1 - k));
+            match tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h) {
+                Some(iy) => {
+                    let row = self.base + (ci * g.h + iy) * g.w;
+                    for kx in kx0..kx1 {
+                        if kx >= lo_kx && kx < hi_kx {
+                            let ix = (x0 + (kx * g.dil.1) as isize) as usize;
+                            emit(self.c.at(row + ix));
+                        } else {
+                            emit(0);
+                        }
+                    }
                 }
-                iy = tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h);
+                None => (kx0..kx1).for_each(|_| emit(0)),
+            }
+            k += kx1 - kx0;
+            kx0 = 0;
+            ky += 1;
+            if ky == g.kh {
+                ky = 0;
+                ci += 1;
             }
         }
         if odd {
