@@ -185,3 +185,94 @@ fn an_altered_rounding_rule_is_caught_and_the_element_named() {
     assert_ne!(element.expected, element.device);
     assert!(element.expected.is_some() && element.device.is_some());
 }
+
+/// The cases again on the Cortex-M4F and M7F with the firmware feature
+/// `dsp-backend` (`fixnn::kernels::DspBackend`, SMLAD kernels): every record
+/// bit-exact with the desktop, the packed kernels really used; and the
+/// `kernels` firmware (DspBackend against RefBackend on random shapes and
+/// bit widths, whole outputs; the asm! block against its portable twin)
+/// finds no difference.
+#[test]
+fn dsp_kernels_on_m4_and_m7_match_the_desktop() {
+    need_qemu();
+    let p = prepare().unwrap();
+    let mut jobs = Vec::new();
+    for board in [BOARDS[2], BOARDS[3]] {
+        let mut bins: Vec<&str> = CASES
+            .iter()
+            .copied()
+            .filter(|c| runs_on(c, board.machine))
+            .collect();
+        bins.push("kernels");
+        let dir = build_firmware(&board, &bins, &["dsp-backend"], "dsp", &p.cases_dir).unwrap();
+        for b in bins {
+            jobs.push((board, b, dir.join(b)));
+        }
+    }
+    let queue = Mutex::new(jobs.into_iter());
+    let failures = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let Some((board, bin, elf)) = queue.lock().unwrap().next() else {
+                    break;
+                };
+                let run = run_qemu(&elf, &[]).unwrap();
+                let last = || {
+                    run.stdout
+                        .lines()
+                        .rev()
+                        .take(5)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                let problem = if bin == "kernels" {
+                    let k = stat(&run.stdout, "KERNELS").unwrap_or_default();
+                    // cases, ops, packed, reference, mismatches
+                    (!run.ok || k.len() != 5 || k[2] == 0 || k[4] != 0)
+                        .then(|| format!("kernel test failed:\n{}\n{}", run.stdout, run.stderr))
+                } else {
+                    let expected = &p.expected.iter().find(|(c, _)| *c == bin).unwrap().1;
+                    let packed = stat(&run.stdout, "DSP").and_then(|v| v.first().copied());
+                    if let Some(m) = compare(expected, &run.stdout) {
+                        let element = first_difference(&elf, expected, &m).unwrap();
+                        Some(format!(
+                            "line {}: desktop {:?}, device {:?}; {}",
+                            m.index,
+                            m.expected,
+                            m.device,
+                            element.map_or("no element differs".into(), |e| e.to_string())
+                        ))
+                    } else if !run.ok || !run.stdout.lines().any(|l| l == "END") {
+                        Some(format!(
+                            "did not finish cleanly:\n{}\n{}",
+                            last(),
+                            run.stderr
+                        ))
+                    } else if packed.unwrap_or(0) == 0 {
+                        Some(format!("the packed kernels never ran:\n{}", last()))
+                    } else {
+                        None
+                    }
+                };
+                println!(
+                    "dsp: {bin} on {}: {}",
+                    board.machine,
+                    match &problem {
+                        None => "bit-exact",
+                        Some(_) => "MISMATCH",
+                    }
+                );
+                if let Some(pr) = problem {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{bin} on {}: {pr}", board.machine));
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

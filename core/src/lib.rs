@@ -26,6 +26,7 @@
 //! * [`quant`]: formats, per-tensor configs, rounding, scale selection.
 //! * [`tensor`]: statically sized tensors, activations and parameters.
 //! * [`backend`]: the compute operations and the sequential reference backend.
+//! * [`kernels`]: packed integer kernels (`SMLAD` on Cortex-M4/M7) and [`kernels::DspBackend`].
 //! * [`layers`]: layers with forward and backward passes, and the loss.
 //! * [`model`]: named tensors, config trees, tables and states.
 //! * [`optim`]: SGD on f32 master parameters.
@@ -43,6 +44,7 @@ extern crate std;
 
 pub mod backend;
 pub mod error;
+pub mod kernels;
 pub mod layers;
 pub mod model;
 pub mod optim;

@@ -19,6 +19,7 @@
 
 use core::fmt::Write;
 
+#[cfg(not(feature = "dsp-backend"))]
 use fixnn::backend::RefBackend;
 use fixnn_cases::{write_error_line, write_line, Case, CaseError, Record, Sink, Want};
 
@@ -96,7 +97,32 @@ impl Sink for DeviceSink<'_> {
     }
 }
 
-/// Run case `C` on `blob` with the reference backend, print its records
+/// Run the case with the reference backend (the default) or, with the
+/// feature `dsp-backend`, with [`fixnn::kernels::DspBackend`] on
+/// [`crate::dsp_scratch`], then print `DSP <packed calls> <reference calls>`.
+fn run_with_backend<C: Case<B, K>, const B: usize, const K: usize>(
+    blob: &[u8],
+    want: Want,
+    sink: &mut DeviceSink<'_>,
+) -> Result<(), CaseError> {
+    #[cfg(feature = "dsp-backend")]
+    {
+        // Taken twice (never: one case per firmware): no scratch, every
+        // operation then runs on the reference kernels.
+        let scratch = crate::dsp_scratch().unwrap_or(&mut []);
+        let bk = fixnn::kernels::DspBackend::new(scratch);
+        let r = fixnn_cases::run::<C, _, B, K>(&bk, blob, want, sink);
+        let _ = writeln!(Out, "DSP {} {}", bk.fast_calls(), bk.fallback_calls());
+        r
+    }
+    #[cfg(not(feature = "dsp-backend"))]
+    {
+        fixnn_cases::run::<C, RefBackend, B, K>(&RefBackend, blob, want, sink)
+    }
+}
+
+/// Run case `C` on `blob` with the reference backend (or the DSP backend,
+/// feature `dsp-backend`), print its records
 /// (or the requested dump) and the stack and model sizes. Returns `false`
 /// if the blob is unusable.
 pub fn run_case<C: Case<B, K>, const B: usize, const K: usize>(blob: &[u8]) -> bool {
@@ -106,7 +132,7 @@ pub fn run_case<C: Case<B, K>, const B: usize, const K: usize>(blob: &[u8]) -> b
     let _ = writeln!(w, "CASE {} BOARD {} TARGET {}", C::NAME, BOARD, TARGET);
     let want = dump.as_ref().map_or(Want::All, |d| Want::Run(d.run));
     let mut sink = DeviceSink { dump, marks: 0 };
-    let ok = match fixnn_cases::run::<C, RefBackend, B, K>(&RefBackend, blob, want, &mut sink) {
+    let ok = match run_with_backend::<C, B, K>(blob, want, &mut sink) {
         Ok(()) => true,
         Err(e) => {
             let _ = writeln!(w, "BLOB {e:?}");

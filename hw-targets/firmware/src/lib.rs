@@ -25,6 +25,25 @@ pub use fixnn_cases;
 
 pub mod case;
 
+/// Words of [`dsp_scratch`]: 256 KB, enough for the MNIST MLP's 784 x 100
+/// layer at batch 64 in one tile (`(64 + 100) * 392` words).
+#[cfg(feature = "dsp-backend")]
+pub const DSP_SCRATCH_WORDS: usize = 64 * 1024;
+
+/// The packed-tile scratch of [`fixnn::kernels::DspBackend`] (feature
+/// `dsp-backend`): a static buffer, handed out once; `None` after that.
+#[cfg(feature = "dsp-backend")]
+pub fn dsp_scratch() -> Option<&'static mut [u32]> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    static mut SCRATCH: [u32; DSP_SCRATCH_WORDS] = [0; DSP_SCRATCH_WORDS];
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: TAKEN lets exactly one caller through, so this is the only
+    // reference to SCRATCH ever made.
+    Some(unsafe { &mut *core::ptr::addr_of_mut!(SCRATCH) })
+}
+
 #[cfg(not(any(
     feature = "board-microbit",
     feature = "board-an385",
