@@ -18,3 +18,4 @@ cd "$(dirname "$0")/.."
 # could trip over is caught even where x86 would not care.
 export MIRIFLAGS="${MIRIFLAGS:--Zmiri-strict-provenance -Zmiri-symbolic-alignment-check}"
 cargo +nightly miri test -p fixnn --lib "$@"
+cargo +nightly miri test -p fixnn --doc "$@"

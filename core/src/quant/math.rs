@@ -85,11 +85,11 @@ fn isqrt_rem(n: u64) -> (u64, u64) {
 /// # Examples
 ///
 /// ```
-/// use fixnn::quant::sqrt_f32;
+/// use fixnn::quant::{pow2_f32, sqrt_f32};
 /// assert_eq!(sqrt_f32(2.25), 1.5);
 /// assert_eq!(sqrt_f32(2.0), core::f32::consts::SQRT_2);
 /// // sqrt(2^-149) = 2^-75 * sqrt(2)
-/// assert_eq!(sqrt_f32(f32::from_bits(1)), 2f32.powi(-75) * core::f32::consts::SQRT_2);
+/// assert_eq!(sqrt_f32(f32::from_bits(1)), pow2_f32(-75) * core::f32::consts::SQRT_2);
 /// assert!(sqrt_f32(-1.0).is_nan());
 /// ```
 pub fn sqrt_f32(x: f32) -> f32 {
