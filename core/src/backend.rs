@@ -196,14 +196,22 @@ impl ConvGeom {
         Ok(())
     }
 
-    /// Input channels per group.
+    /// Input channels per group (0 if `groups` is 0, a geometry that
+    /// [`ConvGeom::check`] refuses).
     pub const fn cpg(&self) -> usize {
-        self.cin / self.groups
+        match self.cin.checked_div(self.groups) {
+            Some(n) => n,
+            None => 0,
+        }
     }
 
-    /// Output channels per group.
+    /// Output channels per group (0 if `groups` is 0, a geometry that
+    /// [`ConvGeom::check`] refuses).
     pub const fn opg(&self) -> usize {
-        self.cout / self.groups
+        match self.cout.checked_div(self.groups) {
+            Some(n) => n,
+            None => 0,
+        }
     }
 }
 
@@ -445,13 +453,29 @@ impl<'a> Reader<'a> {
     fn code(&self, i: usize) -> i64 {
         if self.to_code.is_finite() {
             // Exact: the value is code * 2^e and 2^-e is a normal f32.
-            (self.v[i] * self.to_code) as i64
+            (self.at(i) * self.to_code) as i64
         } else {
             match self.fmt {
-                Some(f) => f.code_of(self.v[i]) as i64,
+                Some(f) => f.code_of(self.at(i)) as i64,
                 None => 0,
             }
         }
+    }
+
+    /// Element `i` (the kernels index only within the lengths the backend
+    /// checked; 0 beyond them, so no index can panic).
+    #[inline]
+    fn at(&self, i: usize) -> f32 {
+        self.v.get(i).copied().unwrap_or(0.0)
+    }
+}
+
+/// Store `acc` at `out[i]` (the kernels write only within the lengths the
+/// backend checked; nothing beyond them, so no index can panic).
+#[inline]
+fn put<T>(out: &mut [T], i: usize, acc: T) {
+    if let Some(o) = out.get_mut(i) {
+        *o = acc;
     }
 }
 
@@ -472,7 +496,7 @@ impl Path for FloatPath {
     const ZERO: f32 = 0.0;
     #[inline]
     fn mac(acc: f32, a: &Reader<'_>, i: usize, b: &Reader<'_>, j: usize) -> f32 {
-        acc + a.v[i] * b.v[j]
+        acc + a.at(i) * b.at(j)
     }
 }
 
@@ -509,7 +533,7 @@ fn linear_fwd<P: Path>(g: LinearGeom, x: &Reader<'_>, w: &Reader<'_>, y: &mut [P
             for i in 0..g.inp {
                 acc = P::mac(acc, x, b * g.inp + i, w, o * g.inp + i);
             }
-            y[b * g.out + o] = acc;
+            put(y, b * g.out + o, acc);
         }
     }
 }
@@ -521,7 +545,7 @@ fn linear_dx<P: Path>(g: LinearGeom, dy: &Reader<'_>, w: &Reader<'_>, dx: &mut [
             for o in 0..g.out {
                 acc = P::mac(acc, dy, b * g.out + o, w, o * g.inp + i);
             }
-            dx[b * g.inp + i] = acc;
+            put(dx, b * g.inp + i, acc);
         }
     }
 }
@@ -533,7 +557,7 @@ fn linear_dw<P: Path>(g: LinearGeom, dy: &Reader<'_>, x: &Reader<'_>, dw: &mut [
             for b in 0..g.batch {
                 acc = P::mac(acc, dy, b * g.out + o, x, b * g.inp + i);
             }
-            dw[o * g.inp + i] = acc;
+            put(dw, o * g.inp + i, acc);
         }
     }
 }
@@ -560,14 +584,14 @@ fn tap_back(
     if !t.is_multiple_of(stride) {
         return None;
     }
-    Some(t / stride).filter(|&o| o < osize)
+    t.checked_div(stride).filter(|&o| o < osize)
 }
 
 fn conv_fwd<P: Path>(g: ConvGeom, x: &Reader<'_>, w: &Reader<'_>, y: &mut [P::Acc]) {
     let (cpg, opg) = (g.cpg(), g.opg());
     for b in 0..g.batch {
         for co in 0..g.cout {
-            let c0 = (co / opg) * cpg;
+            let c0 = co.checked_div(opg).unwrap_or(0) * cpg;
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
                     let mut acc = P::ZERO;
@@ -587,7 +611,7 @@ fn conv_fwd<P: Path>(g: ConvGeom, x: &Reader<'_>, w: &Reader<'_>, y: &mut [P::Ac
                             }
                         }
                     }
-                    y[((b * g.cout + co) * g.oh + oy) * g.ow + ox] = acc;
+                    put(y, ((b * g.cout + co) * g.oh + oy) * g.ow + ox, acc);
                 }
             }
         }
@@ -598,7 +622,7 @@ fn conv_dx<P: Path>(g: ConvGeom, dy: &Reader<'_>, w: &Reader<'_>, dx: &mut [P::A
     let (cpg, opg) = (g.cpg(), g.opg());
     for b in 0..g.batch {
         for c in 0..g.cin {
-            let grp = c / cpg;
+            let grp = c.checked_div(cpg).unwrap_or(0);
             let ci = c - grp * cpg;
             for iy in 0..g.h {
                 for ix in 0..g.w {
@@ -620,7 +644,7 @@ fn conv_dx<P: Path>(g: ConvGeom, dy: &Reader<'_>, w: &Reader<'_>, dx: &mut [P::A
                             }
                         }
                     }
-                    dx[((b * g.cin + c) * g.h + iy) * g.w + ix] = acc;
+                    put(dx, ((b * g.cin + c) * g.h + iy) * g.w + ix, acc);
                 }
             }
         }
@@ -630,7 +654,7 @@ fn conv_dx<P: Path>(g: ConvGeom, dy: &Reader<'_>, w: &Reader<'_>, dx: &mut [P::A
 fn conv_dw<P: Path>(g: ConvGeom, dy: &Reader<'_>, x: &Reader<'_>, dw: &mut [P::Acc]) {
     let (cpg, opg) = (g.cpg(), g.opg());
     for co in 0..g.cout {
-        let c0 = (co / opg) * cpg;
+        let c0 = co.checked_div(opg).unwrap_or(0) * cpg;
         for ci in 0..cpg {
             for ky in 0..g.kh {
                 for kx in 0..g.kw {
@@ -651,7 +675,7 @@ fn conv_dw<P: Path>(g: ConvGeom, dy: &Reader<'_>, x: &Reader<'_>, dw: &mut [P::A
                             }
                         }
                     }
-                    dw[((co * cpg + ci) * g.kh + ky) * g.kw + kx] = acc;
+                    put(dw, ((co * cpg + ci) * g.kh + ky) * g.kw + kx, acc);
                 }
             }
         }

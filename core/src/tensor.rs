@@ -449,8 +449,8 @@ fn requantize_into(
         let (q, clamped) = r.round(i, a, exp, f);
         *d = f.to_f32(q);
         n += clamped as u64;
-        if let Some(s) = sat.as_deref_mut() {
-            s[i] = clamped;
+        if let Some(s) = sat.as_deref_mut().and_then(|s| s.get_mut(i)) {
+            *s = clamped;
         }
     }
     Ok((Some(f), n))

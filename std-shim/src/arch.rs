@@ -10,6 +10,7 @@
 //! `[-1/sqrt(fan_in), 1/sqrt(fan_in))`, drawn from the run's seed.
 
 use fixnn::layers::{BatchNorm2d, Conv2d, Flatten, Layer, Linear, MaxPool2d, Quant, Relu};
+use fixnn::quant::sqrt_f32;
 use fixnn::tensor::{Param, Shape, S2, S4};
 use fixnn::Model;
 
@@ -32,7 +33,10 @@ pub trait Arch: Layer<Out = S2<BATCH, 10>> + Send + 'static {
 }
 
 fn init<S: Shape>(p: &mut Param<S>, seed: u64, fan_in: usize) {
-    p.init_uniform(seed, 1.0 / (fan_in as f32).sqrt());
+    // Core's sqrt, as the device cases use: one definition of the bound on
+    // every build. (It equals std's correctly rounded `sqrt` on every
+    // integer up to 2^24: tests/f32_identity.rs.)
+    p.init_uniform(seed, 1.0 / sqrt_f32(fan_in as f32));
 }
 
 /// nics_fix_pt's MNIST MLP.

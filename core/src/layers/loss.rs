@@ -68,7 +68,9 @@ pub fn softmax_cross_entropy<const B: usize, const N: usize>(
             let p = *d / s;
             *d = (p - if i == label { 1.0 } else { 0.0 }) * inv_b;
         }
-        total += ln_f32(s) - (row[label] - m);
+        // `label < N` was checked above: the fallback is never taken.
+        let at_label = row.get(label).copied().unwrap_or(m);
+        total += ln_f32(s) - (at_label - m);
     }
     dlogits.fmt = None;
     Ok(LossOutput {

@@ -91,6 +91,13 @@ impl Window {
     }
 }
 
+/// `p[iy][ix]`. [`Window::visit`] passes only positions inside the
+/// plane; outside it this reads 0, so no index can panic.
+#[inline]
+fn at<const H: usize, const W: usize>(p: &[[f32; W]; H], iy: usize, ix: usize) -> f32 {
+    p.get(iy).and_then(|r| r.get(ix)).copied().unwrap_or(0.0)
+}
+
 /// The exact window sums of codes `s` of `x` (quantized in `f`), passed to
 /// `each(i, s)` for every output `i` of an `oh x ow` output, row-major.
 fn window_sums<const B: usize, const C: usize, const H: usize, const W: usize>(
@@ -105,7 +112,7 @@ fn window_sums<const B: usize, const C: usize, const H: usize, const W: usize>(
         for oy in 0..oh {
             for ox in 0..ow {
                 let mut s = 0i64;
-                win.visit(H, W, oy, ox, |iy, ix| s += f.code_of(xp[iy][ix]) as i64);
+                win.visit(H, W, oy, ox, |iy, ix| s += f.code_of(at(xp, iy, ix)) as i64);
                 each(i, s);
                 i += 1;
             }
@@ -236,7 +243,7 @@ impl<
                 for (ox, (y, a)) in yr.iter_mut().zip(ar.iter_mut()).enumerate() {
                     let mut best: Option<(usize, f32)> = None;
                     win.visit(H, W, oy, ox, |iy, ix| {
-                        let v = xp[iy][ix];
+                        let v = at(xp, iy, ix);
                         if best.is_none_or(|(_, m)| v > m) {
                             best = Some((iy * W + ix, v));
                         }
@@ -484,7 +491,7 @@ impl<
             for (oy, yr) in yp.iter_mut().enumerate() {
                 for (ox, y) in yr.iter_mut().enumerate() {
                     let mut s = 0.0f32;
-                    win.visit(H, W, oy, ox, |iy, ix| s += xp[iy][ix]);
+                    win.visit(H, W, oy, ox, |iy, ix| s += at(xp, iy, ix));
                     *y = s / d;
                 }
             }
@@ -515,7 +522,11 @@ impl<
             for (oy, gr) in gp.iter().enumerate() {
                 for (ox, &g) in gr.iter().enumerate() {
                     let share = g / d;
-                    win.visit(H, W, oy, ox, |iy, ix| dp[iy][ix] += share);
+                    win.visit(H, W, oy, ox, |iy, ix| {
+                        if let Some(d) = dp.get_mut(iy).and_then(|r| r.get_mut(ix)) {
+                            *d += share;
+                        }
+                    });
                 }
             }
         }

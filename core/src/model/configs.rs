@@ -270,7 +270,7 @@ pub fn apply_configs<L: Layer>(
     let mut report = LoadReport::default();
     // Entries: valid values, no duplicates.
     for (i, e) in entries.iter().enumerate() {
-        if entries[..i].iter().any(|p| p.name == e.name) {
+        if entries.iter().take(i).any(|p| p.name == e.name) {
             report.push_problem(e.name, "", ConfigProblem::Duplicate);
         }
         for (cfg, part) in [(e.data, ".data"), (e.grad, ".grad")] {
@@ -283,14 +283,14 @@ pub fn apply_configs<L: Layer>(
     let mut seen = [false; 512];
     let mut count = 0usize;
     let ok = walk(model, &mut |name, t| {
-        match entries.iter().position(|e| e.name == name) {
-            Some(i) => {
-                for (j, e) in entries.iter().enumerate().skip(i) {
-                    if e.name == name && j < seen.len() {
-                        seen[j] = true;
+        match entries.iter().enumerate().find(|(_, e)| e.name == name) {
+            Some((i, first)) => {
+                for (s, e) in seen.iter_mut().zip(entries).skip(i) {
+                    if e.name == name {
+                        *s = true;
                     }
                 }
-                if matches!(entries[i].kind, Some(k) if k != t.kind) {
+                if matches!(first.kind, Some(k) if k != t.kind) {
                     report.push_problem(name, "", ConfigProblem::KindMismatch);
                 }
             }
@@ -303,8 +303,8 @@ pub fn apply_configs<L: Layer>(
         report.push_problem("", "", ConfigProblem::PathTooLong);
     }
     for (i, e) in entries.iter().enumerate() {
-        let found = if i < seen.len() {
-            seen[i]
+        let found = if let Some(&s) = seen.get(i) {
+            s
         } else {
             // Beyond the bitmap: look the name up again (rare, slow path).
             let mut hit = false;

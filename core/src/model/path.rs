@@ -40,10 +40,9 @@ impl PathBuf {
     /// than 16 levels or longer than [`MAX_PATH`] bytes sets
     /// [`overflowed`](Self::overflowed).
     pub fn push(&mut self, segment: &str) {
-        if self.depth < self.marks.len() {
-            self.marks[self.depth] = self.len as u8;
-        } else {
-            self.overflowed = true;
+        match self.marks.get_mut(self.depth) {
+            Some(m) => *m = self.len as u8,
+            None => self.overflowed = true,
         }
         self.depth += 1;
         if self.len > 0 {
@@ -58,44 +57,58 @@ impl PathBuf {
             return;
         }
         self.depth -= 1;
-        if self.depth < self.marks.len() {
-            self.len = self.marks[self.depth] as usize;
+        if let Some(&m) = self.marks.get(self.depth) {
+            self.len = m as usize;
         }
     }
 
     fn push_bytes(&mut self, b: &[u8]) {
-        let room = MAX_PATH - self.len;
-        let n = b.len().min(room);
+        let free = self.buf.get_mut(self.len..).unwrap_or_default();
+        let n = b.len().min(free.len());
         if n < b.len() {
             self.overflowed = true;
         }
-        self.buf[self.len..self.len + n].copy_from_slice(&b[..n]);
+        for (d, &c) in free.iter_mut().zip(b) {
+            *d = c;
+        }
         self.len += n;
     }
 
     /// The path so far. Segments are `&str`, so this is valid UTF-8 unless
     /// truncation cut a character (then the cut is dropped).
     pub fn as_str(&self) -> &str {
-        match core::str::from_utf8(&self.buf[..self.len]) {
-            Ok(s) => s,
-            Err(e) => core::str::from_utf8(&self.buf[..e.valid_up_to()]).unwrap_or(""),
-        }
+        valid_prefix(self.as_bytes())
+    }
+
+    /// The bytes of the path so far.
+    fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
     }
 
     /// The path with `name` appended, written into `out`, as a `&str`.
     pub fn join<'a>(&self, name: &str, out: &'a mut [u8; MAX_PATH]) -> &'a str {
         let mut p = *self;
         p.push(name);
-        out[..p.len].copy_from_slice(&p.buf[..p.len]);
-        match core::str::from_utf8(&out[..p.len]) {
-            Ok(s) => s,
-            Err(e) => core::str::from_utf8(&out[..e.valid_up_to()]).unwrap_or(""),
+        for (d, &c) in out.iter_mut().zip(p.as_bytes()) {
+            *d = c;
         }
+        valid_prefix(out.get(..p.len).unwrap_or_default())
     }
 
     /// Whether a segment was dropped or cut (the path is not the real one).
     pub fn overflowed(&self) -> bool {
         self.overflowed
+    }
+}
+
+/// The longest prefix of `b` that is valid UTF-8.
+fn valid_prefix(b: &[u8]) -> &str {
+    match core::str::from_utf8(b) {
+        Ok(s) => s,
+        Err(e) => b
+            .get(..e.valid_up_to())
+            .and_then(|v| core::str::from_utf8(v).ok())
+            .unwrap_or(""),
     }
 }
 

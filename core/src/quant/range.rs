@@ -94,7 +94,9 @@ impl Samples for F32s<'_> {
     }
     fn get(&self, i: usize) -> (i64, i32) {
         // Finiteness was checked on entry.
-        decompose_f32(self.0[i]).unwrap_or((0, 0))
+        // Indices come from `0..len()`; beyond, this reads 0 (no panic path).
+        let x = self.0.get(i).copied().unwrap_or(0.0);
+        decompose_f32(x).unwrap_or((0, 0))
     }
     fn native_exp(&self) -> Option<i32> {
         None
@@ -117,7 +119,8 @@ impl<S: Copy + Into<i64>> Samples for Ints<'_, S> {
         self.q.len()
     }
     fn get(&self, i: usize) -> (i64, i32) {
-        (self.q[i].into(), self.exp)
+        // Indices come from `0..len()`; beyond, this reads 0 (no panic path).
+        (self.q.get(i).map_or(0, |&q| q.into()), self.exp)
     }
     fn native_exp(&self) -> Option<i32> {
         Some(self.exp)

@@ -153,15 +153,17 @@ pub fn requantize_ratio(
         (v as i128, d << right)
     };
     // den < 2^96 and |num| < 2^125 from here on.
-    let floor = num.div_euclid(den);
-    let rem = num.rem_euclid(den); // in [0, den)
+    // den >= 1, so neither division can fail; the checked forms leave no
+    // panic path behind (an impossible failure would give 0).
+    let floor = num.checked_div_euclid(den).unwrap_or(0);
+    let rem = num.checked_rem_euclid(den).unwrap_or(0); // in [0, den)
     let up = match rounding {
         Rounding::Floor => false,
         Rounding::NearestEven => 2 * rem > den || (2 * rem == den && tie_up(floor & 1 == 1)),
         // A tie is floor + 0.5: away from zero is up iff that is positive.
         Rounding::NearestAway => 2 * rem > den || (2 * rem == den && floor >= 0),
         Rounding::Stochastic => {
-            let frac32 = ((rem as u128) << 32) / den as u128; // < 2^32
+            let frac32 = ((rem as u128) << 32).checked_div(den as u128).unwrap_or(0); // < 2^32
             frac32 + draw as u128 >= 1 << 32
         }
     };
@@ -320,6 +322,12 @@ pub(crate) fn to_grid(m: i64, e: i32, grid: i32) -> i64 {
 mod tests {
     use super::*;
 
+    /// `2^e` as an f64 built from its bits (`-1022 <= e <= 1023`): exact
+    /// everywhere, where `powi` is not required to be (and is not under Miri).
+    fn two_to(e: i32) -> f64 {
+        f64::from_bits(((e + 1023) as u64) << 52)
+    }
+
     #[test]
     fn decompose_is_exact() {
         for x in [
@@ -334,7 +342,7 @@ mod tests {
             -3e38,
         ] {
             let (m, e) = decompose_f32(x).unwrap();
-            assert_eq!(m as f64 * 2f64.powi(e), x as f64, "{x}");
+            assert_eq!(m as f64 * two_to(e), x as f64, "{x}");
             assert!(m.unsigned_abs() < 1 << 24);
         }
         assert_eq!(decompose_f32(f32::NAN), None);
@@ -356,7 +364,9 @@ mod tests {
         let s = crate::quant::Stream::new(3, 4, 5);
         let mut xs: std::vec::Vec<f32> =
             std::vec![0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 1e-40, -1e-40, -1.6e-32, 65535.5, 3e38];
-        for i in 0..200_000u32 {
+        // Miri interprets every operation: a sample of the sweep there.
+        let n = if cfg!(miri) { 2_000 } else { 200_000u32 };
+        for i in 0..n {
             let d = s.draw(i);
             xs.push(f32::from_bits(d));
             xs.push((d as i32 as f32) / 65536.0);
@@ -456,10 +466,13 @@ mod tests {
         // |x| <= 2^24 and den < 2^17: f64 division cannot move x across an
         // integer or a half, so its floor and roundings are the exact ones.
         let f = Format::new(16, 15).unwrap(); // step 1
-        for d in 1..=20u32 {
-            for exp in -12..=12 {
-                for v in (-300i64..=300).chain([4095, -4096, 1234, -777]) {
-                    let x = v as f64 * 2f64.powi(exp) / d as f64;
+                                              // Miri interprets every operation: a sample of the grid there.
+        let miri = cfg!(miri);
+        for d in (1..=20u32).filter(|d| !miri || d % 7 == 1) {
+            for exp in (-12..=12).filter(|e| !miri || e % 6 == 0) {
+                let vs = (-300i64..=300).step_by(if miri { 37 } else { 1 });
+                for v in vs.chain([4095, -4096, 1234, -777]) {
+                    let x = v as f64 * two_to(exp) / d as f64;
                     for (r, want) in [
                         (Rounding::NearestEven, x.round_ties_even()),
                         (Rounding::NearestAway, x.round()),
@@ -517,7 +530,8 @@ mod tests {
         // 1/3 and 2/3 of a step: rounds up in about a third / two thirds of the draws.
         let f = Format::new(8, 7).unwrap();
         let s = super::super::Stream::new(9, 1, 0);
-        let n = 30_000u32;
+        // (Miri interprets every operation: fewer draws there.)
+        let n = if cfg!(miri) { 3_000 } else { 30_000u32 };
         for (v, p) in [(1i64, 1.0 / 3.0), (2, 2.0 / 3.0), (-1, 2.0 / 3.0)] {
             let ups = (0..n)
                 .filter(|&i| {

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod blob;
+pub mod f32id;
 pub mod nets;
 mod run;
 
