@@ -11,7 +11,8 @@
 //! Operands: `int8` is both operands exact codes of 8-bit formats (integer
 //! products, `AccOut::Int`); `f32xq8` is a full-precision first operand
 //! (a gradient, 60% zeros as after a ReLU) times 8-bit codes (`AccOut::Float`),
-//! which is what training with full-precision gradients runs. Each figure is
+//! which is what training with full-precision gradients runs;
+//! `f32xq8-sparse-x` is that weight gradient with 80% zero inputs (images). Each figure is
 //! the best of several timed calls (at least 3, or 0.5 s) after a warm-up
 //! call; the reference is timed once for products over 2^28 MACs. With one
 //! thread (the work then runs on the calling thread) calls are timed by the
@@ -24,6 +25,10 @@ use std::time::{Duration, Instant};
 use fixnn::backend::{AccOut, Backend, ConvGeom, LinearGeom, Operand, RefBackend};
 use fixnn::Format;
 use fixnn_std::rayon_backend::{Kernels, RayonBackend};
+
+#[path = "common/clock.rs"]
+mod clock;
+use clock::{now, Clock};
 
 /// Deterministic pseudo-random values (a 64-bit LCG).
 struct Lcg(u64);
@@ -42,6 +47,16 @@ impl Lcg {
         (0..n)
             .map(|_| f.to_f32((lo + self.next() as i64 % (hi - lo + 1)) as i32))
             .collect()
+    }
+    /// Exact codes of `f`, 80% zeros (an image's background).
+    fn sparse_codes(&mut self, n: usize, f: Format) -> Vec<f32> {
+        let mut v = self.codes(n, f);
+        for v in &mut v {
+            if !self.next().is_multiple_of(5) {
+                *v = 0.0;
+            }
+        }
+        v
     }
     /// Full-precision values, 60% exact zeros.
     fn grads(&mut self, n: usize) -> Vec<f32> {
@@ -138,50 +153,18 @@ fn shapes() -> Vec<(&'static str, Shape)> {
     ]
 }
 
-/// `struct timespec` of Linux on 64-bit targets.
-#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
-#[repr(C)]
-struct Timespec {
-    sec: i64,
-    nsec: i64,
-}
-
-#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
-extern "C" {
-    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-}
-
-/// CPU time of the calling thread (Linux), else wall-clock time: on a
-/// shared machine a call that is preempted counts only the time it ran.
-fn now(thread_cpu: bool) -> Duration {
-    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
-    if thread_cpu {
-        const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-        let mut ts = Timespec { sec: 0, nsec: 0 };
-        // SAFETY: `ts` is a valid, writable `struct timespec`.
-        #[allow(unsafe_code)]
-        if unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
-            return Duration::new(ts.sec as u64, ts.nsec as u32);
-        }
-    }
-    let _ = thread_cpu;
-    EPOCH.get_or_init(Instant::now).elapsed()
-}
-
-static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-
 /// Runs `f` until it has run `min_runs` times and for `budget` (or once
 /// if `once`), returning the fastest call, timed by [`now`].
-fn time(once: bool, thread_cpu: bool, mut f: impl FnMut()) -> Duration {
+fn time(once: bool, clock: Clock, mut f: impl FnMut()) -> Duration {
     f(); // warm-up: scratch buffers, pool threads, caches
     let (budget, min_runs) = (Duration::from_millis(500), 3);
     let start = Instant::now();
     let mut best = Duration::MAX;
     let mut runs = 0;
     while runs < min_runs || start.elapsed() < budget {
-        let t = now(thread_cpu);
+        let t = now(clock);
         f();
-        best = best.min(now(thread_cpu).saturating_sub(t));
+        best = best.min(now(clock).saturating_sub(t));
         runs += 1;
         if once {
             break;
@@ -242,11 +225,11 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let clock = if threads == 1 {
-        "thread CPU time"
+        Clock::Thread
     } else {
-        "wall-clock time"
+        Clock::Wall
     };
-    println!("# {cpu}, {threads} thread(s); GMAC/s of the fastest call by {clock}");
+    println!("# {cpu}, {threads} thread(s); GMAC/s of the fastest call by {clock:?} time");
     let f8 = Format::new(8, 0).expect("8-bit format");
     let mut rng = Lcg(0x5eed);
     for (name, shape) in custom.unwrap_or_else(shapes) {
@@ -255,10 +238,14 @@ fn main() {
         let w = rng.codes(wl, f8);
         let dy8 = rng.codes(yl, f8);
         let dyf = rng.grads(yl);
+        let xs = rng.sparse_codes(xl, f8);
         for op in [Op::Forward, Op::InputGrad, Op::WeightGrad] {
-            for int in [true, false] {
+            for (int, sparse_x) in [(true, false), (false, false), (false, true)] {
                 if op == Op::Forward && !int {
                     continue; // training's forward products are integer
+                }
+                if sparse_x && op != Op::WeightGrad {
+                    continue;
                 }
                 let case = format!(
                     "{name} {} {}",
@@ -267,7 +254,11 @@ fn main() {
                         Op::InputGrad => "input-grad",
                         Op::WeightGrad => "weight-grad",
                     },
-                    if int { "int8" } else { "f32xq8" }
+                    match (int, sparse_x) {
+                        (true, _) => "int8",
+                        (false, false) => "f32xq8",
+                        (false, true) => "f32xq8-sparse-x",
+                    }
                 );
                 if !words.is_empty() && !words.iter().any(|w| case.contains(w.as_str())) {
                     continue;
@@ -281,14 +272,14 @@ fn main() {
                 let (a, b, out_len) = match op {
                     Op::Forward => (q(&x[..]), q(&w[..]), yl),
                     Op::InputGrad => (dy, q(&w[..]), xl),
-                    Op::WeightGrad => (dy, q(&x[..]), wl),
+                    Op::WeightGrad => (dy, q(if sparse_x { &xs[..] } else { &x[..] }), wl),
                 };
                 let mut yi = vec![0i64; out_len];
                 let mut yf = vec![0f32; out_len];
                 let mut line = format!("{case}:");
                 for (bname, be) in &backends {
                     let once = bname == "reference" && shape.macs() > 1 << 28;
-                    let t = time(once, threads == 1, || {
+                    let t = time(once, clock, || {
                         let out = if int {
                             AccOut::Int(&mut yi)
                         } else {

@@ -499,25 +499,50 @@ pub(super) fn f32_by_columns(
     for (d, s) in dyp.chunks_exact_mut(ld).zip(dy.chunks_exact(out)) {
         d[..out].copy_from_slice(s);
     }
-    let mut list = Buf::<u32>::with_len(batch, 0);
+    // For each column i, the rows b with x[b][i] != 0, ascending: rows
+    // scanned in order, appended to their columns' lists.
+    let mut lists = Buf::<u32>::with_len(inp * batch, 0);
+    let mut counts = Buf::<u32>::filled(inp, 0);
+    for (b, row) in x.chunks_exact(inp).enumerate() {
+        // SAFETY: `detect()` reported AVX-512 F; `lists` holds `batch`
+        // entries per column and each column gets at most one per row.
+        unsafe { append_nonzeros(row, b as u32, batch, &mut lists, &mut counts) };
+    }
     let mut block = Buf::<f32>::with_len(LANES * ld, 0.0);
     for i0 in (0..inp).step_by(LANES) {
         let ni = LANES.min(inp - i0);
         for j in 0..ni {
             let i = i0 + j;
-            // Rows b with x[b][i] != 0, ascending (branch-free).
-            let mut c = 0;
-            for b in 0..batch {
-                list[c] = b as u32;
-                c += usize::from(x[b * inp + i] != 0.0);
-            }
+            let rows = &lists[i * batch..i * batch + counts[i] as usize];
             let col = &mut block[j * ld..(j + 1) * ld];
             // SAFETY: `detect()` reported AVX-512 F; rows of `dyp` hold
             // `ov` registers; `col` holds `ld` values.
-            unsafe { column(&dyp, ld, x, inp, i, &list[..c], col) };
+            unsafe { column(&dyp, ld, x, inp, i, rows, col) };
         }
         // SAFETY: as above; `block` holds `ni` columns of `ld` values.
         unsafe { store_transposed(&block, ld, ni, out, &mut dw[i0..], inp) };
+    }
+}
+
+/// Appends `b` to the list of every column `i` with `row[i] != 0`
+/// (`lists[i * cap + counts[i]]`, then the count grows).
+#[target_feature(enable = "avx512f")]
+unsafe fn append_nonzeros(row: &[f32], b: u32, cap: usize, lists: &mut [u32], counts: &mut [u32]) {
+    let n = row.len();
+    let mut i0 = 0;
+    while i0 < n {
+        let nl = LANES.min(n - i0);
+        let mask: __mmask16 = if nl == LANES { !0 } else { (1 << nl) - 1 };
+        let v = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i0));
+        let mut nz = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(mask, v, _mm512_setzero_ps());
+        while nz != 0 {
+            let i = i0 + nz.trailing_zeros() as usize;
+            let c = &mut counts[i];
+            lists[i * cap + *c as usize] = b;
+            *c += 1;
+            nz &= nz - 1;
+        }
+        i0 += LANES;
     }
 }
 
@@ -554,7 +579,8 @@ unsafe fn column(
     }
 }
 
-/// `dst[o * ld_dst + j] = block[j * ld + o]` for `j < ni`, `o < out`.
+/// `dst[o * ld_dst + j] = block[j * ld + o]` for `j < ni`, `o < out`:
+/// 16 x 16 squares transposed in registers.
 #[target_feature(enable = "avx512f")]
 unsafe fn store_transposed(
     block: &[f32],
@@ -564,20 +590,67 @@ unsafe fn store_transposed(
     dst: &mut [f32],
     ld_dst: usize,
 ) {
-    assert!(block.len() >= ni * ld && out <= ld);
+    assert!(block.len() >= ni * ld && out <= ld && ld.is_multiple_of(LANES));
     assert!(out == 0 || (out - 1) * ld_dst + ni <= dst.len());
-    let idx = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(ld as i32),
-    );
     let mask: __mmask16 = if ni == LANES { !0 } else { (1 << ni) - 1 };
-    for o in 0..out {
-        let v = _mm512_mask_i32gather_ps::<4>(
-            _mm512_setzero_ps(),
-            mask,
-            idx,
-            block.as_ptr().add(o).cast(),
-        );
-        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(o * ld_dst), mask, v);
+    let mut o0 = 0;
+    while o0 < out {
+        // Rows j of the square: block[j][o0..o0 + 16] (rows past ni: zero).
+        let mut r = [_mm512_setzero_ps(); LANES];
+        for (j, r) in r.iter_mut().enumerate().take(ni) {
+            *r = _mm512_loadu_ps(block.as_ptr().add(j * ld + o0));
+        }
+        let t = transpose16(r);
+        for (o, t) in t.iter().enumerate().take(out - o0) {
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add((o0 + o) * ld_dst), mask, *t);
+        }
+        o0 += LANES;
     }
 }
+
+/// The transpose of a 16 x 16 square (`r[i]` lane `j` to result `[j]` lane `i`).
+#[inline(always)]
+unsafe fn transpose16(r: [__m512; LANES]) -> [__m512; LANES] {
+    // (Plain loops: closures would not inherit the target features.)
+    let mut a = [_mm512_setzero_ps(); LANES];
+    let mut b = [_mm512_setzero_ps(); LANES];
+    // 32-bit interleave of pairs of rows.
+    for i in 0..8 {
+        a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // 64-bit interleave.
+    for i in 0..4 {
+        for h in 0..2 {
+            let (x, y) = (
+                _mm512_castps_pd(a[4 * i + h]),
+                _mm512_castps_pd(a[4 * i + 2 + h]),
+            );
+            b[4 * i + h] = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+            b[4 * i + 2 + h] = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+        }
+    }
+    // 128-bit blocks: rows 4 apart, then 8 apart.
+    for i in 0..2 {
+        for h in 0..4 {
+            let (x, y) = (b[8 * i + h], b[8 * i + 4 + h]);
+            a[8 * i + h] = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
+            a[8 * i + 4 + h] = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
+        }
+    }
+    for h in 0..8 {
+        let (x, y) = (a[h], a[8 + h]);
+        b[h] = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
+        b[8 + h] = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
+    }
+    // b[k] now holds column c(k) of r; put columns in order.
+    let mut out = [_mm512_setzero_ps(); LANES];
+    for (k, b) in b.iter().enumerate() {
+        out[COL[k]] = *b;
+    }
+    out
+}
+
+/// The column of the square that register `k` holds after the shuffles of
+/// [`transpose16`] (pairs of columns come out swapped).
+const COL: [usize; LANES] = [0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15];
