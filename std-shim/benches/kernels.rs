@@ -6,7 +6,9 @@
 //! Run: `cargo bench -p fixnn-std --bench kernels` (one thread: figures per
 //! core). Options after `--`: `--threads N`, and words that keep only the
 //! cases whose name contains one of them (e.g. `-- linear 1024`), or
-//! `--linear BxIxO` for that fully connected shape only.
+//! `--linear BxIxO` for that fully connected shape only. `--peak` measures
+//! the CPU's `vpdpbusd` throughput instead (24 independent register sums,
+//! no memory operands): the ceiling for any int8 kernel on this machine.
 //!
 //! Operands: `int8` is both operands exact codes of 8-bit formats (integer
 //! products, `AccOut::Int`); `f32xq8` is a full-precision first operand
@@ -173,8 +175,55 @@ fn time(once: bool, clock: Clock, mut f: impl FnMut()) -> Duration {
     best
 }
 
+/// Best throughput of `vpdpbusd` on registers, in GMAC/s (64 per instruction).
+#[cfg(target_arch = "x86_64")]
+fn peak() -> Option<f64> {
+    use std::arch::x86_64::*;
+    #[allow(unsafe_code)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn run(n: usize, seed: i32) -> i32 {
+        let mut acc = [_mm512_set1_epi32(seed); 24];
+        let b = _mm512_set1_epi32(seed ^ 0x0102_0304);
+        let c = _mm512_set1_epi32(seed ^ 0x0506_0708);
+        for _ in 0..n {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbusd_epi32(*a, b, c);
+            }
+        }
+        acc.iter().map(|&a| _mm512_reduce_add_epi32(a)).sum()
+    }
+    if !(is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni"))
+    {
+        return None;
+    }
+    let n = 20_000;
+    let mut best = Duration::MAX;
+    for i in 0..3000 {
+        let t = now(Clock::Thread);
+        // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked above).
+        #[allow(unsafe_code)]
+        black_box(unsafe { run(n, black_box(i)) });
+        best = best.min(now(Clock::Thread).saturating_sub(t));
+    }
+    Some((n * 24 * 64) as f64 / best.as_secs_f64() / 1e9)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn peak() -> Option<f64> {
+    None
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--peak") {
+        match peak() {
+            Some(g) => println!("vpdpbusd peak, one thread: {g:.1} GMAC/s"),
+            None => println!("this CPU has no AVX-512 VNNI"),
+        }
+        return;
+    }
     let threads = args
         .iter()
         .position(|a| a == "--threads")

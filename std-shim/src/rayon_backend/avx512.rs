@@ -466,9 +466,11 @@ pub(super) fn columns_pay(dy: &[f32], x: &[f32], (batch, inp, out): (usize, usiz
     // least the non-zeros divided by RG), across inp / 16 vectors.
     let rows = (nz_dy / RG).max(nz_dy.div_ceil(batch.max(1)));
     let sparse = rows * inp.div_ceil(LANES) * RG;
-    // By columns: a term per non-zero of x across out / 16 vectors, and a
-    // transposing store per output.
-    let columns = nz_x * out.div_ceil(LANES) + out * inp.div_ceil(LANES) * 2;
+    // By columns: a term per non-zero of x across out / 16 vectors (and
+    // about two for listing it), a scan of x and a transposing store.
+    let columns = nz_x * (out.div_ceil(LANES) + 2)
+        + out.next_multiple_of(LANES) * inp.div_ceil(LANES) * 2
+        + batch * inp.div_ceil(LANES);
     columns < sparse
 }
 
