@@ -140,6 +140,38 @@ impl RayonBackend {
         self
     }
 
+    /// The same backend restricted to one set of kernels (the results are
+    /// the same with every set; this exists to test and compare them).
+    ///
+    /// # Errors
+    ///
+    /// The CPU lacks the instructions of `k` (see [`Kernels::available`]).
+    pub fn with_kernels(mut self, k: Kernels) -> std::result::Result<Self, String> {
+        if !k.available() {
+            return Err(format!("this CPU cannot run the {k:?} kernels"));
+        }
+        match k {
+            Kernels::Portable => return Ok(self.with_portable_kernels()),
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2 => (self.isa, self.avx512) = (Isa::Avx2, false),
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => (self.isa, self.avx512) = (Isa::Avx2, true),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernels::Avx2 | Kernels::Avx512 => {}
+        }
+        Ok(self)
+    }
+
+    /// The best set of kernels this backend uses.
+    pub fn kernels(&self) -> Kernels {
+        match (self.isa, self.avx512) {
+            (_, true) => Kernels::Avx512,
+            (Isa::Generic, false) => Kernels::Portable,
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, false) => Kernels::Avx2,
+        }
+    }
+
     /// Threads that share the work.
     pub fn threads(&self) -> usize {
         match &self.pool {
@@ -159,6 +191,34 @@ impl RayonBackend {
         match &self.pool {
             Some(pool) if ctx.par => pool.install(|| f(ctx)),
             _ => f(ctx),
+        }
+    }
+}
+
+/// A set of kernels the backend can be restricted to
+/// ([`RayonBackend::with_kernels`]); each gives the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// The blocked kernels compiled for the baseline target (SSE2 on
+    /// x86-64, NEON on aarch64).
+    Portable,
+    /// The blocked kernels compiled with AVX2 (x86-64 with AVX2 only).
+    Avx2,
+    /// AVX2 blocked kernels plus the AVX-512 (F, BW, VNNI) fully connected
+    /// kernels (x86-64 with those extensions only).
+    Avx512,
+}
+
+impl Kernels {
+    /// Every set, from the most portable.
+    pub const ALL: [Kernels; 3] = [Kernels::Portable, Kernels::Avx2, Kernels::Avx512];
+
+    /// Whether this CPU runs this set.
+    pub fn available(self) -> bool {
+        match self {
+            Kernels::Portable => true,
+            Kernels::Avx2 => Isa::detect() != Isa::Generic,
+            Kernels::Avx512 => Isa::detect() != Isa::Generic && avx512_detect(),
         }
     }
 }
@@ -332,6 +392,15 @@ impl RayonBackend {
                 if a.fmt.is_none() || b.fmt.is_none() =>
             {
                 self.run(work, |ctx| {
+                    // dw[o][i] = sum_b dy[b][o] x[b][i] with x mostly zeros
+                    // (images): vectorised across o, skipping x's zeros.
+                    if kind == linear::Kind::WeightGrad
+                        && avx512::columns_pay(a.v, b.v, (batch, inp, n_out))
+                        && all_finite(ctx, a.v)
+                    {
+                        avx512::f32_by_columns(a.v, b.v, (batch, inp, n_out), o);
+                        return Ok(Ok(()));
+                    }
                     if !all_finite(ctx, b.v) {
                         return Err(AccOut::Float(o));
                     }

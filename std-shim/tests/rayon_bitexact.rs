@@ -1,14 +1,19 @@
 //! The rayon backend returns the reference backend's bits: every method,
 //! whole outputs, many shapes (batch 1, odd sizes, sizes that are not
-//! multiples of the vector width, stride, padding, dilation, groups,
-//! depthwise), bit widths 2..=16, full-precision and quantized operands,
-//! with 1, 2 and 3 threads and with the portable kernels.
+//! multiples of the vector width or of the blocks, stride, padding,
+//! dilation, groups, depthwise), bit widths 2..=16, full-precision and
+//! quantized operands, with 1, 2 and 3 threads.
+//!
+//! One macro, [`bitexact_suite!`], instantiates every test for each set of
+//! optimised kernels ([`Kernels`]: portable, AVX2, AVX-512 VNNI). A set
+//! the CPU cannot run is reported and replaced by the portable kernels, so
+//! every test still compares something.
 
 use std::sync::OnceLock;
 
 use fixnn::backend::{AccOut, Backend, ConvGeom, LinearGeom, Operand, RefBackend};
 use fixnn::{Format, Result, Stream};
-use fixnn_std::rayon_backend::RayonBackend;
+use fixnn_std::rayon_backend::{Kernels, RayonBackend};
 
 // ---------------------------------------------------------------- data
 
@@ -23,6 +28,8 @@ enum Data {
     Sparse,
     /// Exact codes of `Format::new(bits, scale)`, uniform.
     Quant(u8, i8),
+    /// Exact codes, mostly zero (an image's background).
+    SparseQuant(u8, i8),
     /// Exact codes, mostly the extreme codes (largest products).
     Extreme(u8, i8),
     /// Declared quantized, but values that are no codes of the format
@@ -34,9 +41,10 @@ impl Data {
     fn fmt(self) -> Option<Format> {
         match self {
             Data::Float | Data::FloatInf | Data::Sparse => None,
-            Data::Quant(b, s) | Data::Extreme(b, s) | Data::Garbage(b, s) => {
-                Some(Format::new(b, s).expect("valid test format"))
-            }
+            Data::Quant(b, s)
+            | Data::SparseQuant(b, s)
+            | Data::Extreme(b, s)
+            | Data::Garbage(b, s) => Some(Format::new(b, s).expect("valid test format")),
         }
     }
 }
@@ -95,7 +103,8 @@ fn values(d: &mut Draws, len: usize, data: Data) -> Vec<f32> {
                     let sign = if r & 1 == 0 { 1.0 } else { -1.0 };
                     sign * mant * 2f32.powi(exp)
                 }
-                Data::Quant(..) | Data::Extreme(..) => {
+                Data::SparseQuant(..) if !r.is_multiple_of(5) => 0.0,
+                Data::Quant(..) | Data::SparseQuant(..) | Data::Extreme(..) => {
                     let f = data.fmt().expect("quantized");
                     let (lo, hi) = (f.min_code() as i64, f.max_code() as i64);
                     let code = match data {
@@ -127,16 +136,37 @@ fn values(d: &mut Draws, len: usize, data: Data) -> Vec<f32> {
 
 // ---------------------------------------------------------------- backends
 
-fn backends() -> &'static [(&'static str, RayonBackend)] {
-    static B: OnceLock<Vec<(&'static str, RayonBackend)>> = OnceLock::new();
-    B.get_or_init(|| {
-        let t = |n| RayonBackend::with_threads(n).expect("pool");
+/// Backends running kernel set `k` (1, 2 and 3 threads, and rayon's
+/// global pool), built once per set.
+fn backends(k: Kernels) -> &'static [(&'static str, RayonBackend)] {
+    static B: [OnceLock<Vec<(&'static str, RayonBackend)>>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let i = Kernels::ALL
+        .iter()
+        .position(|&x| x == k)
+        .expect("a kernel set");
+    B[i].get_or_init(|| {
+        let k = if k.available() {
+            k
+        } else {
+            eprintln!("this CPU cannot run the {k:?} kernels: testing the portable ones");
+            Kernels::Portable
+        };
+        let t = |n| {
+            RayonBackend::with_threads(n)
+                .expect("pool")
+                .with_kernels(k)
+                .expect("available kernels")
+        };
+        let global = RayonBackend::new()
+            .with_kernels(k)
+            .expect("available kernels");
+        assert_eq!(global.kernels(), k);
         vec![
             ("1 thread", t(1)),
             ("2 threads", t(2)),
             ("3 threads", t(3)),
-            ("2 threads, portable kernels", t(2).with_portable_kernels()),
-            ("global pool", RayonBackend::new()),
+            ("global pool", global),
         ]
     })
 }
@@ -147,6 +177,7 @@ const POISON: u32 = 0x7fa5_5a5a;
 /// Runs `call` on the reference and on every rayon backend and compares
 /// the whole outputs bit for bit.
 fn compare(
+    k: Kernels,
     what: &str,
     len: usize,
     int: bool,
@@ -155,12 +186,12 @@ fn compare(
     if int {
         let mut want = vec![i64::MIN + 3; len];
         call(&RefBackend, AccOut::Int(&mut want)).expect("reference");
-        for (name, b) in backends() {
+        for (name, b) in backends(k) {
             let mut got = vec![0x5a5a_5a5a_i64; len];
             call(b, AccOut::Int(&mut got)).expect("rayon backend");
             if let Some(i) = (0..len).find(|&i| got[i] != want[i]) {
                 panic!(
-                    "{what}, {name}: element {i} of {len}: {} != reference {}",
+                    "{what}, {k:?}, {name}: element {i} of {len}: {} != reference {}",
                     got[i], want[i]
                 );
             }
@@ -168,12 +199,12 @@ fn compare(
     } else {
         let mut want = vec![f32::from_bits(POISON); len];
         call(&RefBackend, AccOut::Float(&mut want)).expect("reference");
-        for (name, b) in backends() {
+        for (name, b) in backends(k) {
             let mut got = vec![f32::from_bits(POISON); len];
             call(b, AccOut::Float(&mut got)).expect("rayon backend");
             if let Some(i) = (0..len).find(|&i| got[i].to_bits() != want[i].to_bits()) {
                 panic!(
-                    "{what}, {name}: element {i} of {len}: {:?} ({:#010x}) != reference {:?} ({:#010x})",
+                    "{what}, {k:?}, {name}: element {i} of {len}: {:?} ({:#010x}) != reference {:?} ({:#010x})",
                     got[i],
                     got[i].to_bits(),
                     want[i],
@@ -214,7 +245,7 @@ fn data_pairs(d: &mut Draws, extra: bool) -> Vec<(Data, Data)> {
 
 // ---------------------------------------------------------------- linear
 
-fn check_linear(g: LinearGeom, seed: u64, extra: bool) {
+fn check_linear(k: Kernels, g: LinearGeom, seed: u64, extra: bool) {
     let mut d = Draws::new(seed, 1);
     for (da, db) in data_pairs(&mut d, extra) {
         let what = |m: &str| format!("{m} {g:?} {da:?} x {db:?} (seed {seed})");
@@ -232,7 +263,7 @@ fn check_linear(g: LinearGeom, seed: u64, extra: bool) {
                 fmt: db.fmt(),
             },
         );
-        compare(&what("linear"), g.batch * g.out, int, |b, o| {
+        compare(k, &what("linear"), g.batch * g.out, int, |b, o| {
             b.linear(g, xo, wo, o)
         });
         // input gradient: dy (da), w (db)
@@ -241,23 +272,30 @@ fn check_linear(g: LinearGeom, seed: u64, extra: bool) {
             v: &dy,
             fmt: da.fmt(),
         };
-        compare(&what("linear_input_grad"), g.batch * g.inp, int, |b, o| {
-            b.linear_input_grad(g, dyo, wo, o)
-        });
+        compare(
+            k,
+            &what("linear_input_grad"),
+            g.batch * g.inp,
+            int,
+            |b, o| b.linear_input_grad(g, dyo, wo, o),
+        );
         // weight gradient: dy (da), x (db)
         let x2 = values(&mut d, g.batch * g.inp, db);
         let x2o = Operand {
             v: &x2,
             fmt: db.fmt(),
         };
-        compare(&what("linear_weight_grad"), g.out * g.inp, int, |b, o| {
-            b.linear_weight_grad(g, dyo, x2o, o)
-        });
+        compare(
+            k,
+            &what("linear_weight_grad"),
+            g.out * g.inp,
+            int,
+            |b, o| b.linear_weight_grad(g, dyo, x2o, o),
+        );
     }
 }
 
-#[test]
-fn linear_random_shapes() {
+fn linear_random_shapes(k: Kernels) {
     let cases = if cfg!(debug_assertions) { 12 } else { 60 };
     for seed in 0..cases {
         let mut d = Draws::new(seed, 0);
@@ -266,12 +304,11 @@ fn linear_random_shapes() {
             inp: d.usize(1, 150),
             out: d.usize(1, 70),
         };
-        check_linear(g, seed, seed % 3 == 0);
+        check_linear(k, g, seed, seed % 3 == 0);
     }
 }
 
-#[test]
-fn linear_fixed_shapes() {
+fn linear_fixed_shapes(k: Kernels) {
     let shapes = [
         (1, 1, 1),
         (1, 784, 100),
@@ -287,14 +324,14 @@ fn linear_fixed_shapes() {
         (0, 5, 4),
     ];
     for (i, &(batch, inp, out)) in shapes.iter().enumerate() {
-        check_linear(LinearGeom { batch, inp, out }, 1000 + i as u64, true);
+        check_linear(k, LinearGeom { batch, inp, out }, 1000 + i as u64, true);
     }
 }
 
-#[test]
-fn linear_mnist_sizes() {
+fn linear_mnist_sizes(k: Kernels) {
     // Large enough to run on several threads, with long reductions.
     check_linear(
+        k,
         LinearGeom {
             batch: 64,
             inp: 784,
@@ -304,6 +341,7 @@ fn linear_mnist_sizes() {
         true,
     );
     check_linear(
+        k,
         LinearGeom {
             batch: 2,
             inp: 700,
@@ -312,10 +350,23 @@ fn linear_mnist_sizes() {
         78,
         false,
     );
+    // The MLP's first layer with images for inputs: mostly zero codes.
+    let g = LinearGeom {
+        batch: 64,
+        inp: 784,
+        out: 100,
+    };
+    let mut d = Draws::new(79, 6);
+    for pair in [
+        (Data::Sparse, Data::SparseQuant(8, 0)),
+        (Data::Float, Data::SparseQuant(8, 0)),
+        (Data::SparseQuant(8, 2), Data::SparseQuant(8, 0)),
+    ] {
+        check_pair(k, g, &mut d, pair, 79);
+    }
 }
 
-#[test]
-fn linear_byte_codes_and_sparse_gradients() {
+fn linear_byte_codes_and_sparse_gradients(k: Kernels) {
     // The domain of the AVX-512 kernels (when the CPU has them): integer
     // products of codes of at most 8 bits, and f32 gradients with many
     // zeros; checked against the reference on random shapes, widths and
@@ -340,9 +391,14 @@ fn linear_byte_codes_and_sparse_gradients() {
             (Data::Sparse, Data::Float),
             (Data::Sparse, Data::FloatInf),
             (Data::FloatInf, Data::Quant(b2, s.1)),
+            (Data::Float, Data::SparseQuant(b2, s.1)),
+            (Data::Sparse, Data::SparseQuant(b1, s.0)),
+            (Data::FloatInf, Data::SparseQuant(b2, 0)),
+            (Data::Float, Data::Sparse),
+            (Data::SparseQuant(b1, 0), Data::SparseQuant(b2, 1)),
         ];
         for (da, db) in pairs {
-            check_pair(g, &mut d, (da, db), seed);
+            check_pair(k, g, &mut d, (da, db), seed);
         }
     }
     // Reductions at the limit of exact i32 sums of byte products, and one
@@ -354,31 +410,61 @@ fn linear_byte_codes_and_sparse_gradients() {
             inp,
             out: 3,
         };
-        check_pair(g, &mut d, (Data::Extreme(8, 0), Data::Extreme(8, 0)), 9);
+        check_pair(k, g, &mut d, (Data::Extreme(8, 0), Data::Extreme(8, 0)), 9);
+    }
+}
+
+fn linear_large_blocks(k: Kernels) {
+    // Several tiles, groups of tiles and panels of the blocked kernels,
+    // none of the sizes a multiple of a block, at widths 2..=16.
+    let shapes = [(75, 300, 97), (130, 67, 49), (9, 1029, 145), (66, 17, 200)];
+    for (i, &(batch, inp, out)) in shapes.iter().enumerate() {
+        let g = LinearGeom { batch, inp, out };
+        let seed = 4000 + i as u64;
+        let mut d = Draws::new(seed, 6);
+        let (b1, b2) = (d.range(2, 8) as u8, d.range(2, 16) as u8);
+        for pair in [
+            (Data::Quant(b1, 1), Data::Quant(8 - (b1 % 3), -2)),
+            (Data::Extreme(8, 0), Data::Extreme(b1, 3)),
+            (Data::Quant(b2, 0), Data::Quant(b1, 0)),
+            (Data::Sparse, Data::Quant(b2, -1)),
+            (Data::Float, Data::SparseQuant(b1, 0)),
+            (Data::Sparse, Data::SparseQuant(8, 2)),
+        ] {
+            check_pair(k, g, &mut d, pair, seed);
+        }
     }
 }
 
 /// The three products of `g` with operands drawn as `da`, `db`.
-fn check_pair(g: LinearGeom, d: &mut Draws, (da, db): (Data, Data), seed: u64) {
+fn check_pair(k: Kernels, g: LinearGeom, d: &mut Draws, (da, db): (Data, Data), seed: u64) {
     let what = |m: &str| format!("{m} {g:?} {da:?} x {db:?} (seed {seed})");
     let int = da.fmt().is_some() && db.fmt().is_some();
     let x = values(d, g.batch * g.inp, da);
     let w = values(d, g.out * g.inp, db);
     let op = |v, data: Data| Operand { v, fmt: data.fmt() };
     let (xo, wo) = (op(&x, da), op(&w, db));
-    compare(&what("linear"), g.batch * g.out, int, |b, o| {
+    compare(k, &what("linear"), g.batch * g.out, int, |b, o| {
         b.linear(g, xo, wo, o)
     });
     let dy = values(d, g.batch * g.out, da);
     let dyo = op(&dy, da);
-    compare(&what("linear_input_grad"), g.batch * g.inp, int, |b, o| {
-        b.linear_input_grad(g, dyo, wo, o)
-    });
+    compare(
+        k,
+        &what("linear_input_grad"),
+        g.batch * g.inp,
+        int,
+        |b, o| b.linear_input_grad(g, dyo, wo, o),
+    );
     let x2 = values(d, g.batch * g.inp, db);
     let x2o = op(&x2, db);
-    compare(&what("linear_weight_grad"), g.out * g.inp, int, |b, o| {
-        b.linear_weight_grad(g, dyo, x2o, o)
-    });
+    compare(
+        k,
+        &what("linear_weight_grad"),
+        g.out * g.inp,
+        int,
+        |b, o| b.linear_weight_grad(g, dyo, x2o, o),
+    );
 }
 
 // ---------------------------------------------------------------- conv
@@ -416,7 +502,7 @@ fn geom(
     g.check().ok().map(|_| g)
 }
 
-fn check_conv(g: ConvGeom, seed: u64, extra: bool) {
+fn check_conv(k: Kernels, g: ConvGeom, seed: u64, extra: bool) {
     let mut d = Draws::new(seed, 2);
     let xl = g.batch * g.cin * g.h * g.w;
     let wl = g.cout * g.cpg() * g.kh * g.kw;
@@ -436,13 +522,13 @@ fn check_conv(g: ConvGeom, seed: u64, extra: bool) {
                 fmt: db.fmt(),
             },
         );
-        compare(&what("conv2d"), yl, int, |b, o| b.conv2d(g, xo, wo, o));
+        compare(k, &what("conv2d"), yl, int, |b, o| b.conv2d(g, xo, wo, o));
         let dy = values(&mut d, yl, da);
         let dyo = Operand {
             v: &dy,
             fmt: da.fmt(),
         };
-        compare(&what("conv2d_input_grad"), xl, int, |b, o| {
+        compare(k, &what("conv2d_input_grad"), xl, int, |b, o| {
             b.conv2d_input_grad(g, dyo, wo, o)
         });
         let x2 = values(&mut d, xl, db);
@@ -450,7 +536,7 @@ fn check_conv(g: ConvGeom, seed: u64, extra: bool) {
             v: &x2,
             fmt: db.fmt(),
         };
-        compare(&what("conv2d_weight_grad"), wl, int, |b, o| {
+        compare(k, &what("conv2d_weight_grad"), wl, int, |b, o| {
             b.conv2d_weight_grad(g, dyo, x2o, o)
         });
     }
@@ -477,8 +563,7 @@ fn random_conv(d: &mut Draws) -> Option<ConvGeom> {
     )
 }
 
-#[test]
-fn conv_random_shapes() {
+fn conv_random_shapes(k: Kernels) {
     let cases = if cfg!(debug_assertions) { 15 } else { 80 };
     let mut done = 0;
     let mut seed = 0;
@@ -486,14 +571,13 @@ fn conv_random_shapes() {
         seed += 1;
         let mut d = Draws::new(seed, 0);
         if let Some(g) = random_conv(&mut d) {
-            check_conv(g, seed, seed % 3 == 0);
+            check_conv(k, g, seed, seed % 3 == 0);
             done += 1;
         }
     }
 }
 
-#[test]
-fn conv_fixed_shapes() {
+fn conv_fixed_shapes(k: Kernels) {
     let shapes = [
         // LeNet-style: 1x28x28 -> 6 5x5 -> 12x12 pooled -> 16 5x5.
         geom(4, (1, 6, 1), (28, 28), (5, 5), (1, 1), (0, 0), (1, 1)),
@@ -511,12 +595,11 @@ fn conv_fixed_shapes() {
     ];
     for (i, g) in shapes.iter().enumerate() {
         let g = g.expect("valid fixed geometry");
-        check_conv(g, 2000 + i as u64, true);
+        check_conv(k, g, 2000 + i as u64, true);
     }
 }
 
-#[test]
-fn conv_parallel_sizes() {
+fn conv_parallel_sizes(k: Kernels) {
     // Large enough for threads: many items, one large item, a reduction
     // long enough to be cut into chunks, and images packed in slabs.
     let shapes = [
@@ -530,22 +613,21 @@ fn conv_parallel_sizes() {
     ];
     for (i, g) in shapes.iter().enumerate() {
         let g = g.expect("valid fixed geometry");
-        check_conv(g, 3000 + i as u64, i == 0);
+        check_conv(k, g, 3000 + i as u64, i == 0);
     }
 }
 
 // ---------------------------------------------------------------- errors
 
-fn same_error(what: &str, call: impl Fn(&dyn Backend) -> Result<()>) {
+fn same_error(k: Kernels, what: &str, call: impl Fn(&dyn Backend) -> Result<()>) {
     let want = call(&RefBackend);
     assert!(want.is_err(), "{what}: the reference accepted it");
-    for (name, b) in backends() {
-        assert_eq!(call(b), want, "{what}, {name}");
+    for (name, b) in backends(k) {
+        assert_eq!(call(b), want, "{what}, {k:?}, {name}");
     }
 }
 
-#[test]
-fn bad_lengths_are_errors_like_the_reference() {
+fn bad_lengths_are_errors_like_the_reference(k: Kernels) {
     let f8 = Format::new(8, 0).ok();
     let v = vec![0.25f32; 64];
     let op = |n: usize, fmt| Operand { v: &v[..n], fmt };
@@ -565,7 +647,7 @@ fn bad_lengths_are_errors_like_the_reference() {
     ];
     for (what, a, w, y, int) in cases {
         let fmt = if what.starts_with("int") { None } else { f8 };
-        same_error(what, |b| {
+        same_error(k, what, |b| {
             let out = if int {
                 AccOut::Int(&mut yi.clone()[..y])
             } else {
@@ -575,7 +657,7 @@ fn bad_lengths_are_errors_like_the_reference() {
         });
     }
     // Float output for quantized operands.
-    same_error("float output for codes", |b| {
+    same_error(k, "float output for codes", |b| {
         b.linear(
             g,
             op(6, f8),
@@ -583,7 +665,7 @@ fn bad_lengths_are_errors_like_the_reference() {
             AccOut::Float(&mut yf.clone()[..8]),
         )
     });
-    same_error("input grad, short dy", |b| {
+    same_error(k, "input grad, short dy", |b| {
         b.linear_input_grad(
             g,
             op(7, None),
@@ -591,7 +673,7 @@ fn bad_lengths_are_errors_like_the_reference() {
             AccOut::Float(&mut yf.clone()[..6]),
         )
     });
-    same_error("weight grad, short dw", |b| {
+    same_error(k, "weight grad, short dw", |b| {
         b.linear_weight_grad(
             g,
             op(8, None),
@@ -601,7 +683,7 @@ fn bad_lengths_are_errors_like_the_reference() {
     });
     let cg = geom(1, (2, 2, 1), (3, 3), (2, 2), (1, 1), (0, 0), (1, 1)).expect("geometry");
     // x: 18, w: 16, y: 8
-    same_error("conv input", |b| {
+    same_error(k, "conv input", |b| {
         b.conv2d(
             cg,
             op(17, None),
@@ -609,7 +691,7 @@ fn bad_lengths_are_errors_like_the_reference() {
             AccOut::Float(&mut yf.clone()[..8]),
         )
     });
-    same_error("conv output variant", |b| {
+    same_error(k, "conv output variant", |b| {
         b.conv2d(
             cg,
             op(18, f8),
@@ -617,7 +699,7 @@ fn bad_lengths_are_errors_like_the_reference() {
             AccOut::Int(&mut yi.clone()[..8]),
         )
     });
-    same_error("conv input grad", |b| {
+    same_error(k, "conv input grad", |b| {
         b.conv2d_input_grad(
             cg,
             op(8, None),
@@ -625,7 +707,7 @@ fn bad_lengths_are_errors_like_the_reference() {
             AccOut::Float(&mut yf.clone()[..18]),
         )
     });
-    same_error("conv weight grad", |b| {
+    same_error(k, "conv weight grad", |b| {
         b.conv2d_weight_grad(
             cg,
             op(8, f8),
@@ -634,7 +716,7 @@ fn bad_lengths_are_errors_like_the_reference() {
         )
     });
     let bad = ConvGeom { oh: 3, ..cg };
-    same_error("conv geometry", |b| {
+    same_error(k, "conv geometry", |b| {
         b.conv2d(
             bad,
             op(18, None),
@@ -643,7 +725,7 @@ fn bad_lengths_are_errors_like_the_reference() {
         )
     });
     let bad = ConvGeom { groups: 3, ..cg };
-    same_error("conv groups", |b| {
+    same_error(k, "conv groups", |b| {
         b.conv2d_weight_grad(
             bad,
             op(8, None),
@@ -657,4 +739,59 @@ fn bad_lengths_are_errors_like_the_reference() {
 fn zero_threads_is_an_error() {
     assert!(RayonBackend::with_threads(0).is_err());
     assert_eq!(RayonBackend::with_threads(3).expect("pool").threads(), 3);
+}
+
+// ---------------------------------------------------------------- suites
+
+/// Every bit-exactness test above, once per set of kernels: `module =>
+/// kernel set`.
+macro_rules! bitexact_suite {
+    ($($m:ident => $k:expr),* $(,)?) => {$(
+        mod $m {
+            use super::*;
+            const K: Kernels = $k;
+            #[test]
+            fn linear_random_shapes() {
+                super::linear_random_shapes(K);
+            }
+            #[test]
+            fn linear_fixed_shapes() {
+                super::linear_fixed_shapes(K);
+            }
+            #[test]
+            fn linear_mnist_sizes() {
+                super::linear_mnist_sizes(K);
+            }
+            #[test]
+            fn linear_byte_codes_and_sparse_gradients() {
+                super::linear_byte_codes_and_sparse_gradients(K);
+            }
+            #[test]
+            fn linear_large_blocks() {
+                super::linear_large_blocks(K);
+            }
+            #[test]
+            fn conv_random_shapes() {
+                super::conv_random_shapes(K);
+            }
+            #[test]
+            fn conv_fixed_shapes() {
+                super::conv_fixed_shapes(K);
+            }
+            #[test]
+            fn conv_parallel_sizes() {
+                super::conv_parallel_sizes(K);
+            }
+            #[test]
+            fn bad_lengths_are_errors_like_the_reference() {
+                super::bad_lengths_are_errors_like_the_reference(K);
+            }
+        }
+    )*};
+}
+
+bitexact_suite! {
+    portable => Kernels::Portable,
+    avx2 => Kernels::Avx2,
+    avx512 => Kernels::Avx512,
 }

@@ -34,11 +34,6 @@ pub(super) fn detect() -> bool {
 
 /// Lanes of a zmm register of `i32` or `f32`.
 const LANES: usize = 16;
-/// Bytes of a zmm register.
-const BYTES: usize = 64;
-/// Rows of `A` and of `B` per tile of the integer kernel (a 4 x 4 tile of
-/// sums, 16 registers).
-const T8: usize = 4;
 
 /// The operands of [`int8`]: `a` is `m x k` (row `r` at `a[r * k..]`), `b`
 /// is `n x k` (row `c` at `b[c * k..]`); values are read as codes with
@@ -63,9 +58,15 @@ pub(super) fn int8_fits(k: usize) -> bool {
 /// every code lies in `-128..=127`; otherwise `false` and `out` is not
 /// written.
 ///
-/// Rows of both operands are converted to bytes (A as `code + 128`, B as
-/// `code`), zero-padded to whole registers; a tile of 4 rows of A by 4 rows
-/// of B keeps 16 registers of partial sums (`vpdpbusd`), reduced at the end.
+/// A cache-blocked product in the shape of `vpdpbusd`: A is packed in tiles
+/// of [`MR`] rows as signed bytes, four reduction steps per 32-bit word
+/// (`[word][row]`), each word broadcast to all lanes; B is packed in panels
+/// of [`NP`] columns as unsigned bytes `code + 128` (`[word][column]`, three
+/// registers per word). A tile of `MR x NP` sums (24 registers) takes one
+/// `vpdpbusd` per register per word, so the panel (at most `NP * k` bytes)
+/// is reused from cache by every tile of rows. The `128 * sum(codes of the
+/// row of A)` the offset adds is subtracted at the end. Work is split across
+/// threads by row tiles (independent outputs).
 ///
 /// The caller guarantees: [`detect`] returned `true`; `a.len() == m * k`,
 /// `b.len() == n * k`, `out.len() == m * n`; [`int8_fits`]`(k)`.
@@ -76,38 +77,54 @@ pub(super) fn int8(p: &Int8<'_>, par: bool, out: &mut [i64]) -> bool {
         out.fill(0);
         return true;
     }
-    let kw = k.div_ceil(BYTES) * (BYTES / 4); // words per packed row
-    let mut aq = Buf::<u32>::with_len(m * kw, 0);
-    let mut bq = Buf::<u32>::with_len(n * kw, 0);
-    let mut bsum = Buf::<i32>::with_len(n, 0);
+    if m == 0 || n == 0 {
+        return true;
+    }
+    // Words per packed row: whole chunks of 16 values (4 words each).
+    let kw = k.div_ceil(LANES) * (LANES / 4);
+    let (tiles, panels) = (m.div_ceil(MR), n.div_ceil(NP));
+    let mut aq = Buf::<u32>::with_len(tiles * kw * MR, 0);
+    let mut bq = Buf::<u32>::with_len(panels * kw * NP, 0);
+    let mut asum = Buf::<i32>::with_len(tiles * MR, 0);
     // SAFETY: `detect()` reported AVX-512 F, BW and VNNI (caller's contract);
-    // the buffers hold `kw` words per row.
+    // the buffers hold `kw` words per row of every tile and panel.
     let fits = unsafe {
-        pack8(p.a, p.ta, k, kw, 128, &mut aq, None)
-            && pack8(p.b, p.tb, k, kw, 0, &mut bq, Some(&mut bsum))
+        pack_rows(p.a, p.ta, k, kw, MR, 0, &mut aq, Some(&mut asum))
+            && pack_rows(p.b, p.tb, k, kw, NP, 128, &mut bq, None)
     };
     if !fits {
         return false;
     }
-    if m == 0 || n == 0 {
-        return true;
-    }
-    let tiles_m = m.div_ceil(T8);
     let rows = |t0: usize, dst: &mut [i64]| {
-        let nt = (dst.len() / n).div_ceil(T8);
-        for t in t0..t0 + nt {
-            let mut c0 = 0;
-            while c0 < n {
-                // SAFETY: as above; rows are clamped to `m - 1`, `n - 1`.
-                let s = unsafe { int8_tile(&aq, &bq, kw, (t * T8, m), (c0, n)) };
-                for i in 0..T8.min(m - t * T8) {
-                    let row = (t - t0) * T8 + i;
-                    for j in 0..T8.min(n - c0) {
-                        let c = c0 + j;
-                        dst[row * n + c] = s[i * T8 + j] as i64 - 128 * bsum[c] as i64;
+        let nt = (dst.len() / n).div_ceil(MR);
+        // Tiles in groups of MC (whose packed rows stay in L2), each
+        // panel passed over by every tile of the group; sums in registers
+        // over the whole reduction.
+        let mut s = [0i32; MR * NP];
+        for g0 in (t0..t0 + nt).step_by(MC) {
+            for pn in 0..panels {
+                let (c0, nc) = (pn * NP, NP.min(n - pn * NP));
+                let panel = &bq[pn * kw * NP..(pn + 1) * kw * NP];
+                for t in g0..(t0 + nt).min(g0 + MC) {
+                    let tile = &aq[t * kw * MR..(t + 1) * kw * MR];
+                    // SAFETY: as above; `tile` and `panel` hold `kw` words
+                    // of `MR` rows and `NP` columns.
+                    unsafe {
+                        match nc.div_ceil(LANES) {
+                            1 => int8_tile::<1>(tile, panel, true, &mut s),
+                            2 => int8_tile::<2>(tile, panel, true, &mut s),
+                            _ => int8_tile::<3>(tile, panel, true, &mut s),
+                        }
+                    }
+                    for i in 0..MR.min(m - t * MR) {
+                        let row = (t - t0) * MR + i;
+                        let corr = 128 * asum[t * MR + i] as i64;
+                        let d = &mut dst[row * n + c0..row * n + c0 + nc];
+                        for (d, &v) in d.iter_mut().zip(&s[i * NP..i * NP + nc]) {
+                            *d = v as i64 - corr;
+                        }
                     }
                 }
-                c0 += T8;
             }
         }
     };
@@ -116,9 +133,9 @@ pub(super) fn int8(p: &Int8<'_>, par: bool, out: &mut [i64]) -> bool {
     } else {
         1
     };
-    let per = tiles_m.div_ceil(threads);
-    if threads > 1 && per < tiles_m {
-        out.par_chunks_mut(per * T8 * n)
+    let per = tiles.div_ceil(threads);
+    if threads > 1 && per < tiles {
+        out.par_chunks_mut(per * MR * n)
             .enumerate()
             .for_each(|(i, d)| rows(i * per, d));
     } else {
@@ -127,49 +144,73 @@ pub(super) fn int8(p: &Int8<'_>, par: bool, out: &mut [i64]) -> bool {
     true
 }
 
-/// Codes of `rows x k` values as bytes `code + offset` (`offset` 128: as
-/// unsigned bytes; 0: signed), `kw` words per row padded with `offset`;
-/// with `sums`, each row's sum of codes. `false` if a code lies outside
-/// `-128..=127` (NaN reads 0, as in the reference).
+/// Rows of A per tile of the integer kernel.
+const MR: usize = 8;
+/// Columns of B per panel of the integer kernel (three registers).
+const NP: usize = 3 * LANES;
+/// Tiles of A per group: a group's packed rows (`MC * MR * k` bytes) stay
+/// in L2 while every panel of B passes over them.
+const MC: usize = 8;
+
+/// Packs the `rows x k` codes of `src` in groups of `g` rows, `kw` words
+/// per row: word `w` of row `i` of group `t` at `dst[(t kw + w) g + i]`,
+/// holding the codes of steps `4w..4w + 4` as bytes `code + offset`
+/// (`offset` 0: signed, 128: unsigned). Steps past `k` and rows past the
+/// last hold code 0. With `sums`, each row's sum of codes (padding rows 0).
+/// `false` if a code lies outside `-128..=127` (NaN reads 0, as in the
+/// reference).
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack8(
+unsafe fn pack_rows(
     src: &[f32],
     t: ToCode,
     k: usize,
     kw: usize,
+    g: usize,
     offset: i32,
     dst: &mut [u32],
     mut sums: Option<&mut [i32]>,
 ) -> bool {
-    let rows = src.len() / k.max(1);
-    let pad = u32::from_le_bytes([offset as u8; 4]);
+    let rows = src.len() / k;
+    let groups = rows.div_ceil(g);
+    let zero = u32::from_le_bytes([offset as u8; 4]);
     let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-    for r in 0..rows {
+    let off = _mm512_set1_epi32(offset);
+    for r in 0..groups * g {
+        let (tg, i) = (r / g, r % g);
+        let base = tg * kw * g + i;
+        if r >= rows {
+            for w in 0..kw {
+                dst[base + w * g] = zero;
+            }
+            continue;
+        }
         let s = &src[r * k..(r + 1) * k];
-        let d = &mut dst[r * kw..(r + 1) * kw];
-        d[k / 4..].fill(pad);
-        let bytes: *mut i8 = d.as_mut_ptr().cast();
         let mut sum = _mm512_setzero_si512();
-        let mut i = 0;
-        while i < k {
-            let nl = LANES.min(k - i);
+        let mut c = 0;
+        while c < kw / 4 {
+            let k0 = c * LANES;
+            let nl = LANES.min(k - k0);
             let mask: __mmask16 = if nl == LANES { !0 } else { (1 << nl) - 1 };
-            let v = _mm512_maskz_loadu_ps(mask, s.as_ptr().add(i));
-            let q = _mm512_maskz_mov_epi32(mask, codes16(v, t, &s[i..i + nl]));
+            let v = _mm512_maskz_loadu_ps(mask, s.as_ptr().add(k0));
+            let q = _mm512_maskz_mov_epi32(mask, codes16(v, t, &s[k0..k0 + nl]));
             lo = _mm512_min_epi32(lo, q);
             hi = _mm512_max_epi32(hi, q);
             sum = _mm512_add_epi32(sum, q);
-            let u = _mm512_cvtepi32_epi8(_mm512_add_epi32(q, _mm512_set1_epi32(offset)));
-            if nl == LANES {
-                _mm_storeu_si128(bytes.add(i).cast(), u);
-            } else {
-                _mm_mask_storeu_epi8(bytes.add(i), mask, u);
+            let b = _mm512_cvtepi32_epi8(_mm512_add_epi32(q, off));
+            let mut words = [0u32; 4];
+            _mm_storeu_si128(words.as_mut_ptr().cast(), b);
+            for (j, &wd) in words.iter().enumerate() {
+                dst[base + (4 * c + j) * g] = wd;
             }
-            i += LANES;
+            c += 1;
         }
         if let Some(sums) = sums.as_deref_mut() {
             sums[r] = _mm512_reduce_add_epi32(sum);
         }
+    }
+    if let Some(sums) = sums {
+        sums[rows..].fill(0);
     }
     _mm512_reduce_min_epi32(lo) >= -128 && _mm512_reduce_max_epi32(hi) <= 127
 }
@@ -195,75 +236,41 @@ unsafe fn codes16(v: __m512, t: ToCode, src: &[f32]) -> __m512i {
     }
 }
 
-/// The 4 x 4 sums of rows `r0..r0 + 4` of A by rows `c0..c0 + 4` of B
-/// (rows past `m`, `n` repeat the last one), `[i][j]` at `i * 4 + j`.
+/// The `MR x 16 V` sums of a tile of A (`[word][row]`, signed) by the
+/// first `V` registers of a panel of B (`[word][column]`, unsigned), over
+/// the words the slices hold, added to `s` (`[row][column]`, `NP` columns;
+/// set instead when `first`; columns past `16 V` untouched).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn int8_tile(
-    aq: &[u32],
-    bq: &[u32],
-    kw: usize,
-    (r0, m): (usize, usize),
-    (c0, n): (usize, usize),
-) -> [i32; T8 * T8] {
+unsafe fn int8_tile<const V: usize>(tile: &[u32], panel: &[u32], first: bool, s: &mut [i32]) {
+    let kw = tile.len() / MR;
+    assert!(panel.len() >= kw * NP && s.len() >= MR * NP);
     // (Plain loops: closures would not inherit the target features.)
-    let mut ar = [aq.as_ptr(); T8];
-    let mut br = [bq.as_ptr(); T8];
-    for i in 0..T8 {
-        let r = (r0 + i).min(m - 1);
-        ar[i] = aq[r * kw..(r + 1) * kw].as_ptr();
-        let c = (c0 + i).min(n - 1);
-        br[i] = bq[c * kw..(c + 1) * kw].as_ptr();
-    }
-    let mut acc = [_mm512_setzero_si512(); T8 * T8];
-    let mut w = 0;
-    while w < kw {
-        let mut a = [_mm512_setzero_si512(); T8];
-        let mut b = [_mm512_setzero_si512(); T8];
-        for i in 0..T8 {
-            a[i] = _mm512_loadu_si512(ar[i].add(w).cast());
-            b[i] = _mm512_loadu_si512(br[i].add(w).cast());
-        }
-        for i in 0..T8 {
-            for j in 0..T8 {
-                acc[i * T8 + j] = _mm512_dpbusd_epi32(acc[i * T8 + j], a[i], b[j]);
+    let (ap, bp, sp) = (tile.as_ptr(), panel.as_ptr(), s.as_mut_ptr());
+    let mut acc = [[_mm512_setzero_si512(); V]; MR];
+    if !first {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_loadu_si512(sp.add(i * NP + j * LANES).cast());
             }
         }
-        w += BYTES / 4;
     }
-    let mut s = [0i32; T8 * T8];
-    _mm512_storeu_si512(s.as_mut_ptr().cast(), reduce16(&acc));
-    s
-}
-
-/// Lane `i` of the result: the sum of the lanes of `v[i]` (a transposing
-/// tree of shuffles and additions).
-#[inline(always)]
-unsafe fn reduce16(v: &[__m512i; 16]) -> __m512i {
-    // (Plain loops: closures would not inherit the target features.)
-    // Within 128-bit lanes: pairs, then quadruples.
-    let mut a = [_mm512_setzero_si512(); 8];
-    for j in 0..8 {
-        let (x, y) = (v[2 * j], v[2 * j + 1]);
-        a[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(x, y), _mm512_unpackhi_epi32(x, y));
+    for w in 0..kw {
+        let mut b = [_mm512_setzero_si512(); V];
+        for (j, b) in b.iter_mut().enumerate() {
+            *b = _mm512_loadu_si512(bp.add(w * NP + j * LANES).cast());
+        }
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let a = _mm512_set1_epi32(*ap.add(w * MR + i) as i32);
+            for (acc, &b) in acc.iter_mut().zip(&b) {
+                *acc = _mm512_dpbusd_epi32(*acc, b, a);
+            }
+        }
     }
-    let mut b = [_mm512_setzero_si512(); 4];
-    for j in 0..4 {
-        let (x, y) = (a[2 * j], a[2 * j + 1]);
-        b[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y));
+    for (i, acc) in acc.iter().enumerate() {
+        for (j, a) in acc.iter().enumerate() {
+            _mm512_storeu_si512(sp.add(i * NP + j * LANES).cast(), *a);
+        }
     }
-    // b[j], 128-bit lane L: the lane-L sums of v[4j..4j + 4]. Across lanes:
-    let mut d = [_mm512_setzero_si512(); 2];
-    for j in 0..2 {
-        let (x, y) = (b[2 * j], b[2 * j + 1]);
-        d[j] = _mm512_add_epi32(
-            _mm512_shuffle_i32x4::<0b10_00_10_00>(x, y),
-            _mm512_shuffle_i32x4::<0b11_01_11_01>(x, y),
-        );
-    }
-    _mm512_add_epi32(
-        _mm512_shuffle_i32x4::<0b10_00_10_00>(d[0], d[1]),
-        _mm512_shuffle_i32x4::<0b11_01_11_01>(d[0], d[1]),
-    )
 }
 
 /// The operands of [`f32_sparse`]: `A(r, k) = a[r * am + k * ak]`, row `k`
@@ -447,3 +454,205 @@ unsafe fn f32_block<const V: usize, const R: usize>(
         }
     }
 }
+
+/// Whether [`f32_by_columns`] is expected to beat [`f32_sparse`] for the
+/// weight gradient `dw[o][i] = sum_b dy[b][o] x[b][i]` (`batch x out` by
+/// `batch x inp`): work counted in vector operations from the non-zeros
+/// of each operand.
+pub(super) fn columns_pay(dy: &[f32], x: &[f32], (batch, inp, out): (usize, usize, usize)) -> bool {
+    let nz = |v: &[f32]| v.iter().filter(|&&v| v != 0.0).count();
+    let (nz_dy, nz_x) = (nz(dy), nz(x));
+    // f32_sparse: a term per non-zero of a group of RG rows of dy (at
+    // least the non-zeros divided by RG), across inp / 16 vectors.
+    let rows = (nz_dy / RG).max(nz_dy.div_ceil(batch.max(1)));
+    let sparse = rows * inp.div_ceil(LANES) * RG;
+    // By columns: a term per non-zero of x across out / 16 vectors (and
+    // about two for listing it), a scan of x and a transposing store.
+    let columns = nz_x * (out.div_ceil(LANES) + 2)
+        + out.next_multiple_of(LANES) * inp.div_ceil(LANES) * 2
+        + batch * inp.div_ceil(LANES);
+    columns < sparse
+}
+
+/// `dw[o][i] = sum_b dy[b][o] x[b][i]` (`dy` is `batch x out`, `x` is
+/// `batch x inp`, `dw` is `out x inp`), each output one chain of additions
+/// in ascending `b` from `+0.0`, each term `dy * x` rounded, then added
+/// (the reference's f32 order). Vectorised across `o`; the terms with
+/// `x[b][i] == 0` are skipped, which gives the same bits when `dy` is
+/// finite (see the module's documentation). A block of 16 columns `i` is
+/// computed into a scratch block, then stored transposed.
+///
+/// The caller guarantees: [`detect`] returned `true`; every value of `dy`
+/// is finite.
+pub(super) fn f32_by_columns(
+    dy: &[f32],
+    x: &[f32],
+    (batch, inp, out): (usize, usize, usize),
+    dw: &mut [f32],
+) {
+    assert!(dy.len() == batch * out && x.len() == batch * inp && dw.len() == out * inp);
+    if out == 0 || inp == 0 {
+        return;
+    }
+    let ov = out.div_ceil(LANES);
+    let ld = ov * LANES;
+    // dy with rows padded to whole registers.
+    let mut dyp = Buf::<f32>::filled(batch * ld, 0.0);
+    for (d, s) in dyp.chunks_exact_mut(ld).zip(dy.chunks_exact(out)) {
+        d[..out].copy_from_slice(s);
+    }
+    // For each column i, the rows b with x[b][i] != 0, ascending: rows
+    // scanned in order, appended to their columns' lists.
+    let mut lists = Buf::<u32>::with_len(inp * batch, 0);
+    let mut counts = Buf::<u32>::filled(inp, 0);
+    for (b, row) in x.chunks_exact(inp).enumerate() {
+        // SAFETY: `detect()` reported AVX-512 F; `lists` holds `batch`
+        // entries per column and each column gets at most one per row.
+        unsafe { append_nonzeros(row, b as u32, batch, &mut lists, &mut counts) };
+    }
+    let mut block = Buf::<f32>::with_len(LANES * ld, 0.0);
+    for i0 in (0..inp).step_by(LANES) {
+        let ni = LANES.min(inp - i0);
+        for j in 0..ni {
+            let i = i0 + j;
+            let rows = &lists[i * batch..i * batch + counts[i] as usize];
+            let col = &mut block[j * ld..(j + 1) * ld];
+            // SAFETY: `detect()` reported AVX-512 F; rows of `dyp` hold
+            // `ov` registers; `col` holds `ld` values.
+            unsafe { column(&dyp, ld, x, inp, i, rows, col) };
+        }
+        // SAFETY: as above; `block` holds `ni` columns of `ld` values.
+        unsafe { store_transposed(&block, ld, ni, out, &mut dw[i0..], inp) };
+    }
+}
+
+/// Appends `b` to the list of every column `i` with `row[i] != 0`
+/// (`lists[i * cap + counts[i]]`, then the count grows).
+#[target_feature(enable = "avx512f")]
+unsafe fn append_nonzeros(row: &[f32], b: u32, cap: usize, lists: &mut [u32], counts: &mut [u32]) {
+    let n = row.len();
+    let mut i0 = 0;
+    while i0 < n {
+        let nl = LANES.min(n - i0);
+        let mask: __mmask16 = if nl == LANES { !0 } else { (1 << nl) - 1 };
+        let v = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i0));
+        let mut nz = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(mask, v, _mm512_setzero_ps());
+        while nz != 0 {
+            let i = i0 + nz.trailing_zeros() as usize;
+            let c = &mut counts[i];
+            lists[i * cap + *c as usize] = b;
+            *c += 1;
+            nz &= nz - 1;
+        }
+        i0 += LANES;
+    }
+}
+
+/// `col[o] = sum over b in rows: dyp[b][o] * x[b][i]` for `o < 16 ov`.
+#[target_feature(enable = "avx512f")]
+unsafe fn column(
+    dyp: &[f32],
+    ld: usize,
+    x: &[f32],
+    inp: usize,
+    i: usize,
+    rows: &[u32],
+    col: &mut [f32],
+) {
+    let ov = ld / LANES;
+    let mut o = 0;
+    // Registers of outputs in groups of up to 8.
+    while o < ov {
+        let nv = 8.min(ov - o);
+        let mut acc = [_mm512_setzero_ps(); 8];
+        for &b in rows {
+            let b = b as usize;
+            let xv = _mm512_set1_ps(x[b * inp + i]);
+            let row = &dyp[b * ld + o * LANES..b * ld + (o + nv) * LANES];
+            for (v, acc) in acc.iter_mut().enumerate().take(nv) {
+                let d = _mm512_loadu_ps(row.as_ptr().add(v * LANES));
+                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(d, xv));
+            }
+        }
+        for (v, acc) in acc.iter().enumerate().take(nv) {
+            _mm512_storeu_ps(col[(o + v) * LANES..].as_mut_ptr(), *acc);
+        }
+        o += nv;
+    }
+}
+
+/// `dst[o * ld_dst + j] = block[j * ld + o]` for `j < ni`, `o < out`:
+/// 16 x 16 squares transposed in registers.
+#[target_feature(enable = "avx512f")]
+unsafe fn store_transposed(
+    block: &[f32],
+    ld: usize,
+    ni: usize,
+    out: usize,
+    dst: &mut [f32],
+    ld_dst: usize,
+) {
+    assert!(block.len() >= ni * ld && out <= ld && ld.is_multiple_of(LANES));
+    assert!(out == 0 || (out - 1) * ld_dst + ni <= dst.len());
+    let mask: __mmask16 = if ni == LANES { !0 } else { (1 << ni) - 1 };
+    let mut o0 = 0;
+    while o0 < out {
+        // Rows j of the square: block[j][o0..o0 + 16] (rows past ni: zero).
+        let mut r = [_mm512_setzero_ps(); LANES];
+        for (j, r) in r.iter_mut().enumerate().take(ni) {
+            *r = _mm512_loadu_ps(block.as_ptr().add(j * ld + o0));
+        }
+        let t = transpose16(r);
+        for (o, t) in t.iter().enumerate().take(out - o0) {
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add((o0 + o) * ld_dst), mask, *t);
+        }
+        o0 += LANES;
+    }
+}
+
+/// The transpose of a 16 x 16 square (`r[i]` lane `j` to result `[j]` lane `i`).
+#[inline(always)]
+unsafe fn transpose16(r: [__m512; LANES]) -> [__m512; LANES] {
+    // (Plain loops: closures would not inherit the target features.)
+    let mut a = [_mm512_setzero_ps(); LANES];
+    let mut b = [_mm512_setzero_ps(); LANES];
+    // 32-bit interleave of pairs of rows.
+    for i in 0..8 {
+        a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // 64-bit interleave.
+    for i in 0..4 {
+        for h in 0..2 {
+            let (x, y) = (
+                _mm512_castps_pd(a[4 * i + h]),
+                _mm512_castps_pd(a[4 * i + 2 + h]),
+            );
+            b[4 * i + h] = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+            b[4 * i + 2 + h] = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+        }
+    }
+    // 128-bit blocks: rows 4 apart, then 8 apart.
+    for i in 0..2 {
+        for h in 0..4 {
+            let (x, y) = (b[8 * i + h], b[8 * i + 4 + h]);
+            a[8 * i + h] = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
+            a[8 * i + 4 + h] = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
+        }
+    }
+    for h in 0..8 {
+        let (x, y) = (a[h], a[8 + h]);
+        b[h] = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
+        b[8 + h] = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
+    }
+    // b[k] now holds column c(k) of r; put columns in order.
+    let mut out = [_mm512_setzero_ps(); LANES];
+    for (k, b) in b.iter().enumerate() {
+        out[COL[k]] = *b;
+    }
+    out
+}
+
+/// The column of the square that register `k` holds after the shuffles of
+/// [`transpose16`] (pairs of columns come out swapped).
+const COL: [usize; LANES] = [0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15];

@@ -15,7 +15,7 @@ use super::scratch::Buf;
 use super::Product;
 
 /// Which of the three products.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Kind {
     Forward,
     InputGrad,
