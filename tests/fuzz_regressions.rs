@@ -47,12 +47,13 @@ fn entry_point(target: &str) -> entry::Entry {
         .unwrap_or_else(|| panic!("no fuzz target {target}"))
 }
 
-/// Runs `f` on `bytes` on a thread with a 64 MiB stack (the fuzzer's
-/// main thread has 8 MiB; the case models are built on the stack).
+/// Runs `f` on `bytes` on a thread with an 8 MiB stack, what the `fixnn`
+/// program's main thread and the fuzzer have on Linux (a test thread has
+/// 2 MiB), so that a parser recursing too deeply fails here too.
 fn call(f: entry::Entry, bytes: &[u8]) -> std::thread::Result<Result<(), String>> {
     std::thread::scope(|s| {
         std::thread::Builder::new()
-            .stack_size(64 << 20)
+            .stack_size(8 << 20)
             .spawn_scoped(s, || catch_unwind(AssertUnwindSafe(|| f(bytes))))
             .expect("spawn a thread")
             .join()
@@ -293,5 +294,37 @@ fn seeds_written_by_fixnn_load() {
             let bad = name.replacen("valid-", "bad-half-", 1);
             std::fs::write(dir(target).join(bad), half).expect("write seed");
         }
+    }
+}
+
+/// The YAML loader recurses once per level and copies the node an alias
+/// names: a deep file overflowed the stack (`- - - ... 1`, found by
+/// running a crafted input through the `host_config` fuzz target; the
+/// 10-minute fuzz run had not reached it) and an alias bomb would exhaust
+/// memory. Both are refused before the loader runs; a config that uses an
+/// alias still loads.
+#[test]
+fn deep_and_alias_bomb_yaml_is_refused() {
+    use fixnn_std::nics::{parse, ScaleForm};
+    let kept = |name: &str| {
+        let b = std::fs::read(dir("host_config").join(name)).expect("kept input");
+        String::from_utf8(b[1..].to_vec()).expect("UTF-8")
+    };
+    for (name, want) in [
+        ("yaml-deep-block-sequences", "nested deeper than 128"),
+        ("yaml-deep-flow-mappings", "nested deeper than 128"),
+        ("yaml-alias-deep", "nested deeper than 128"),
+        ("yaml-alias-bomb", "more than 1000000 nodes"),
+    ] {
+        let e = call_yaml(&kept(name)).expect_err(name);
+        assert!(e.contains(want), "{name}: {e}");
+    }
+    let aliased = "data:\n  fc:\n    weight: &w {bitwidth: 8, method: 1, scale: 1}\n    bias: *w\n";
+    let c = parse(aliased, ScaleForm::Auto).expect("aliased config");
+    assert_eq!(c.data.get("fc.weight"), c.data.get("fc.bias"));
+    assert_eq!(c.data.len(), 2);
+
+    fn call_yaml(text: &str) -> Result<(), String> {
+        parse(text, ScaleForm::Auto).map(drop)
     }
 }
