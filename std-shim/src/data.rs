@@ -523,11 +523,36 @@ fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 /// [`DataError::TooLarge`], [`DataError::Truncated`],
 /// [`DataError::TrailingData`], each naming `path`.
 pub fn read_idx(path: &Path, kind: IdxKind) -> Result<(Header, Vec<u8>)> {
+    let mut file = File::open(path).map_err(|error| DataError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let len = file.metadata().map_or(0, |m| m.len());
+    read_idx_from(path, kind, &mut file, len)
+}
+
+/// Reads one IDX file of `kind` held in memory, raw or gzipped, exactly
+/// as [`read_idx`] reads a file (errors name `path`, which is not opened).
+///
+/// # Errors
+///
+/// As [`read_idx`].
+pub fn read_idx_bytes(path: &Path, kind: IdxKind, bytes: &[u8]) -> Result<(Header, Vec<u8>)> {
+    let mut src = bytes;
+    read_idx_from(path, kind, &mut src, bytes.len() as u64)
+}
+
+/// [`read_idx`] on the stream `file` of `len` bytes (used in messages only).
+fn read_idx_from(
+    path: &Path,
+    kind: IdxKind,
+    mut file: &mut dyn Read,
+    len: u64,
+) -> Result<(Header, Vec<u8>)> {
     let io_err = |error| DataError::Io {
         path: path.to_path_buf(),
         error,
     };
-    let mut file = File::open(path).map_err(io_err)?;
     let mut start = [0u8; 2];
     let n = read_up_to(&mut file, &mut start).map_err(io_err)?;
     if n == 2 && start == GZIP_MAGIC {
@@ -539,7 +564,6 @@ pub fn read_idx(path: &Path, kind: IdxKind) -> Result<(Header, Vec<u8>)> {
             .read_to_end(&mut compressed)
             .map_err(io_err)?;
         if compressed.len() as u64 > MAX_FILE_BYTES {
-            let len = file.metadata().map_or(0, |m| m.len());
             return Err(DataError::TooLarge {
                 path: path.to_path_buf(),
                 header: None,
@@ -659,7 +683,20 @@ pub struct Images {
 ///
 /// As [`read_idx`].
 pub fn read_images(path: &Path) -> Result<Images> {
-    let (header, pixels) = read_idx(path, IdxKind::Images)?;
+    images_of(path, read_idx(path, IdxKind::Images)?)
+}
+
+/// [`read_images`] on the bytes of a file held in memory (errors name
+/// `path`, which is not opened).
+///
+/// # Errors
+///
+/// As [`read_idx`].
+pub fn images_from_bytes(path: &Path, bytes: &[u8]) -> Result<Images> {
+    images_of(path, read_idx_bytes(path, IdxKind::Images, bytes)?)
+}
+
+fn images_of(path: &Path, (header, pixels): (Header, Vec<u8>)) -> Result<Images> {
     let Header::Images { count, rows, cols } = header else {
         return Err(DataError::BadMagic {
             path: path.to_path_buf(),
@@ -683,6 +720,18 @@ pub fn read_images(path: &Path) -> Result<Images> {
 /// As [`read_idx`], and [`DataError::BadLabel`] for the first label above 9.
 pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
     let (_, labels) = read_idx(path, IdxKind::Labels)?;
+    check_labels(path, &labels)?;
+    Ok(labels)
+}
+
+/// [`read_labels`] on the bytes of a file held in memory (errors name
+/// `path`, which is not opened).
+///
+/// # Errors
+///
+/// As [`read_labels`].
+pub fn labels_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
+    let (_, labels) = read_idx_bytes(path, IdxKind::Labels, bytes)?;
     check_labels(path, &labels)?;
     Ok(labels)
 }

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use fixnn::layers::Layer;
 use fixnn::model::{self, LoadEntry};
 use fixnn::{Method, QuantConfig, RangeMethod, Rounding};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// How `scale` values are read.
@@ -218,34 +219,67 @@ fn to_config(
     })
 }
 
-/// The deepest nesting of YAML sequences and mappings [`parse`] accepts
-/// (nics_fix_pt configs nest 3 or 4 levels). Building and dropping the
-/// document tree recurses once per level, so deeper text would overflow
-/// the stack.
+/// Deepest nesting of mappings and sequences a config may have
+/// (nics_fix_pt configs nest 3 or 4 levels).
 pub const MAX_YAML_DEPTH: usize = 64;
+/// Most nodes a config may have once its aliases are expanded.
+pub const MAX_NODES: u64 = 1_000_000;
 
-/// Walk the parser's events (no tree, no recursion) and refuse nesting
-/// deeper than [`MAX_YAML_DEPTH`].
-fn check_yaml_depth(text: &str) -> Result<(), String> {
-    use yaml_rust2::parser::{Event, Parser};
-    let mut p = Parser::new_from_str(text);
-    let mut depth = 0usize;
+/// Check the nesting depth and the size with aliases expanded, reading
+/// the YAML's events one at a time (without recursion), before the YAML
+/// loader builds a tree: the loader recurses once per level and copies
+/// the node an alias names, so a deep or alias-bomb file would overflow
+/// the stack or exhaust memory.
+fn check_shape(text: &str) -> Result<(), String> {
+    // Per anchor: (nodes, depth) of the node it names.
+    let mut anchors: BTreeMap<usize, (u64, usize)> = BTreeMap::new();
+    // Open collections: (anchor, nodes before it, deepest level inside).
+    let mut open: Vec<(usize, u64, usize)> = Vec::new();
+    let mut nodes: u64 = 0;
+    let mut parser = Parser::new_from_str(text);
     loop {
-        let (ev, mark) = p.next_token().map_err(|e| format!("not YAML: {e}"))?;
-        match ev {
-            Event::SequenceStart(..) | Event::MappingStart(..) => {
-                depth += 1;
-                if depth > MAX_YAML_DEPTH {
-                    return Err(format!(
-                        "YAML nested deeper than {MAX_YAML_DEPTH} levels (line {}, column {})",
-                        mark.line(),
-                        mark.col() + 1
-                    ));
-                }
-            }
-            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+        let (event, _) = parser.next_token().map_err(|e| format!("not YAML: {e}"))?;
+        let depth = open.len();
+        let (add, reach) = match event {
             Event::StreamEnd => return Ok(()),
-            _ => {}
+            Event::Scalar(_, _, aid, _) => {
+                if aid != 0 {
+                    anchors.insert(aid, (1, 0));
+                }
+                (1, depth)
+            }
+            Event::Alias(aid) => {
+                let (n, d) = anchors.get(&aid).copied().unwrap_or((1, 0));
+                (n, depth + d)
+            }
+            Event::SequenceStart(aid, _) | Event::MappingStart(aid, _) => {
+                open.push((aid, nodes, depth + 1));
+                (1, depth + 1)
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some((aid, start, deepest)) = open.pop() {
+                    if aid != 0 {
+                        anchors.insert(aid, (nodes - start, deepest - depth + 1));
+                    }
+                    if let Some(outer) = open.last_mut() {
+                        outer.2 = outer.2.max(deepest);
+                    }
+                }
+                (0, 0)
+            }
+            _ => (0, 0),
+        };
+        nodes = nodes.saturating_add(add);
+        if let Some(outer) = open.last_mut() {
+            outer.2 = outer.2.max(reach);
+        }
+        if reach > MAX_YAML_DEPTH {
+            return Err(format!("YAML nested deeper than {MAX_YAML_DEPTH} levels"));
+        }
+        if nodes > MAX_NODES {
+            return Err(format!(
+                "YAML has more than {MAX_NODES} nodes (with its aliases expanded)"
+            ));
         }
     }
 }
@@ -257,7 +291,7 @@ fn check_yaml_depth(text: &str) -> Result<(), String> {
 /// One message listing every bad path; nesting deeper than
 /// [`MAX_YAML_DEPTH`] and duplicated keys are errors.
 pub fn parse(text: &str, form: ScaleForm) -> Result<NicsConfigs, String> {
-    check_yaml_depth(text)?;
+    check_shape(text)?;
     let docs = YamlLoader::load_from_str(text).map_err(|e| format!("not YAML: {e}"))?;
     let Some(doc) = docs.first() else {
         return Err("empty YAML document".into());
