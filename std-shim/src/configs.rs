@@ -202,10 +202,23 @@ pub const ABORT_MID_WRITE: &str = "FIXNN_TEST_ABORT_MID_WRITE";
 /// directory, flushed and synced, then renamed over `path`. A crash leaves
 /// either the old file or the new one, never a mixture.
 ///
+/// Only a regular file (or nothing) is replaced: renaming over a device,
+/// a pipe or a symbolic link would put a regular file in its place (as
+/// root, `--out /dev/null` would replace the system's `/dev/null`).
+///
 /// # Errors
 ///
-/// The I/O error, with the path.
+/// `path` exists and is not a regular file; the I/O error, with the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if !meta.file_type().is_file() {
+            return Err(format!(
+                "{} exists and is not a regular file (a device, pipe, link or directory): \
+                 fixnn replaces files whole and will not replace it",
+                path.display()
+            ));
+        }
+    }
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -337,5 +350,52 @@ impl StateFile {
             })
             .collect();
         model::apply_state(model, &entries).map_err(|r| r.to_string())
+    }
+}
+
+#[cfg(test)]
+mod atomic_tests {
+    use super::write_atomic;
+    use std::fs;
+
+    #[test]
+    fn write_atomic_replaces_only_regular_files() {
+        let dir = std::env::temp_dir().join(format!("fixnn-atomic-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // A regular file is replaced; a missing one created.
+        let file = dir.join("a.bin");
+        fs::write(&file, b"old").unwrap();
+        write_atomic(&file, b"new").unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"new");
+        write_atomic(&dir.join("b.bin"), b"b").unwrap();
+        // A symbolic link, a directory and a FIFO are refused and left as they were.
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let e = write_atomic(&link, b"x").unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(&file).unwrap(), b"new");
+        let sub = dir.join("sub");
+        fs::create_dir(&sub).unwrap();
+        assert!(write_atomic(&sub, b"x")
+            .unwrap_err()
+            .contains("not a regular file"));
+        assert!(sub.is_dir());
+        let fifo = dir.join("fifo");
+        if std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(write_atomic(&fifo, b"x")
+                .unwrap_err()
+                .contains("not a regular file"));
+            assert!(!fs::symlink_metadata(&fifo).unwrap().file_type().is_file());
+        }
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
