@@ -392,16 +392,17 @@ impl RayonBackend {
                 if a.fmt.is_none() || b.fmt.is_none() =>
             {
                 self.run(work, |ctx| {
+                    let (b_finite, nz_b) = avx512::scan_f32(b.v);
                     // dw[o][i] = sum_b dy[b][o] x[b][i] with x mostly zeros
                     // (images): vectorised across o, skipping x's zeros.
-                    if kind == linear::Kind::WeightGrad
-                        && avx512::columns_pay(a.v, b.v, (batch, inp, n_out))
-                        && all_finite(ctx, a.v)
-                    {
-                        avx512::f32_by_columns(a.v, b.v, (batch, inp, n_out), o);
-                        return Ok(Ok(()));
+                    if kind == linear::Kind::WeightGrad {
+                        let (a_finite, nz_a) = avx512::scan_f32(a.v);
+                        if a_finite && avx512::columns_pay((nz_a, nz_b), (batch, inp, n_out)) {
+                            avx512::f32_by_columns(a.v, b.v, (batch, inp, n_out), o);
+                            return Ok(Ok(()));
+                        }
                     }
-                    if !all_finite(ctx, b.v) {
+                    if !b_finite {
                         return Err(AccOut::Float(o));
                     }
                     let p = match kind {

@@ -25,11 +25,13 @@ use rayon::prelude::*;
 use super::codes::ToCode;
 use super::scratch::Buf;
 
-/// Whether this CPU runs the kernels of this module.
+/// Whether this CPU runs the kernels of this module (AVX-512 F, BW, VNNI,
+/// and POPCNT, which every such CPU has).
 pub(super) fn detect() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("popcnt")
 }
 
 /// Lanes of a zmm register of `i32` or `f32`.
@@ -173,44 +175,62 @@ unsafe fn pack_rows(
 ) -> bool {
     let rows = src.len() / k;
     let groups = rows.div_ceil(g);
-    let zero = u32::from_le_bytes([offset as u8; 4]);
+    // Rows four at a time (`g` is a multiple of 4, so the four lie in one
+    // group): each row's 16 codes of a chunk become four words, and the
+    // 4 x 4 words are transposed so that word `w` of the four rows is one
+    // 16-byte store.
+    assert!(g.is_multiple_of(4) && kw.is_multiple_of(4) && dst.len() >= groups * kw * g);
+    assert!(kw * 4 >= k);
+    let zero = _mm_set1_epi8(offset as u8 as i8);
     let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
     let off = _mm512_set1_epi32(offset);
-    for r in 0..groups * g {
-        let (tg, i) = (r / g, r % g);
+    let dp = dst.as_mut_ptr();
+    for r0 in (0..groups * g).step_by(4) {
+        let (tg, i) = (r0 / g, r0 % g);
         let base = tg * kw * g + i;
-        if r >= rows {
-            for w in 0..kw {
-                dst[base + w * g] = zero;
-            }
-            continue;
-        }
-        let s = &src[r * k..(r + 1) * k];
-        let mut sum = _mm512_setzero_si512();
-        let mut c = 0;
-        while c < kw / 4 {
+        let live = rows.saturating_sub(r0).min(4);
+        let mut sum = [_mm512_setzero_si512(); 4];
+        for c in 0..kw / 4 {
             let k0 = c * LANES;
-            let nl = LANES.min(k - k0);
-            let mask: __mmask16 = if nl == LANES { !0 } else { (1 << nl) - 1 };
-            let v = _mm512_maskz_loadu_ps(mask, s.as_ptr().add(k0));
-            let q = _mm512_maskz_mov_epi32(mask, codes16(v, t, &s[k0..k0 + nl]));
-            lo = _mm512_min_epi32(lo, q);
-            hi = _mm512_max_epi32(hi, q);
-            sum = _mm512_add_epi32(sum, q);
-            let b = _mm512_cvtepi32_epi8(_mm512_add_epi32(q, off));
-            let mut words = [0u32; 4];
-            _mm_storeu_si128(words.as_mut_ptr().cast(), b);
-            for (j, &wd) in words.iter().enumerate() {
-                dst[base + (4 * c + j) * g] = wd;
+            let nl = LANES.min(k.saturating_sub(k0));
+            let mask: __mmask16 = if nl >= LANES { !0 } else { (1 << nl) - 1 };
+            let mut b = [zero; 4];
+            for (j, b) in b.iter_mut().enumerate().take(live) {
+                let s = &src[(r0 + j) * k..(r0 + j + 1) * k];
+                let v = _mm512_maskz_loadu_ps(mask, s.as_ptr().add(k0.min(k)));
+                let q = _mm512_maskz_mov_epi32(mask, codes16(v, t, &s[k0.min(k)..k0.min(k) + nl]));
+                lo = _mm512_min_epi32(lo, q);
+                hi = _mm512_max_epi32(hi, q);
+                sum[j] = _mm512_add_epi32(sum[j], q);
+                *b = _mm512_cvtepi32_epi8(_mm512_add_epi32(q, off));
             }
-            c += 1;
+            // 4 x 4 transpose of 32-bit words: t[w] = word w of rows 0..4.
+            let x0 = _mm_unpacklo_epi32(b[0], b[1]);
+            let x1 = _mm_unpackhi_epi32(b[0], b[1]);
+            let x2 = _mm_unpacklo_epi32(b[2], b[3]);
+            let x3 = _mm_unpackhi_epi32(b[2], b[3]);
+            let t = [
+                _mm_unpacklo_epi64(x0, x2),
+                _mm_unpackhi_epi64(x0, x2),
+                _mm_unpacklo_epi64(x1, x3),
+                _mm_unpackhi_epi64(x1, x3),
+            ];
+            for (w, t) in t.iter().enumerate() {
+                // Inside `dst`: base + (4c + w) g + 3 < groups kw g (asserted).
+                _mm_storeu_si128(dp.add(base + (4 * c + w) * g).cast(), *t);
+            }
         }
         if let Some(sums) = sums.as_deref_mut() {
-            sums[r] = _mm512_reduce_add_epi32(sum);
+            for (j, s) in sum.iter().enumerate() {
+                if let Some(d) = sums.get_mut(r0 + j) {
+                    *d = if j < live {
+                        _mm512_reduce_add_epi32(*s)
+                    } else {
+                        0
+                    };
+                }
+            }
         }
-    }
-    if let Some(sums) = sums {
-        sums[rows..].fill(0);
     }
     _mm512_reduce_min_epi32(lo) >= -128 && _mm512_reduce_max_epi32(hi) <= 127
 }
@@ -455,13 +475,41 @@ unsafe fn f32_block<const V: usize, const R: usize>(
     }
 }
 
+/// Whether every value of `v` is finite, and how many are non-zero: one
+/// vectorised pass.
+pub(super) fn scan_f32(v: &[f32]) -> (bool, usize) {
+    // SAFETY: callers run this module's kernels only after `detect()`
+    // reported AVX-512 F.
+    unsafe { scan_f32_avx512(v) }
+}
+
+#[target_feature(enable = "avx512f,popcnt")]
+unsafe fn scan_f32_avx512(v: &[f32]) -> (bool, usize) {
+    let n = v.len();
+    let abs = _mm512_set1_epi32(0x7fff_ffff);
+    let inf = _mm512_set1_epi32(0x7f80_0000);
+    let (mut bad, mut nz) = (0u32, 0usize);
+    let mut i = 0;
+    while i < n {
+        let nl = LANES.min(n - i);
+        let mask: __mmask16 = if nl == LANES { !0 } else { (1 << nl) - 1 };
+        let x = _mm512_maskz_loadu_epi32(mask, v.as_ptr().add(i).cast());
+        let a = _mm512_and_epi32(x, abs);
+        bad |= _mm512_cmpge_epu32_mask(a, inf) as u32;
+        nz += _mm512_test_epi32_mask(a, a).count_ones() as usize;
+        i += LANES;
+    }
+    (bad == 0, nz)
+}
+
 /// Whether [`f32_by_columns`] is expected to beat [`f32_sparse`] for the
 /// weight gradient `dw[o][i] = sum_b dy[b][o] x[b][i]` (`batch x out` by
-/// `batch x inp`): work counted in vector operations from the non-zeros
-/// of each operand.
-pub(super) fn columns_pay(dy: &[f32], x: &[f32], (batch, inp, out): (usize, usize, usize)) -> bool {
-    let nz = |v: &[f32]| v.iter().filter(|&&v| v != 0.0).count();
-    let (nz_dy, nz_x) = (nz(dy), nz(x));
+/// `batch x inp`), given the non-zeros of `dy` and `x` ([`scan_f32`]):
+/// work counted in vector operations.
+pub(super) fn columns_pay(
+    (nz_dy, nz_x): (usize, usize),
+    (batch, inp, out): (usize, usize, usize),
+) -> bool {
     // f32_sparse: a term per non-zero of a group of RG rows of dy (at
     // least the non-zeros divided by RG), across inp / 16 vectors.
     let rows = (nz_dy / RG).max(nz_dy.div_ceil(batch.max(1)));
