@@ -82,17 +82,22 @@ const SAMPLE_EVERY: u64 = 20;
 fn big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     std::thread::Builder::new()
         .name("fixnn-train".into())
-        .stack_size(1 << 30)
+        .stack_size(STACK)
         .spawn(f)
         .map_err(|e| format!("cannot start the training thread: {e}"))?
         .join()
         .map_err(|_| "the training thread panicked".to_string())
 }
 
+/// Stack of the thread that trains (the models are built on the stack
+/// before they are boxed).
+const STACK: usize = 1 << 30;
+
 fn backend(threads: Option<usize>) -> Result<RayonBackend, String> {
     match threads {
         Some(0) => Err("--threads must be at least 1".into()),
-        Some(n) => RayonBackend::with_threads(n),
+        // Training runs on a thread of this pool (`RayonBackend::install`).
+        Some(n) => RayonBackend::with_threads_and_stack(n, Some(STACK)),
         None => Ok(RayonBackend::new()),
     }
 }
@@ -155,9 +160,13 @@ pub fn train(opts: TrainOptions) -> Result<Summary, String> {
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let (train, test) = load_data(&spec, opts.data.as_deref())?;
     let bk = backend(opts.threads)?;
-    big_stack(move || match spec.architecture.as_str() {
-        "lenet" => run::<LeNet>(spec, opts, out, train, test, bk),
-        _ => run::<MnistMlp>(spec, opts, out, train, test, bk),
+    // On a thread of the backend's own pool, when it has one (its
+    // threads have the same large stack), else on a thread of our own.
+    big_stack(move || {
+        bk.clone().install(|| match spec.architecture.as_str() {
+            "lenet" => run::<LeNet>(spec, opts, out, train, test, bk),
+            _ => run::<MnistMlp>(spec, opts, out, train, test, bk),
+        })
     })?
 }
 
