@@ -9,8 +9,12 @@
 //! prints the process's CPU time for the whole run (data loading,
 //! the training epoch, the test pass and writing the outputs): on a shared,
 //! busy machine the wall-clock epoch time counts the time other programs
-//! ran, while this CPU time is an upper bound of the epoch's own work. The
-//! load average at the start is printed for context.
+//! ran, while this CPU time is an upper bound of the epoch's own work. It
+//! then also runs the same model on the first 640 training samples (10
+//! steps) and prints the difference of the two CPU times: the CPU time of
+//! the other 928 steps of the epoch (both runs load the data, test and
+//! write the same way). The load average at the start is printed for
+//! context.
 
 use std::path::PathBuf;
 
@@ -47,29 +51,46 @@ fn main() {
     } else {
         Clock::Wall
     };
+    let timed = |name: &str, train_samples: Option<usize>| {
+        let out = std::env::temp_dir().join(format!("fixnn-bench-{name}-{}", std::process::id()));
+        let c0 = now(clock);
+        let s = train(TrainOptions {
+            model: root.join(format!("examples/{name}.json")),
+            epochs: Some(1),
+            threads,
+            data: Some(data.clone()),
+            out: Some(out.clone()),
+            train_samples,
+            ..TrainOptions::default()
+        });
+        let cpu = now(clock).saturating_sub(c0).as_secs_f64();
+        let _ = std::fs::remove_dir_all(&out);
+        (s, cpu)
+    };
     for name in models {
         let mut best = f64::INFINITY;
         let mut best_cpu = f64::INFINITY;
+        let mut steps_cpu = Vec::new();
         let runs = if name == "lenet" { 1 } else { 3 };
         for run in 0..runs {
-            let out =
-                std::env::temp_dir().join(format!("fixnn-bench-{name}-{}", std::process::id()));
-            let c0 = now(clock);
-            let s = train(TrainOptions {
-                model: root.join(format!("examples/{name}.json")),
-                epochs: Some(1),
-                threads,
-                data: Some(data.clone()),
-                out: Some(out.clone()),
-                ..TrainOptions::default()
-            });
-            let cpu = now(clock).saturating_sub(c0).as_secs_f64();
-            let _ = std::fs::remove_dir_all(&out);
+            let (s, cpu) = timed(name, None);
             match s {
                 Ok(s) => {
                     let secs = s.epochs[0].seconds;
                     let whole = if cpu_clock {
-                        format!(", whole run {:.1} ms of process CPU time", cpu * 1e3)
+                        let short = match timed(name, Some(640)) {
+                            (Ok(_), c) => c,
+                            (Err(e), _) => {
+                                eprintln!("{name}: {e}");
+                                std::process::exit(1);
+                            }
+                        };
+                        steps_cpu.push(cpu - short);
+                        format!(
+                            ", whole run {:.1} ms of process CPU time, of which steps 11-938 {:.1} ms",
+                            cpu * 1e3,
+                            (cpu - short) * 1e3
+                        )
                     } else {
                         String::new()
                     };
@@ -93,6 +114,14 @@ fn main() {
                 "{name}: best whole run {:.1} ms of process CPU time",
                 best_cpu * 1e3
             );
+            steps_cpu.sort_by(f64::total_cmp);
+            if let (Some(lo), Some(mid)) = (steps_cpu.first(), steps_cpu.get(steps_cpu.len() / 2)) {
+                println!(
+                    "{name}: CPU time of steps 11-938 (full run minus a 10-step run): min {:.1} ms, median {:.1} ms",
+                    lo * 1e3,
+                    mid * 1e3
+                );
+            }
         }
     }
 }
