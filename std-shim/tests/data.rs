@@ -244,6 +244,22 @@ fn batches_from_real_mnist() {
 }
 
 #[test]
+fn every_byte_value_normalises_exactly() {
+    // All 256 byte values, then 7 more: whole vectors of 16 and a tail
+    // (the vectorised path and the table each write some of the pixels).
+    let pixels: Vec<u8> = (0..=255u8).chain(0..7).collect();
+    for d in [Dataset::Mnist, Dataset::FashionMnist] {
+        let s = Split::new(d, pixels.clone(), vec![1], 1, pixels.len()).unwrap();
+        let mut x = vec![f32::NAN; pixels.len()];
+        s.write_batch(&[0], &mut x, &mut [0]).unwrap();
+        for (&v, &p) in x.iter().zip(&pixels) {
+            let want = ((p as f32 / 255.0) - d.mean()) / d.std();
+            assert_eq!(v.to_bits(), want.to_bits(), "{d} byte {p}");
+        }
+    }
+}
+
+#[test]
 fn batch_errors_write_nothing() {
     let s = Split::new(Dataset::Mnist, vec![0, 255, 128, 1], vec![3, 4], 1, 2).unwrap();
     let mut x = vec![7.0f32; 4];
