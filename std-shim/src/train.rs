@@ -98,7 +98,9 @@ fn backend(threads: Option<usize>) -> Result<RayonBackend, String> {
         Some(0) => Err("--threads must be at least 1".into()),
         // Training runs on a thread of this pool (`RayonBackend::install`).
         Some(n) => RayonBackend::with_threads_and_stack(n, Some(STACK)),
-        None => Ok(RayonBackend::new()),
+        // As many threads as rayon's global pool has (every core, or
+        // RAYON_NUM_THREADS), in a pool of our own for the same reason.
+        None => RayonBackend::with_threads_and_stack(rayon::current_num_threads(), Some(STACK)),
     }
 }
 
