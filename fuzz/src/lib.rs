@@ -57,8 +57,7 @@ fn with_cnn<T>(f: impl FnOnce(&mut Cnn) -> T) -> Result<T, String> {
 /// The differential check panics (a finding) if fixnn's reader accepts a
 /// text serde_json refuses or reads another value, or refuses a text
 /// serde_json accepts for any reason but its deliberate strictness: a
-/// duplicate key (`DuplicateField`), or a struct written as an array or an
-/// enum as an object (`WrongType`).
+/// struct written as an array or an enum as an object (`WrongType`).
 pub fn device_config(data: &[u8]) -> Result<(), String> {
     let (m, json) = mode(data)?;
     if m % 2 == 0 {

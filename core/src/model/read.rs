@@ -34,12 +34,14 @@
 //!   [`MAX_NAME`] bytes is unknown.
 //! * Nothing but whitespace may follow the document ([`ReadProblem::Trailing`]).
 //!
-//! Stricter than serde_json, deliberately: duplicate keys, a struct written
-//! as an array, an enum written as `{"auto":null}`. Stricter than
-//! serde-json-core 0.7: duplicate keys, `-0` for a signed field, raw control
-//! characters in strings. Different from serde-json-core's `from_slice`
-//! (which keeps escapes undecoded in strings): escapes are decoded, as
-//! serde_json and `from_str_escaped` do.
+//! Compared with serde_json reading the same types (`core/tests/json_reader.rs`
+//! checks this): the same texts are accepted, with the same values, except
+//! that a struct written as an array (`["auto",8,0]`) and an enum written as
+//! an object (`{"auto":null}`) are refused here, deliberately. A duplicate
+//! key is refused by both (serde names it too). Compared with
+//! serde-json-core 0.7, which devices used before: stricter on `-0` for a
+//! signed field and on raw control characters in strings; escapes in
+//! strings are decoded (its `from_slice` kept them undecoded, as written).
 //!
 //! # Examples
 //!
@@ -51,7 +53,7 @@
 //! assert_eq!(cfg, QuantConfig::auto(4));
 //! assert_eq!(
 //!     QuantConfig::from_json(br#"{"method":"auto","bits":300,"scale":0}"#),
-//!     Err(ReadError { problem: ReadProblem::OutOfRange, field: "bits", offset: 26 })
+//!     Err(ReadError { problem: ReadProblem::OutOfRange, field: "bits", offset: 24 })
 //! );
 //! # Ok::<(), ReadError>(())
 //! ```
