@@ -87,6 +87,15 @@ const I8_EDGES: [i8; 6] = [i8::MIN, -1, 0, 1, 7, i8::MAX];
 const I32_EDGES: [i32; 5] = [i32::MIN, -1, 0, 1, i32::MAX];
 const U32_EDGES: [u32; 4] = [0, 1, 1 << 31, u32::MAX];
 
+/// Half the time one of the edge values, else any value of the type.
+fn number<T: Copy>(r: &mut Rng, edges: &[T], any: fn(u64) -> T) -> T {
+    if r.below(2) == 0 {
+        r.pick(edges)
+    } else {
+        any(r.next())
+    }
+}
+
 fn random_config(r: &mut Rng) -> QuantConfig {
     let m = variants::<Method>();
     let rm = variants::<RangeMethod>();
@@ -94,28 +103,12 @@ fn random_config(r: &mut Rng) -> QuantConfig {
     let g = variants::<Group>();
     QuantConfig {
         method: m[r.below(m.len())].1,
-        bits: if r.below(2) == 0 {
-            r.pick(&U8_EDGES)
-        } else {
-            r.next() as u8
-        },
-        scale: if r.below(2) == 0 {
-            r.pick(&I8_EDGES)
-        } else {
-            r.next() as i8
-        },
+        bits: number(r, &U8_EDGES, |x| x as u8),
+        scale: number(r, &I8_EDGES, |x| x as i8),
         range: rm[r.below(rm.len())].1,
         rounding: ro[r.below(ro.len())].1,
-        zero_point: if r.below(2) == 0 {
-            r.pick(&I32_EDGES)
-        } else {
-            r.next() as i32
-        },
-        multiplier: if r.below(2) == 0 {
-            r.pick(&U32_EDGES)
-        } else {
-            r.next() as u32
-        },
+        zero_point: number(r, &I32_EDGES, |x| x as i32),
+        multiplier: number(r, &U32_EDGES, |x| x as u32),
         group: g[r.below(g.len())].1,
     }
 }
