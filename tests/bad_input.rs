@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use fixnn::backend::{AccOut, Backend, ConvGeom, LinearGeom, Operand, RefBackend, MAX_REDUCTION};
 use fixnn::layers::{softmax_cross_entropy, Layer, Linear, Quant};
-use fixnn::model::{self, check_json, ConfigDoc, DocJsonError, JsonProblem, MAX_DEPTH};
+use fixnn::model::{
+    self, check_json, ConfigDoc, ConfigEntry, JsonProblem, ReadError, ReadProblem, MAX_DEPTH,
+};
 use fixnn::optim::Sgd;
 use fixnn::quant::{self, Format};
 use fixnn::tensor::{Ctx, Tensor, S2};

@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 use std::path::Path;
 
 use fixnn::backend::RefBackend;
-use fixnn::model::{ConfigDoc, ConfigEntry};
+use fixnn::model::{ConfigDoc, ConfigEntry, ReadError, ReadProblem};
 use fixnn_cases::blob::Blob;
 use fixnn_cases::nets::{Cnn, MixConv, MixDense, CLASSES, CNN_B, MIX_B};
 use fixnn_cases::{Case, CaseError, Record, Sink, Want};
@@ -47,23 +47,52 @@ fn with_cnn<T>(f: impl FnOnce(&mut Cnn) -> T) -> Result<T, String> {
     Ok(f(net))
 }
 
-/// The device-side config parsers (serde-json-core, no heap).
+/// The device-side config reader (fixnn's own, no heap, no recursion),
+/// checked against serde_json reading the same types.
 ///
-/// Mode byte (mod 2): 0, one `ConfigEntry` as the firmware parses it from
+/// Mode byte (mod 2): 0, one `ConfigEntry` as the firmware reads it from
 /// a case blob, then both configs validated; 1, a whole `ConfigDoc` (the
 /// core's config-tree JSON) applied to the `cnn` model.
+///
+/// The differential check panics (a finding) if fixnn's reader accepts a
+/// text serde_json refuses or reads another value, or refuses a text
+/// serde_json accepts for any reason but its deliberate strictness: a
+/// struct written as an array or an enum as an object (`WrongType`).
 pub fn device_config(data: &[u8]) -> Result<(), String> {
     let (m, json) = mode(data)?;
     if m % 2 == 0 {
-        let (e, _): (ConfigEntry, usize) =
-            serde_json_core::from_slice(json).map_err(|e| format!("config entry: {e}"))?;
+        let ours = ConfigEntry::from_json(json);
+        same_as_serde_json(json, &ours);
+        let e = ours.map_err(|e| e.to_string())?;
         e.data.validate().map_err(|e| format!("data: {e}"))?;
         e.grad.validate().map_err(|e| format!("grad: {e}"))?;
         Ok(())
     } else {
-        let (doc, _): (ConfigDoc<16>, usize) =
-            serde_json_core::from_slice(json).map_err(|e| format!("config tree: {e}"))?;
+        let ours = ConfigDoc::<16>::from_json(json);
+        same_as_serde_json(json, &ours);
+        let doc = ours.map_err(|e| e.to_string())?;
         with_cnn(|net| doc.apply(net).map(drop).map_err(|r| r.to_string()))?
+    }
+}
+
+/// Panics if fixnn's reader and serde_json disagree on `json` beyond the
+/// reader's deliberate strictness (see [`device_config`]).
+fn same_as_serde_json<T>(json: &[u8], ours: &Result<T, ReadError>)
+where
+    T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let theirs: Result<T, _> = serde_json::from_slice(json);
+    match (ours, theirs) {
+        (Ok(a), Ok(b)) => assert_eq!(a, &b, "fixnn's reader and serde_json read different values"),
+        (Ok(a), Err(e)) => panic!("fixnn's reader accepts what serde_json refuses ({e}): {a:?}"),
+        (Err(e), Ok(_)) => assert!(
+            matches!(
+                e.problem,
+                ReadProblem::DuplicateField | ReadProblem::WrongType
+            ),
+            "fixnn's reader refuses what serde_json accepts: {e}"
+        ),
+        (Err(_), Err(_)) => {}
     }
 }
 
@@ -88,7 +117,7 @@ pub fn case_blob(data: &[u8]) -> Result<(), String> {
     while let Some(run) = b.next_run().map_err(|e| format!("blob: {e:?}"))? {
         for json in run.config_entries() {
             let json = json.map_err(|e| format!("blob: {e:?}"))?;
-            let _: Result<(ConfigEntry, usize), _> = serde_json_core::from_slice(json);
+            let _ = ConfigEntry::from_json(json);
         }
     }
     let bk = RefBackend;

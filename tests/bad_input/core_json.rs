@@ -1,5 +1,5 @@
-//! The core's JSON: config trees through serde-json-core, the structure
-//! check, states and config trees that list a tensor twice.
+//! The core's JSON: config trees and entries through fixnn's reader, the
+//! structure check, states and config trees that list a tensor twice.
 
 use super::*;
 
@@ -13,67 +13,98 @@ pub(crate) fn mlp_config_json() -> String {
     })
 }
 
-/// The core's config-tree reader: a duplicated key is an error naming the
-/// key, at any level; deep nesting is an error, not a stack overflow (run
-/// on a 64 KiB stack); unknown keys, bad bit widths, overlong names and
-/// too many tensors are errors; a good tree loads.
+/// The core's config-tree reader (fixnn's own, as on a device): a
+/// duplicated key is an error naming the key, at any level; deep nesting is
+/// an error at its first bracket, not a stack overflow (run on a 64 KiB
+/// stack); unknown keys, numbers out of range, bad bit widths, overlong
+/// names and too many tensors are errors; a good tree loads.
 #[test]
 fn core_config_doc_refuses_duplicates_depth_unknown_keys_and_overlong_names() {
     let good = mlp_config_json();
     type Doc = ConfigDoc<12>;
-    let mut buf = [0u8; 128];
-    let doc = Doc::from_json(&good, &mut buf).unwrap();
+    let doc = Doc::from_json(good.as_bytes()).unwrap();
     assert_eq!(doc.tensors.len(), 10);
+    let at = |pat: &str| good.find(pat).unwrap();
 
     // A duplicated key in an entry's data config, and at the top level.
     let dup = good.replacen(r#""bits":8,"#, r#""bits":8,"bits":4,"#, 1);
     assert_ne!(dup, good);
-    let e = Doc::from_json(&dup, &mut buf).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            DocJsonError::Structure(JsonProblem::DuplicateKey { key: "bits", .. })
-        ),
-        "{e:?}"
+    let e = Doc::from_json(dup.as_bytes()).unwrap_err();
+    assert_eq!(
+        e,
+        ReadError {
+            problem: ReadProblem::DuplicateField,
+            field: "bits",
+            offset: at(r#""bits":8,"#) + 9
+        }
     );
-    assert!(e.to_string().contains("duplicate key `bits`"), "{e}");
+    assert!(e.to_string().contains("field given twice: `bits`"), "{e}");
     let dup_top = good.replacen(r#""version":1,"#, r#""version":1,"version":1,"#, 1);
-    let e = Doc::from_json(&dup_top, &mut buf).unwrap_err();
-    assert!(e.to_string().contains("duplicate key `version`"), "{e}");
-    // Without the check, serde-json-core refuses it without saying why.
+    let e = Doc::from_json(dup_top.as_bytes()).unwrap_err();
+    assert_eq!(
+        (e.problem, e.field),
+        (ReadProblem::DuplicateField, "version")
+    );
+    // serde-json-core (no longer used on the device) refuses it without
+    // saying why.
     assert_eq!(
         serde_json_core::from_str::<Doc>(&dup).map(|_| ()),
         Err(serde_json_core::de::Error::CustomError)
     );
 
-    // Nesting: ten thousand levels on a small stack.
+    // Nesting: ten thousand levels on a small stack, refused at the first.
     let nested = format!(r#"{{"format":{}}}"#, deep(10_000));
     let e = std::thread::Builder::new()
         .stack_size(64 << 10)
-        .spawn(move || {
-            let mut buf = [0u8; 64];
-            Doc::from_json(&nested, &mut buf)
-                .map(|_| ())
-                .unwrap_err()
-                .to_string()
-        })
+        .spawn(move || Doc::from_json(nested.as_bytes()).map(|_| ()).unwrap_err())
         .unwrap()
         .join()
         .unwrap();
-    assert!(
-        e.contains(&format!("nested deeper than {MAX_DEPTH} levels")),
-        "{e}"
+    assert_eq!(
+        e,
+        ReadError {
+            problem: ReadProblem::WrongType,
+            field: "format",
+            offset: 10
+        }
     );
 
-    // Unknown key; bit width 17 (parsed, then refused on apply with its path).
+    // Unknown key, named by its offset and object.
     let unknown = good.replacen(r#""layer":"#, r#""colour":"red","layer":"#, 1);
-    assert!(matches!(
-        Doc::from_json(&unknown, &mut buf),
-        Err(DocJsonError::Parse(serde_json_core::de::Error::CustomError))
-    ));
+    let e = Doc::from_json(unknown.as_bytes()).unwrap_err();
+    assert_eq!(
+        (e.problem, e.offset),
+        (ReadProblem::UnknownField, at(r#""layer":"#))
+    );
+    // Numbers out of range for their field's type: never wrapped.
+    for (field, value) in [
+        ("bits", "256"),
+        ("bits", "-1"),
+        ("scale", "128"),
+        ("scale", "-129"),
+    ] {
+        let from = format!(r#""{field}":"#);
+        let t = good.replacen(
+            &format!("{from}{}", if field == "bits" { "8" } else { "0" }),
+            &format!("{from}{value}"),
+            1,
+        );
+        assert_ne!(t, good);
+        let e = Doc::from_json(t.as_bytes()).unwrap_err();
+        assert_eq!(
+            (e.problem, e.field, e.offset),
+            (ReadProblem::OutOfRange, field, at(&from) + from.len())
+        );
+        assert!(
+            e.to_string()
+                .contains(&format!("number out of range: `{field}`")),
+            "{e}"
+        );
+    }
+    // Bit width 17 fits a u8: parsed, then refused on apply with its path.
     for bits in BAD_BITS {
         let t = good.replacen(r#""bits":8,"#, &format!(r#""bits":{bits},"#), 1);
-        let doc = Doc::from_json(&t, &mut buf).unwrap();
+        let doc = Doc::from_json(t.as_bytes()).unwrap();
         let r = big(move || {
             let mut m = MnistMlp::build(1).unwrap();
             doc.apply(&mut *m).unwrap_err().to_string()
@@ -89,16 +120,84 @@ fn core_config_doc_refuses_duplicates_depth_unknown_keys_and_overlong_names() {
     let first = format!(r#""name":"{}""#, doc.tensors[0].name);
     let t = good.replacen(&first, &format!(r#""name":"{long}""#), 1);
     assert_ne!(t, good);
-    assert!(matches!(
-        Doc::from_json(&t, &mut buf),
-        Err(DocJsonError::Parse(_))
-    ));
+    let e = Doc::from_json(t.as_bytes()).unwrap_err();
+    assert_eq!(
+        (e.problem, e.field, e.offset),
+        (ReadProblem::TooLong, "name", at(&first) + 7)
+    );
     let fits = good.replacen(&first, &format!(r#""name":"{}""#, &long[1..]), 1);
-    assert!(Doc::from_json(&fits, &mut buf).is_ok());
-    assert!(ConfigDoc::<4>::from_json(&good, &mut buf).is_err());
+    assert!(Doc::from_json(fits.as_bytes()).is_ok());
+    let e = ConfigDoc::<4>::from_json(good.as_bytes()).unwrap_err();
+    assert_eq!((e.problem, e.field), (ReadProblem::TooLong, "tensors"));
     // An empty text, and a text cut short.
-    assert!(Doc::from_json("", &mut buf).is_err());
-    assert!(Doc::from_json(&good[..good.len() / 2], &mut buf).is_err());
+    assert_eq!(Doc::from_json(b"").unwrap_err().problem, ReadProblem::End);
+    let half = &good.as_bytes()[..good.len() / 2];
+    assert_eq!(Doc::from_json(half).unwrap_err().problem, ReadProblem::End);
+}
+
+/// One config entry as the device cases send it, read by the device's
+/// reader (`ConfigEntry::from_json`, what the firmware calls): deep
+/// nesting, duplicate keys, overlong names and keys, numbers out of range
+/// are each one error naming the field and offset.
+#[test]
+fn device_config_entry_reader_names_the_bad_field() {
+    let good = r#"{"name":"fc1.weight","kind":"param","layer":"Linear","data":{"method":"auto","bits":8,"scale":0},"grad":{"method":"none","bits":8,"scale":0}}"#;
+    assert!(ConfigEntry::from_json(good.as_bytes()).is_ok());
+    let err = |t: &str| {
+        let e = ConfigEntry::from_json(t.as_bytes()).unwrap_err();
+        (e.problem, e.field, e.offset)
+    };
+    let data = good.find(r#""data":"#).unwrap() + 7;
+    let grad = good.find(r#""grad":"#).unwrap() + 7;
+    // Deep nesting where the data config belongs, on a small stack.
+    let nested = good.replacen(
+        r#"{"method":"auto","bits":8,"scale":0}"#,
+        &"[".repeat(100_000),
+        1,
+    );
+    let e = std::thread::Builder::new()
+        .stack_size(64 << 10)
+        .spawn(move || err(&nested))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(e, (ReadProblem::WrongType, "data", data));
+    // Duplicate keys: top level, inside a config.
+    let t = good.replacen(
+        r#""kind":"param","#,
+        r#""kind":"param","kind":"buffer","#,
+        1,
+    );
+    assert_eq!(err(&t).0, ReadProblem::DuplicateField);
+    assert_eq!(err(&t).1, "kind");
+    let t = good.replacen(r#""scale":0}}"#, r#""scale":0,"scale":1}}"#, 1);
+    assert_eq!(err(&t).0, ReadProblem::DuplicateField);
+    // Overlong name, overlong layer type, overlong key.
+    let t = good.replacen("fc1.weight", &"n".repeat(model::MAX_PATH + 1), 1);
+    assert_eq!(err(&t), (ReadProblem::TooLong, "name", 8));
+    let t = good.replacen("Linear", &"L".repeat(model::MAX_TYPE + 1), 1);
+    assert_eq!(err(&t).0, ReadProblem::TooLong);
+    assert_eq!(err(&t).1, "layer");
+    let key = "k".repeat(1000);
+    let t = good.replacen(r#""kind""#, &format!(r#""{key}""#), 1);
+    assert_eq!(err(&t).0, ReadProblem::UnknownField);
+    // Numbers out of range in the grad config, and a 40-digit number.
+    let t = good.replacen(r#""none","bits":8"#, r#""none","bits":300"#, 1);
+    assert_eq!(err(&t), (ReadProblem::OutOfRange, "bits", grad + 24));
+    let t = good.replacen(
+        r#""scale":0}}"#,
+        &format!(r#""scale":-{}}}}}"#, "9".repeat(40)),
+        1,
+    );
+    assert_eq!(err(&t), (ReadProblem::OutOfRange, "scale", grad + 34));
+    let t = good.replacen(r#""bits":8"#, r#""bits":8.5"#, 1);
+    assert_eq!(err(&t), (ReadProblem::NotAnInteger, "bits", data + 24));
+    // A missing required field, an unknown variant.
+    let t = good.replacen(r#","layer":"Linear""#, "", 1);
+    assert_eq!(err(&t).0, ReadProblem::MissingField);
+    assert_eq!(err(&t).1, "layer");
+    let t = good.replacen(r#""auto""#, r#""Auto""#, 1);
+    assert_eq!(err(&t), (ReadProblem::UnknownVariant, "method", data + 10));
 }
 
 /// The core's structure check itself: the duplicate is named wherever it
@@ -186,8 +285,7 @@ fn config_trees_listing_a_tensor_twice_are_refused_by_path() {
     let name = first["name"].as_str().unwrap().to_string();
     twice["tensors"].as_array_mut().unwrap().push(first);
     let text = serde_json::to_string(&twice).unwrap();
-    let mut buf = [0u8; 128];
-    let doc = ConfigDoc::<12>::from_json(&text, &mut buf).unwrap();
+    let doc = ConfigDoc::<12>::from_json(text.as_bytes()).unwrap();
     let file = fixnn_std::configs::ConfigFile::parse(&text).unwrap();
     let (core_err, std_err, unchanged) = big(move || {
         let mut m = MnistMlp::build(1).unwrap();

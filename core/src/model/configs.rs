@@ -15,8 +15,10 @@
 //!    "grad":{...}}, ...]}
 //! ```
 //!
-//! [`ConfigDoc`] reads and writes it with serde-json-core (no heap); the
-//! desktop crate writes the same text with serde_json.
+//! [`ConfigDoc::from_json`] reads it with fixnn's own reader (no heap, no
+//! recursion, no panic path; see [`ReadError`](super::ReadError)); it is
+//! written with serde (serde-json-core's `to_slice` without a heap, or
+//! serde_json on the desktop, the same text).
 
 use core::fmt;
 
@@ -70,7 +72,8 @@ pub fn walk<L: Layer>(model: &mut L, f: &mut dyn FnMut(&str, TensorMut<'_>)) -> 
     !w.overflow
 }
 
-/// One tensor's configs, as saved.
+/// One tensor's configs, as saved. Read with [`ConfigEntry::from_json`]
+/// (a new field must be added to the reader's table too).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigEntry {
@@ -87,7 +90,8 @@ pub struct ConfigEntry {
 }
 
 /// A config tree with room for `N` tensors, in the JSON layout of the
-/// module docs.
+/// module docs. Read with [`ConfigDoc::from_json`] (a new field must be
+/// added to the reader's table too).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigDoc<const N: usize> {
@@ -360,51 +364,6 @@ impl<const N: usize> ConfigDoc<N> {
             });
         }
         apply_configs(model, &entries, false)
-    }
-
-    /// Parse a config tree: [`check_json`](super::check_json) first (a key
-    /// given twice, nesting deeper than [`MAX_DEPTH`](super::MAX_DEPTH)),
-    /// then serde-json-core with escapes decoded through `escape_buf` (as
-    /// long as the longest escaped string; names with escapes round-trip).
-    /// Unknown keys are refused. No recursion deeper than the check allows.
-    ///
-    /// # Errors
-    ///
-    /// [`DocJsonError::Structure`] naming the duplicated key or the offset
-    /// nested too deep; [`DocJsonError::Parse`] for everything the parser
-    /// refuses (syntax, unknown or missing keys, wrong types, more than `N`
-    /// tensors, strings longer than their capacity).
-    pub fn from_json<'a>(
-        text: &'a str,
-        escape_buf: &mut [u8],
-    ) -> core::result::Result<Self, DocJsonError<'a>> {
-        super::check_json(text).map_err(DocJsonError::Structure)?;
-        let (doc, _) =
-            serde_json_core::from_str_escaped(text, escape_buf).map_err(DocJsonError::Parse)?;
-        Ok(doc)
-    }
-}
-
-/// Why [`ConfigDoc::from_json`] refused a text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DocJsonError<'a> {
-    /// A duplicated key or too deep nesting.
-    Structure(super::JsonProblem<'a>),
-    /// What serde-json-core reports (its custom messages are dropped:
-    /// `CustomError` stands for a wrong value, a missing or unknown field,
-    /// or more tensors than the document holds).
-    Parse(serde_json_core::de::Error),
-}
-
-impl fmt::Display for DocJsonError<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DocJsonError::Structure(p) => write!(f, "{p}"),
-            DocJsonError::Parse(serde_json_core::de::Error::CustomError) => f.write_str(
-                "config JSON: a wrong or missing value, an unknown key, or more tensors than the document holds",
-            ),
-            DocJsonError::Parse(e) => write!(f, "config JSON: {e:?}"),
-        }
     }
 }
 

@@ -10,6 +10,11 @@
 //! byte offset. It does not check the rest of the syntax: the parser that
 //! runs next does.
 //!
+//! It serves the desktop's serde readers. The device configs are read by
+//! fixnn's own reader ([`ReadError`](super::ReadError)), which needs no
+//! such pass: it refuses a duplicate key with a bit per field of the
+//! object, and its nesting is bounded by the schema it reads.
+//!
 //! Keys are compared as written, escapes included (`"a"` and `"\u0061"`
 //! count as different keys here; a typed parser that decodes escapes then
 //! refuses the second as a duplicate field).

@@ -12,16 +12,18 @@
 mod configs;
 mod json;
 mod path;
+mod read;
 mod state;
 
 pub use configs::{
     apply_configs, collect_configs, set_method, walk, write_table, ConfigDoc, ConfigEntry,
-    ConfigError, ConfigProblem, DocJsonError, LoadEntry, LoadReport, Select, Which, CONFIG_FORMAT,
+    ConfigError, ConfigProblem, LoadEntry, LoadReport, Select, Which, CONFIG_FORMAT,
     CONFIG_VERSION, MAX_TYPE,
 };
 pub use json::{check_json, JsonProblem, MAX_DEPTH};
 pub(crate) use path::index_str;
 pub use path::{PathBuf, MAX_PATH};
+pub use read::{ReadError, ReadProblem, ReadResult, MAX_NAME};
 pub use state::{apply_state, FormatJson, StateEntry, StateView, STATE_FORMAT, STATE_VERSION};
 
 use crate::quant::Format;

@@ -142,8 +142,9 @@ pub trait Sink {
 pub enum CaseError {
     /// The blob is malformed or for another case.
     Blob(BlobError),
-    /// A config entry is not valid JSON for a `ConfigEntry`.
-    ConfigJson,
+    /// A config entry is not valid JSON for a `ConfigEntry` (what the
+    /// reader found wrong, with the field and byte offset).
+    ConfigJson(fixnn::model::ReadError),
     /// A config entry names no tensor of the model.
     UnknownTensor,
     /// A config entry's kind differs from the model tensor's.
@@ -284,8 +285,7 @@ fn apply_run_configs<L: Layer>(net: &mut L, spec: &RunSpec<'_>) -> Result<(), Ca
         });
     }
     for json in spec.config_entries() {
-        let (e, _): (ConfigEntry, usize) =
-            serde_json_core::from_slice(json?).map_err(|_| CaseError::ConfigJson)?;
+        let e = ConfigEntry::from_json(json?).map_err(CaseError::ConfigJson)?;
         e.data.validate()?;
         e.grad.validate()?;
         let (mut found, mut same_kind) = (false, false);

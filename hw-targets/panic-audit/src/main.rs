@@ -1,6 +1,6 @@
 //! The panic audit: a firmware image that links fixnn's kernels, every
 //! layer's forward and backward pass, the loss, an optimizer step and the
-//! config parser with `panic-never`, whose panic handler calls a symbol
+//! config reader with `panic-never`, whose panic handler calls a symbol
 //! that does not exist. The image links only if no panic path is left in
 //! any of that code after optimisation.
 //!
@@ -12,9 +12,10 @@
 //! cases' models ([`Cnn`], [`MixConv`] and [`MixDense`], which between them hold every
 //! layer type of fixnn).
 //!
-//! The config parser is audited separately (feature `json`): the JSON
-//! parser serde-json-core 0.7 still has panic paths of its own (bounds
-//! checks in its string scanning and unescaping), outside fixnn's code.
+//! The config JSON is read as a device reads it: a config entry (the device
+//! cases' format) with [`ConfigEntry::from_json`] and a whole config tree
+//! with [`ConfigDoc::from_json`], fixnn's own reader (serde-json-core, which
+//! has panic paths of its own, is not linked).
 //!
 //! The image is not meant to be run; it is built by
 //! `scripts/panic-audit.sh`.
@@ -40,7 +41,7 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
 
 use fixnn::backend::{AccOut, Backend, ConvGeom, LinearGeom, Operand, RefBackend};
 use fixnn::layers::{softmax_cross_entropy, Layer};
-use fixnn::model::{apply_configs, collect_configs, Kind, LoadEntry};
+use fixnn::model::{apply_configs, collect_configs, walk, ConfigDoc, ConfigEntry, Kind, LoadEntry};
 use fixnn::optim::{FixedMaster, Sgd};
 use fixnn::tensor::{Ctx, Shape, Tensor, S2};
 use fixnn::{Format, QuantConfig};
@@ -113,9 +114,9 @@ fn kernels() -> u32 {
     errs
 }
 
-/// Config trees applied to `net` and collected from it. With the `json`
-/// feature, also a config entry (the device cases' format) and a whole
-/// config tree (core's format) parsed from opaque JSON by serde-json-core.
+/// Config trees applied to `net` and collected from it, and a config entry
+/// (the device cases' format) and a whole config tree (core's format) read
+/// from opaque JSON by fixnn's reader, then applied.
 fn configs<L: Layer>(net: &mut L, entry: &[u8], doc: &[u8]) -> u32 {
     let mut errs = 0u32;
     let cfg = black_box(QuantConfig::auto(8));
@@ -127,29 +128,23 @@ fn configs<L: Layer>(net: &mut L, entry: &[u8], doc: &[u8]) -> u32 {
         grad: black_box(None),
     });
     errs += apply_configs(net, black_box(&entries[..]), black_box(true)).is_err() as u32;
-    #[cfg(feature = "json")]
-    {
-        use fixnn::model::{walk, ConfigDoc, ConfigEntry};
-        match serde_json_core::from_slice::<ConfigEntry>(entry) {
-            Ok((e, _)) => {
-                errs += e.data.validate().is_err() as u32;
-                errs += e.grad.validate().is_err() as u32;
-                walk(net, &mut |name, t| {
-                    if name == e.name.as_str() && t.kind == e.kind {
-                        t.quant.cfg = e.data;
-                        t.quant.grad_cfg = e.grad;
-                    }
-                });
-            }
-            Err(_) => errs += 1,
+    match ConfigEntry::from_json(entry) {
+        Ok(e) => {
+            errs += e.data.validate().is_err() as u32;
+            errs += e.grad.validate().is_err() as u32;
+            walk(net, &mut |name, t| {
+                if name == e.name.as_str() && t.kind == e.kind {
+                    t.quant.cfg = e.data;
+                    t.quant.grad_cfg = e.grad;
+                }
+            });
         }
-        match serde_json_core::from_slice::<ConfigDoc<16>>(doc) {
-            Ok((d, _)) => errs += d.apply(net).is_err() as u32,
-            Err(_) => errs += 1,
-        }
+        Err(e) => errs += e.offset as u32,
     }
-    #[cfg(not(feature = "json"))]
-    black_box((entry, doc));
+    match ConfigDoc::<16>::from_json(doc) {
+        Ok(d) => errs += d.apply(net).is_err() as u32,
+        Err(e) => errs += e.offset as u32,
+    }
     match collect_configs::<L, 16>(net) {
         Ok(d) => black_box(&d).tensors.len() as u32 + errs,
         Err(_) => errs + 1,
@@ -203,8 +198,8 @@ fn train<C: Case<B, K>, const B: usize, const K: usize>(entry: &[u8], doc: &[u8]
 }
 
 /// Opaque JSON text: what a device would receive.
-static ENTRY_JSON: &[u8] = br#"{"name":"fc.weight","kind":"param","layer":"Linear","data":{"method":"auto","bits":8,"scale":0,"rounding":"nearest_even","range":"max_abs"},"grad":{"method":"none","bits":8,"scale":0,"rounding":"nearest_even","range":"max_abs"}}"#;
-static DOC_JSON: &[u8] = br#"{"format":"fixnn-configs","version":1,"tensors":[]}"#;
+static ENTRY_JSON: &[u8] = br#"{"name":"fc.weight","kind":"param","layer":"Linear","data":{"method":"auto","bits":8,"scale":0,"rounding":"nearest_even","range":"max"},"grad":{"method":"none","bits":8,"scale":0,"rounding":"nearest_even","range":"max"}}"#;
+static DOC_JSON: &[u8] = br#"{"format":"fixnn-config","version":1,"tensors":[]}"#;
 
 #[entry]
 fn main() -> ! {
