@@ -15,9 +15,9 @@ mod path;
 mod state;
 
 pub use configs::{
-    apply_configs, collect_configs, set_method, walk, write_table, ConfigDoc, ConfigEntry,
-    ConfigError, ConfigProblem, DocJsonError, LoadEntry, LoadReport, Select, Which, CONFIG_FORMAT,
-    CONFIG_VERSION, MAX_TYPE,
+    apply_configs, collect_configs, method_label, set_method, walk, write_table, ConfigDoc,
+    ConfigEntry, ConfigError, ConfigProblem, DocJsonError, LoadEntry, LoadReport, Select, Which,
+    CONFIG_FORMAT, CONFIG_VERSION, MAX_TYPE,
 };
 pub use json::{check_json, JsonProblem, MAX_DEPTH};
 pub(crate) use path::index_str;
