@@ -232,12 +232,20 @@ fn cnn_blob() -> Vec<u8> {
 }
 
 const METHODS: [Method; 4] = [Method::Auto, Method::Fixed, Method::Auto, Method::None];
-const RANGES: [RangeMethod; 4] = [
+const RANGES: [RangeMethod; 5] = [
     RangeMethod::Max,
     RangeMethod::ThreeSigma,
     RangeMethod::MaxTenPercent,
     RangeMethod::Sweep,
+    RangeMethod::Running,
 ];
+
+/// A running-range state near a config's scale `s`: `r = 1.5 * 2^(s - 1)`
+/// (packed as in `fixnn::quant::running`), so that the first step is an
+/// average update and the hysteresis starts from the given scale.
+fn seeded_ema(scale: i8) -> u32 {
+    ((scale as i32 - 1 + 128) as u32) << 24 | 0xC0_0000
+}
 const ROUNDINGS: [Rounding; 4] = [
     Rounding::NearestEven,
     Rounding::NearestAway,
@@ -249,8 +257,12 @@ const ROUNDINGS: [Rounding; 4] = [
 /// `r` gets method, bit width, range method and rounding by rotating
 /// tables with different strides, so that across the runs every tensor
 /// meets each rounding, range method and method, and the bit widths 2..=16
-/// all occur for data and for gradients (checked here: a blob that lost
-/// coverage is refused). Runs 3-5 use a fixed-point master.
+/// all occur for data and for gradients, and every range method occurs
+/// with Auto (checked here: a blob that lost coverage is refused). The
+/// running-range configs of the odd runs start with a state (the device
+/// parses and continues it), the others empty; their averages evolve over
+/// the 3 steps.
+/// Runs 3-5 use a fixed-point master.
 fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
     let mut seen: [BTreeSet<String>; 2] = Default::default();
     let runs: Vec<RunDesc> = (0..6u32)
@@ -266,9 +278,13 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
                     let bits = 2 + ((i * 7 + r * 5 + k) % 15) as u8;
                     // Fixed scales near the data's range (activations ~1, grads ~2^-4).
                     let scale = if k == 0 { 1 } else { -3 };
-                    let range = RANGES[((i + 3 * r + k) % 4) as usize];
+                    let range = RANGES[((i + 3 * r + k) % 5) as usize];
                     let rounding = ROUNDINGS[((i + 2 * r + k) % 4) as usize];
-                    cfg(method, bits, scale, range, rounding)
+                    let mut c = cfg(method, bits, scale, range, rounding);
+                    if range == RangeMethod::Running && r % 2 == 1 {
+                        c.ema = seeded_ema(scale);
+                    }
+                    c
                 };
                 let data = pick(0);
                 let grad = if kind == Kind::Buffer {
@@ -281,6 +297,12 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
                         set.insert(format!("bits {}", c.bits));
                         set.insert(format!("{:?}", c.rounding));
                         set.insert(format!("{:?}", c.range));
+                    }
+                    if c.method == Method::Auto {
+                        set.insert(format!("Auto {:?}", c.range));
+                        if c.range == RangeMethod::Running {
+                            set.insert(format!("Auto Running ema {}", c.ema != 0));
+                        }
                     }
                     set.insert(format!("{:?}", c.method));
                 }
@@ -315,6 +337,8 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
         let mut want: Vec<String> = (2..=16).map(|b| format!("bits {b}")).collect();
         want.extend(METHODS.iter().map(|m| format!("{m:?}")));
         want.extend(RANGES.iter().map(|m| format!("{m:?}")));
+        want.extend(RANGES.iter().map(|m| format!("Auto {m:?}")));
+        want.extend([false, true].map(|e| format!("Auto Running ema {e}")));
         want.extend(ROUNDINGS.iter().map(|m| format!("{m:?}")));
         let missing: Vec<&String> = want.iter().filter(|w| !set.contains(*w)).collect();
         assert!(
