@@ -264,6 +264,12 @@ const ROUNDINGS: [Rounding; 4] = [
 /// the 3 steps.
 /// Runs 3-5 use a fixed-point master.
 fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
+    mix_blob_with::<C>(RangeMethod::Running)
+}
+
+/// [`mix_blob`] with the rotation's `Running` slot replaced by `running`
+/// (coverage is checked only for `Running` itself).
+fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
     let mut seen: [BTreeSet<String>; 2] = Default::default();
     let runs: Vec<RunDesc> = (0..6u32)
         .map(|r| {
@@ -278,7 +284,10 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
                     let bits = 2 + ((i * 7 + r * 5 + k) % 15) as u8;
                     // Fixed scales near the data's range (activations ~1, grads ~2^-4).
                     let scale = if k == 0 { 1 } else { -3 };
-                    let range = RANGES[((i + 3 * r + k) % 5) as usize];
+                    let range = match RANGES[((i + 3 * r + k) % 5) as usize] {
+                        RangeMethod::Running => running,
+                        other => other,
+                    };
                     let rounding = ROUNDINGS[((i + 2 * r + k) % 4) as usize];
                     let mut c = cfg(method, bits, scale, range, rounding);
                     if range == RangeMethod::Running && r % 2 == 1 {
@@ -334,6 +343,9 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
         })
         .collect();
     for (set, what) in seen.iter().zip(["data", "grad"]) {
+        if running != RangeMethod::Running {
+            break;
+        }
         let mut want: Vec<String> = (2..=16).map(|b| format!("bits {b}")).collect();
         want.extend(METHODS.iter().map(|m| format!("{m:?}")));
         want.extend(RANGES.iter().map(|m| format!("{m:?}")));
@@ -431,4 +443,36 @@ pub fn all_blobs(mnist: &Path) -> Result<Vec<CaseBlob>, String> {
             blob: mlp_blob(mnist)?,
         },
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device comparison sees the running state: the mix cases with
+    /// the running range report other scales and values than the same
+    /// cases with Max in its place.
+    #[test]
+    fn the_running_state_changes_what_the_mix_cases_report() {
+        let cases = [
+            (
+                "mixconv",
+                mix_blob::<MixConv>(),
+                mix_blob_with::<MixConv>(RangeMethod::Max),
+            ),
+            (
+                "mixdense",
+                mix_blob::<MixDense>(),
+                mix_blob_with::<MixDense>(RangeMethod::Max),
+            ),
+        ];
+        for (name, running, max) in cases {
+            let a = expected(name, &running).unwrap();
+            let b = expected(name, &max).unwrap();
+            assert_eq!(a.lines.len(), b.lines.len(), "{name}");
+            let differ = a.lines.iter().zip(&b.lines).filter(|(x, y)| x != y).count();
+            assert!(differ > 0, "{name}: the running range changed nothing");
+            println!("{name}: {differ} of {} records differ", a.lines.len());
+        }
+    }
 }
