@@ -21,11 +21,12 @@ fn cli_json(args: &[String]) -> serde_json::Value {
     serde_json::from_slice(&out).unwrap()
 }
 
-const RANGES: [(RangeMethod, &str); 4] = [
+const RANGES: [(RangeMethod, &str); 5] = [
     (RangeMethod::Max, "max"),
     (RangeMethod::ThreeSigma, "3sigma"),
     (RangeMethod::MaxTenPercent, "max10"),
     (RangeMethod::Sweep, "sweep"),
+    (RangeMethod::Running, "running"),
 ];
 const ROUNDINGS: [(Rounding, &str); 4] = [
     (Rounding::NearestEven, "nearest-even"),
@@ -43,7 +44,7 @@ proptest! {
         bits in 2u8..=16,
         scale in any::<i8>(),
         fixed in any::<bool>(),
-        ri in 0usize..4,
+        ri in 0usize..RANGES.len(),
         oi in 0usize..4,
         seed in any::<u64>(),
     ) {

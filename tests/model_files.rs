@@ -63,7 +63,14 @@ fn small() -> Small {
         q: Quant::new(0),
         fc: Linear::new(1),
     };
-    m.q.out.quant.cfg = QuantConfig::auto(6);
+    // A running range with a state, as training leaves it.
+    m.q.out.quant.cfg = QuantConfig {
+        range: RangeMethod::Running,
+        ..QuantConfig::auto(6)
+    };
+    m.q.out.quant.cfg.update_scale_f32(&[0.5, -1.5]).unwrap();
+    m.q.out.quant.cfg.update_scale_f32(&[3.5]).unwrap();
+    assert_eq!(m.q.out.quant.cfg.ema, 0x80D0_0000);
     m.fc.weight.quant.cfg = QuantConfig {
         rounding: Rounding::Stochastic,
         ..QuantConfig::fixed(5, -1)
@@ -93,12 +100,23 @@ fn core_and_std_write_the_same_config_json() {
         let mut m = mnist();
         m.fc1.weight.quant.cfg = QuantConfig::auto(8);
         m.fix2.out.quant.grad_cfg = QuantConfig::fixed(8, -3);
+        m.fix1.out.quant.cfg = QuantConfig {
+            range: RangeMethod::Running,
+            ema: 0x7FC0_0000, // 0.75
+            ..QuantConfig::auto(8)
+        };
         let doc: ConfigDoc<32> = model::collect_configs(&mut *m).unwrap();
         let mut buf = vec![0u8; 16384];
         let n = serde_json_core::to_slice(&doc, &mut buf).unwrap();
         let core_text = std::str::from_utf8(&buf[..n]).unwrap();
         let std_text = ConfigFile::of(&mut *m).to_json();
         assert_eq!(core_text, std_text);
+        assert!(core_text.contains(r#""range":"running","rounding":"nearest_even","zero_point":0,"multiplier":0,"group":"tensor","ema":2143289344}"#));
+        assert_eq!(
+            core_text.matches("\"ema\"").count(),
+            1,
+            "an empty state is not written"
+        );
         // tree -> JSON -> tree is the identity, both ways.
         assert_eq!(
             ConfigFile::parse(core_text).unwrap(),
@@ -144,6 +162,8 @@ fn config_files_round_trip_through_disk() {
     };
     assert_eq!(configs::load_configs(&mut other, &p), Ok(4));
     assert_eq!(ConfigFile::of(&mut other), ConfigFile::of(&mut m));
+    assert_eq!(other.q.out.quant.cfg.ema, 0x80D0_0000);
+    assert_eq!(other.q.out.quant.cfg.range, RangeMethod::Running);
 }
 
 /// Each bad file: one error naming the path, no panic, no change to the model.
@@ -327,6 +347,15 @@ fn nics_mnist_yaml_loads_onto_the_equivalent_model() {
 }
 
 #[test]
+fn nics_range_method_4_is_the_running_range() {
+    let text = NICS_MNIST_YAML.replacen("method: 1\n", "method: 1\n        range_method: 4\n", 1);
+    let cfg = nics::parse(&text, ScaleForm::Auto).unwrap();
+    let bias = cfg.data["fc1.bias"];
+    assert_eq!((bias.range, bias.ema), (RangeMethod::Running, 0));
+    assert_eq!(cfg.data["fc1.weight"].range, RangeMethod::Max);
+}
+
+#[test]
 fn bad_nics_files_name_the_path() {
     big_stack(|| {
         let mut m = mnist();
@@ -351,6 +380,10 @@ fn bad_nics_files_name_the_path() {
             (
                 NICS_MNIST_YAML.replacen("method: 1", "mehtod: 1", 1),
                 "fc1.bias.mehtod: unknown key",
+            ),
+            (
+                NICS_MNIST_YAML.replacen("method: 1\n", "method: 1\n        range_method: 5\n", 1),
+                "fc1.bias.range_method: 5 is not",
             ),
         ] {
             let err = nics::parse(&text, ScaleForm::Auto)

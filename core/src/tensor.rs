@@ -382,6 +382,7 @@ fn quantize_in_place(
         }
     }
     cfg.scale = next.scale;
+    cfg.ema = next.ema;
     let r = ctx.rounder(id, cfg.rounding);
     let n = quant::quantize_values_in_place(v, f, &r, sat);
     Ok((Some(f), n))
@@ -411,6 +412,7 @@ fn quantize_into(
         }
     }
     cfg.scale = next.scale;
+    cfg.ema = next.ema;
     let r = ctx.rounder(id, cfg.rounding);
     let n = quant::quantize_values_into(src, dst, f, &r, Some(sat));
     Ok((Some(f), n))
@@ -443,6 +445,7 @@ fn requantize_into(
         return Ok((None, 0));
     };
     cfg.scale = next.scale;
+    cfg.ema = next.ema;
     let r = ctx.rounder(id, cfg.rounding);
     let mut n = 0;
     for (i, (d, &a)) in dst.iter_mut().zip(acc).enumerate() {

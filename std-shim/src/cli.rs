@@ -206,6 +206,9 @@ pub enum RangeArg {
     MaxTenPercent,
     /// The best of s, s-1, s-2 by total absolute error.
     Sweep,
+    /// Moving average of max |x| over steps with hysteresis; one call is
+    /// its first observation, so the scale is max's.
+    Running,
 }
 
 /// `--rounding` names.
@@ -238,6 +241,7 @@ impl From<RangeArg> for RangeMethod {
             RangeArg::ThreeSigma => RangeMethod::ThreeSigma,
             RangeArg::MaxTenPercent => RangeMethod::MaxTenPercent,
             RangeArg::Sweep => RangeMethod::Sweep,
+            RangeArg::Running => RangeMethod::Running,
         }
     }
 }

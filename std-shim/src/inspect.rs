@@ -4,19 +4,12 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use fixnn::model::method_label;
 use fixnn::model::{Kind, CONFIG_FORMAT, STATE_FORMAT};
-use fixnn::{Method, QuantConfig};
+use fixnn::QuantConfig;
 
 use crate::configs::{ConfigFile, StateFile};
 use crate::nics::{self, ScaleForm};
-
-fn method(m: Method) -> &'static str {
-    match m {
-        Method::None => "none",
-        Method::Auto => "auto",
-        Method::Fixed => "fixed",
-    }
-}
 
 fn kind(k: Kind) -> &'static str {
     match k {
@@ -35,8 +28,8 @@ fn row(
     g: Option<&QuantConfig>,
 ) {
     let cell = |c: Option<&QuantConfig>| match c {
-        Some(c) => format!("{:>5} {:>5} {:<6}", c.bits, c.scale, method(c.method)),
-        None => format!("{:>5} {:>5} {:<6}", "-", "-", "-"),
+        Some(c) => format!("{:>5} {:>5} {:<12}", c.bits, c.scale, method_label(c)),
+        None => format!("{:>5} {:>5} {:<12}", "-", "-", "-"),
     };
     let _ = writeln!(
         out,
@@ -49,7 +42,7 @@ fn row(
 fn header(out: &mut String) {
     let _ = writeln!(
         out,
-        "{:<28} {:<11} {:<10} {:>5} {:>5} {:<6} {:>5} {:>5} {:<6}",
+        "{:<28} {:<11} {:<10} {:>5} {:>5} {:<12} {:>5} {:>5} {:<12}",
         "name", "layer", "kind", "bits", "scale", "data", "bits", "scale", "grad"
     );
 }

@@ -15,7 +15,9 @@
 //! value written with a decimal point, as `2^k`, and integers as `k`, and
 //! the import reports which form it read. Optional `range_method`
 //! (0 max, 1 3-sigma, 2 max-10%, 3 sweep) and `stochastic` (bool) keys of
-//! later versions are read too.
+//! later versions are read too, and `range_method: 4` selects fixnn's
+//! running range ([`RangeMethod::Running`], not a nics_fix_pt constant;
+//! its moving average starts empty).
 
 use std::collections::BTreeMap;
 
@@ -200,8 +202,11 @@ fn to_config(
         Some(1) => RangeMethod::ThreeSigma,
         Some(2) => RangeMethod::MaxTenPercent,
         Some(3) => RangeMethod::Sweep,
+        Some(4) => RangeMethod::Running,
         Some(m) => {
-            errors.push(format!("{path}.range_method: {m} is not 0..=3"));
+            errors.push(format!(
+                "{path}.range_method: {m} is not 0 (max), 1 (3-sigma), 2 (max-10%), 3 (sweep) or 4 (running)"
+            ));
             return None;
         }
     };

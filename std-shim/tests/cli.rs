@@ -248,6 +248,67 @@ mod inspect {
     }
 
     #[test]
+    fn tables_name_the_range_method_of_auto() {
+        let p = dir().join("running.json");
+        let mut m = model();
+        m.b.weight.quant.grad_cfg.range = fixnn::RangeMethod::Running;
+        m.b.weight.quant.grad_cfg.ema = 0x80C0_0000;
+        m.a.out.quant.cfg = QuantConfig {
+            range: fixnn::RangeMethod::ThreeSigma,
+            ..QuantConfig::auto(8)
+        };
+        configs::save_configs(&mut m, &p).unwrap();
+        let o = fixnn(&["inspect", p.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let t = stdout(&o);
+        let cells = |name: &str| -> Vec<String> {
+            let row = t.lines().find(|l| l.starts_with(name)).unwrap();
+            row.split_whitespace().map(str::to_string).collect()
+        };
+        assert_eq!(
+            cells("1.weight"),
+            [
+                "1.weight",
+                "Linear",
+                "param",
+                "6",
+                "-2",
+                "fixed",
+                "12",
+                "0",
+                "auto/running"
+            ]
+        );
+        assert_eq!(cells("0.activation")[5], "auto/3sigma");
+        let y = dir().join("running.yaml");
+        std::fs::write(
+            &y,
+            "data:\n  fc1:\n    weight: {bitwidth: 8, method: 1, scale: 1, range_method: 4}\ngrad:\n  fc1: {}\n",
+        )
+        .unwrap();
+        let o = fixnn(&["inspect", y.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stdout(&o)
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == [
+                        "fc1.weight",
+                        "-",
+                        "-",
+                        "8",
+                        "1",
+                        "auto/running",
+                        "-",
+                        "-",
+                        "-"
+                    ]),
+            "{}",
+            stdout(&o)
+        );
+    }
+
+    #[test]
     fn nics_yaml_table_says_which_scale_form_it_read() {
         let p = dir().join("nics.yaml");
         std::fs::write(

@@ -36,12 +36,15 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn train(out: &Path, extra: &[&str]) -> Output {
+    train_model(&model(), out, extra)
+}
+
+fn train_model(m: &str, out: &Path, extra: &[&str]) -> Output {
     let data = data_dir();
-    let m = model();
     let out = out.to_string_lossy().into_owned();
     let mut args = vec![
         "train",
-        &m,
+        m,
         "--data",
         &data,
         "--out",
@@ -182,6 +185,63 @@ fn resumed_run_equals_uninterrupted_run() {
             == std::fs::read(b.join("checkpoint.json")).unwrap(),
         "resuming changed the result"
     );
+}
+
+/// The MNIST MLP with the running range on every Auto config and 8-bit
+/// running gradients: the moving averages live in the checkpoint, so a
+/// resumed run continues them and ends with the same bytes.
+#[test]
+fn running_range_state_is_checkpointed_and_resumed() {
+    let dir = tmp("running-spec");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = std::fs::read_to_string(model()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    for rule in v["configs"].as_array_mut().unwrap() {
+        rule["data"]["range"] = "running".into();
+        rule["grad"] = serde_json::json!({
+            "method": "auto", "bits": 8, "scale": 0, "range": "running", "rounding": "stochastic"
+        });
+    }
+    let spec = dir.join("mlp-running.json");
+    std::fs::write(&spec, v.to_string()).unwrap();
+    let spec = spec.to_string_lossy().into_owned();
+    let a = tmp("running-straight");
+    let o = train_model(&spec, &a, &["--epochs", "2"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let b = tmp("running-resumed");
+    assert!(train_model(&spec, &b, &["--epochs", "1"]).status.success());
+    let one = std::fs::read_to_string(b.join("checkpoint.json")).unwrap();
+    assert!(train_model(&spec, &b, &["--epochs", "2", "--resume"])
+        .status
+        .success());
+    let two = std::fs::read_to_string(a.join("checkpoint.json")).unwrap();
+    assert!(
+        two == std::fs::read_to_string(b.join("checkpoint.json")).unwrap(),
+        "resuming changed the result"
+    );
+    // Every running data config carries a state (the first layer's
+    // input gradient is never computed, so not every grad does), and the
+    // states moved in epoch 2.
+    let emas = |t: &str, part: &str| -> Vec<u64> {
+        let v: serde_json::Value = serde_json::from_str(t).unwrap();
+        v["body"]["configs"]["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e[part]["range"] == "running")
+            .map(|e| e[part]["ema"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    let (d1, d2) = (emas(&one, "data"), emas(&two, "data"));
+    assert_eq!(d1.len(), 7, "{d1:?}");
+    assert!(d1.iter().all(|&e| e != 0), "{d1:?}");
+    assert_ne!(d1, d2);
+    let (g1, g2) = (emas(&one, "grad"), emas(&two, "grad"));
+    assert_eq!(g1.iter().filter(|&&e| e != 0).count(), 6, "{g1:?}");
+    assert_ne!(g1, g2);
+    let o = fixnn(&["inspect", b.join("checkpoint.json").to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(text(&o).0.contains("auto/running"), "{}", text(&o).0);
 }
 
 #[test]

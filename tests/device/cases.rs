@@ -232,12 +232,20 @@ fn cnn_blob() -> Vec<u8> {
 }
 
 const METHODS: [Method; 4] = [Method::Auto, Method::Fixed, Method::Auto, Method::None];
-const RANGES: [RangeMethod; 4] = [
+const RANGES: [RangeMethod; 5] = [
     RangeMethod::Max,
     RangeMethod::ThreeSigma,
     RangeMethod::MaxTenPercent,
     RangeMethod::Sweep,
+    RangeMethod::Running,
 ];
+
+/// A running-range state near a config's scale `s`: `r = 1.5 * 2^(s - 1)`
+/// (packed as in `fixnn::quant::running`), so that the first step is an
+/// average update and the hysteresis starts from the given scale.
+fn seeded_ema(scale: i8) -> u32 {
+    ((scale as i32 - 1 + 128) as u32) << 24 | 0xC0_0000
+}
 const ROUNDINGS: [Rounding; 4] = [
     Rounding::NearestEven,
     Rounding::NearestAway,
@@ -249,9 +257,19 @@ const ROUNDINGS: [Rounding; 4] = [
 /// `r` gets method, bit width, range method and rounding by rotating
 /// tables with different strides, so that across the runs every tensor
 /// meets each rounding, range method and method, and the bit widths 2..=16
-/// all occur for data and for gradients (checked here: a blob that lost
-/// coverage is refused). Runs 3-5 use a fixed-point master.
+/// all occur for data and for gradients, and every range method occurs
+/// with Auto (checked here: a blob that lost coverage is refused). The
+/// running-range configs of the odd runs start with a state (the device
+/// parses and continues it), the others empty; their averages evolve over
+/// the 3 steps.
+/// Runs 3-5 use a fixed-point master.
 fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
+    mix_blob_with::<C>(RangeMethod::Running)
+}
+
+/// [`mix_blob`] with the rotation's `Running` slot replaced by `running`
+/// (coverage is checked only for `Running` itself).
+fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
     let mut seen: [BTreeSet<String>; 2] = Default::default();
     let runs: Vec<RunDesc> = (0..6u32)
         .map(|r| {
@@ -266,9 +284,16 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
                     let bits = 2 + ((i * 7 + r * 5 + k) % 15) as u8;
                     // Fixed scales near the data's range (activations ~1, grads ~2^-4).
                     let scale = if k == 0 { 1 } else { -3 };
-                    let range = RANGES[((i + 3 * r + k) % 4) as usize];
+                    let range = match RANGES[((i + 3 * r + k) % 5) as usize] {
+                        RangeMethod::Running => running,
+                        other => other,
+                    };
                     let rounding = ROUNDINGS[((i + 2 * r + k) % 4) as usize];
-                    cfg(method, bits, scale, range, rounding)
+                    let mut c = cfg(method, bits, scale, range, rounding);
+                    if range == RangeMethod::Running && r % 2 == 1 {
+                        c.ema = seeded_ema(scale);
+                    }
+                    c
                 };
                 let data = pick(0);
                 let grad = if kind == Kind::Buffer {
@@ -281,6 +306,12 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
                         set.insert(format!("bits {}", c.bits));
                         set.insert(format!("{:?}", c.rounding));
                         set.insert(format!("{:?}", c.range));
+                    }
+                    if c.method == Method::Auto {
+                        set.insert(format!("Auto {:?}", c.range));
+                        if c.range == RangeMethod::Running {
+                            set.insert(format!("Auto Running ema {}", c.ema != 0));
+                        }
                     }
                     set.insert(format!("{:?}", c.method));
                 }
@@ -312,9 +343,14 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
         })
         .collect();
     for (set, what) in seen.iter().zip(["data", "grad"]) {
+        if running != RangeMethod::Running {
+            break;
+        }
         let mut want: Vec<String> = (2..=16).map(|b| format!("bits {b}")).collect();
         want.extend(METHODS.iter().map(|m| format!("{m:?}")));
         want.extend(RANGES.iter().map(|m| format!("{m:?}")));
+        want.extend(RANGES.iter().map(|m| format!("Auto {m:?}")));
+        want.extend([false, true].map(|e| format!("Auto Running ema {e}")));
         want.extend(ROUNDINGS.iter().map(|m| format!("{m:?}")));
         let missing: Vec<&String> = want.iter().filter(|w| !set.contains(*w)).collect();
         assert!(
@@ -407,4 +443,36 @@ pub fn all_blobs(mnist: &Path) -> Result<Vec<CaseBlob>, String> {
             blob: mlp_blob(mnist)?,
         },
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device comparison sees the running state: the mix cases with
+    /// the running range report other scales and values than the same
+    /// cases with Max in its place.
+    #[test]
+    fn the_running_state_changes_what_the_mix_cases_report() {
+        let cases = [
+            (
+                "mixconv",
+                mix_blob::<MixConv>(),
+                mix_blob_with::<MixConv>(RangeMethod::Max),
+            ),
+            (
+                "mixdense",
+                mix_blob::<MixDense>(),
+                mix_blob_with::<MixDense>(RangeMethod::Max),
+            ),
+        ];
+        for (name, running, max) in cases {
+            let a = expected(name, &running).unwrap();
+            let b = expected(name, &max).unwrap();
+            assert_eq!(a.lines.len(), b.lines.len(), "{name}");
+            let differ = a.lines.iter().zip(&b.lines).filter(|(x, y)| x != y).count();
+            assert!(differ > 0, "{name}: the running range changed nothing");
+            println!("{name}: {differ} of {} records differ", a.lines.len());
+        }
+    }
 }

@@ -445,6 +445,7 @@ impl<
             return self.out.quantize(ctx);
         };
         self.out.quant.cfg.scale = next.scale;
+        self.out.quant.cfg.ema = next.ema;
         let r = ctx.rounder(self.out.quant.id, next.rounding);
         let (y, sat) = (flat4_mut(&mut self.out.t.v), flat4_mut(&mut self.out.sat));
         let mut n = 0u64;

@@ -29,7 +29,7 @@ use super::path::{PathBuf, MAX_PATH};
 use super::{Kind, TensorMut, Visitor};
 use crate::error::Error;
 use crate::layers::Layer;
-use crate::quant::{Method, QuantConfig};
+use crate::quant::{Method, QuantConfig, RangeMethod};
 
 /// The `format` field of a config document.
 pub const CONFIG_FORMAT: &str = "fixnn-config";
@@ -427,11 +427,19 @@ pub fn set_method<L: Layer>(
     n
 }
 
-fn method_str(m: Method) -> &'static str {
-    match m {
-        Method::None => "none",
-        Method::Auto => "auto",
-        Method::Fixed => "fixed",
+/// The method of `cfg` as config tables print it: `none`, `fixed`, `auto`
+/// (with the default range method, Max) or `auto/<range>` with the range
+/// named as `fixnn quantize --range` names it: `auto/3sigma`,
+/// `auto/max10`, `auto/sweep`, `auto/running`.
+pub const fn method_label(cfg: &QuantConfig) -> &'static str {
+    match (cfg.method, cfg.range) {
+        (Method::None, _) => "none",
+        (Method::Fixed, _) => "fixed",
+        (Method::Auto, RangeMethod::Max) => "auto",
+        (Method::Auto, RangeMethod::ThreeSigma) => "auto/3sigma",
+        (Method::Auto, RangeMethod::MaxTenPercent) => "auto/max10",
+        (Method::Auto, RangeMethod::Sweep) => "auto/sweep",
+        (Method::Auto, RangeMethod::Running) => "auto/running",
     }
 }
 
@@ -445,7 +453,8 @@ fn kind_str(k: Kind) -> &'static str {
 
 /// Print the config table of `model` (nics_fix_pt's `print_fix_configs`):
 /// one row per tensor with its path, layer type, kind, data bits, scale and
-/// method, grad bits, scale and method, and the data saturation rate.
+/// method ([`method_label`]: Auto names its range method unless it is Max),
+/// grad bits, scale and method, and the data saturation rate.
 ///
 /// # Errors
 ///
@@ -453,7 +462,7 @@ fn kind_str(k: Kind) -> &'static str {
 pub fn write_table<L: Layer>(model: &mut L, w: &mut dyn fmt::Write) -> fmt::Result {
     writeln!(
         w,
-        "{:<28} {:<11} {:<10} {:>5} {:>5} {:<6} {:>5} {:>5} {:<6} {:>7}",
+        "{:<28} {:<11} {:<10} {:>5} {:>5} {:<12} {:>5} {:>5} {:<12} {:>7}",
         "name", "layer", "kind", "bits", "scale", "data", "bits", "scale", "grad", "sat%"
     )?;
     let mut result = Ok(());
@@ -469,16 +478,16 @@ pub fn write_table<L: Layer>(model: &mut L, w: &mut dyn fmt::Write) -> fmt::Resu
         };
         result = writeln!(
             w,
-            "{:<28} {:<11} {:<10} {:>5} {:>5} {:<6} {:>5} {:>5} {:<6} {:>7.3}",
+            "{:<28} {:<11} {:<10} {:>5} {:>5} {:<12} {:>5} {:>5} {:<12} {:>7.3}",
             name,
             t.layer_type,
             kind_str(t.kind),
             d.bits,
             d.scale,
-            method_str(d.method),
+            method_label(&d),
             g.bits,
             g.scale,
-            method_str(g.method),
+            method_label(&g),
             rate
         );
     });

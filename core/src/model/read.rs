@@ -656,6 +656,7 @@ impl JsonEnum for RangeMethod {
         ("three_sigma", RangeMethod::ThreeSigma),
         ("max_ten_percent", RangeMethod::MaxTenPercent),
         ("sweep", RangeMethod::Sweep),
+        ("running", RangeMethod::Running),
     ];
 }
 
@@ -690,6 +691,7 @@ const QUANT_CONFIG_FIELDS: &[Field<QuantConfig>] = &[
     opt("zero_point", |r, c| r.value(&mut c.zero_point)),
     opt("multiplier", |r, c| r.value(&mut c.multiplier)),
     opt("group", |r, c| r.value(&mut c.group)),
+    opt("ema", |r, c| r.value(&mut c.ema)),
 ];
 
 /// The fields of a [`ConfigEntry`].
@@ -753,8 +755,8 @@ impl QuantConfig {
     /// A [`ReadError`] naming the problem, the field and the byte offset.
     pub fn from_json(text: &[u8]) -> ReadResult<Self> {
         // The start value holds the defaults of the optional fields:
-        // `RangeMethod::Max`, `Rounding::NearestEven`, 0, 0, `Group::Tensor`
-        // (their types' `Default`, as `#[serde(default)]` says).
+        // `RangeMethod::Max`, `Rounding::NearestEven`, 0, 0, `Group::Tensor`,
+        // ema 0 (their types' `Default`, as `#[serde(default)]` says).
         document(text, QuantConfig::NONE)
     }
 }

@@ -36,6 +36,11 @@ pub enum RangeMethod {
     /// Try `s`, `s - 1`, `s - 2` (`s` from `Max`) and keep the one with the
     /// least total absolute quantization error (ties keep the larger scale).
     Sweep,
+    /// An exponential moving average of `max |x|` over the steps (momentum
+    /// 1/16, kept in [`QuantConfig::ema`]), with a power-of-two scale that
+    /// goes up at once and down only when the average falls below 3/4 of
+    /// the next lower range. See [`crate::quant::running`].
+    Running,
 }
 
 /// How a value between two codes becomes a code. Carried by every operation
@@ -123,6 +128,17 @@ pub struct QuantConfig {
     /// Reserved: which elements share a scale.
     #[serde(default)]
     pub group: Group,
+    /// State of [`RangeMethod::Running`]: the moving average of the
+    /// observed range, packed as described in [`crate::quant::running`]
+    /// (`0`: no observation yet). Written by `Auto` with `Running`, kept by
+    /// every other method and range. Omitted from JSON when `0`, so files
+    /// written before it existed load, and are written, unchanged.
+    #[serde(default, skip_serializing_if = "ema_is_empty")]
+    pub ema: u32,
+}
+
+fn ema_is_empty(ema: &u32) -> bool {
+    *ema == super::running::EMPTY
 }
 
 impl Default for QuantConfig {
@@ -142,6 +158,7 @@ impl QuantConfig {
         zero_point: 0,
         multiplier: 0,
         group: Group::Tensor,
+        ema: super::running::EMPTY,
     };
 
     /// `Method::Fixed` with the given bits and scale, nearest-even rounding.
@@ -171,6 +188,8 @@ impl QuantConfig {
     /// * [`Error::BitsOutOfRange`] if `bits` is not in `2..=16` (checked for
     ///   `Method::None` too, so a saved config is valid whatever its method).
     /// * [`Error::Unsupported`] naming `zero_point` or `multiplier` if either is not 0.
+    /// * [`Error::Invalid`] if `ema` is not a packed running range
+    ///   ([`running::is_valid`](super::running::is_valid)).
     pub const fn validate(&self) -> Result<()> {
         if self.bits < MIN_BITS || self.bits > MAX_BITS {
             return Err(Error::BitsOutOfRange { bits: self.bits });
@@ -183,6 +202,11 @@ impl QuantConfig {
         if self.multiplier != 0 {
             return Err(Error::Unsupported {
                 field: "multiplier",
+            });
+        }
+        if !super::running::is_valid(self.ema) {
+            return Err(Error::Invalid {
+                what: "ema must be 0 or a packed running range (bit 23 set)",
             });
         }
         Ok(())
@@ -222,7 +246,13 @@ impl QuantConfig {
     pub fn update_scale_f32(&mut self, x: &[f32]) -> Result<Option<Format>> {
         self.validate()?;
         if self.method == Method::Auto {
-            self.scale = super::range::choose_scale_f32(self.range, self.bits, self.rounding, x)?;
+            if self.range == RangeMethod::Running {
+                let obs = super::running::observe_f32(x)?;
+                self.step_running(obs);
+            } else {
+                self.scale =
+                    super::range::choose_scale_f32(self.range, self.bits, self.rounding, x)?;
+            }
         }
         self.format()
     }
@@ -242,10 +272,22 @@ impl QuantConfig {
     ) -> Result<Option<Format>> {
         self.validate()?;
         if self.method == Method::Auto {
-            self.scale =
-                super::range::choose_scale_codes(self.range, self.bits, self.rounding, exp, q)?;
+            if self.range == RangeMethod::Running {
+                let obs = super::running::observe_codes(exp, q)?;
+                self.step_running(obs);
+            } else {
+                self.scale =
+                    super::range::choose_scale_codes(self.range, self.bits, self.rounding, exp, q)?;
+            }
         }
         self.format()
+    }
+
+    /// One step of [`RangeMethod::Running`] with the packed observation `obs`.
+    fn step_running(&mut self, obs: u32) {
+        let ema = super::running::update(self.ema, obs);
+        self.scale = super::running::next_scale(self.ema, ema, self.scale);
+        self.ema = ema;
     }
 }
 

@@ -29,6 +29,7 @@ mod math;
 pub mod range;
 mod rng;
 mod round;
+pub mod running;
 mod slice;
 
 pub use config::{Group, Method, QuantConfig, RangeMethod, Rounding};

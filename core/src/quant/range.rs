@@ -1,5 +1,5 @@
 //! Automatic scale selection ([`Method::Auto`](crate::Method::Auto)) with the
-//! four [`RangeMethod`]s, computed with integers only.
+//! [`RangeMethod`]s, computed with integers only.
 //!
 //! f32 input is read through its exact bits ([`decompose_f32`]); integer input
 //! `q * 2^exp` is used as it is. No `log2`, `sqrt` or float sum is involved, so
@@ -17,6 +17,10 @@
 //!   each summed exactly on the grid 24 bits below the finest step; the least
 //!   error wins, ties keep the larger scale. Stochastic rounding is evaluated
 //!   as nearest-even (its expectation).
+//! * `Running` keeps a moving average in the config
+//!   ([`QuantConfig::update_scale_f32`](crate::QuantConfig::update_scale_f32)
+//!   and [`super::running`]); the stateless functions here give it Max's
+//!   scale (what its first observation chooses).
 //!
 //! Results are clamped to the `i8` scale range `-128..=127`. When the
 //! selected magnitude is zero (all-zero data) the scale is
@@ -193,7 +197,8 @@ fn choose<S: Samples>(range: RangeMethod, bits: u8, rounding: Rounding, s: &S) -
         return Ok(ZERO_DATA_SCALE);
     };
     Ok(match range {
-        RangeMethod::Max => clamp_scale(c),
+        // Without its state, Running chooses what a first observation does.
+        RangeMethod::Max | RangeMethod::Running => clamp_scale(c),
         RangeMethod::MaxTenPercent => ten_percent(s),
         RangeMethod::ThreeSigma => three_sigma(s, c),
         RangeMethod::Sweep => sweep(s, c, bits, rounding),
