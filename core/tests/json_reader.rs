@@ -110,6 +110,7 @@ fn random_config(r: &mut Rng) -> QuantConfig {
         zero_point: number(r, &I32_EDGES, |x| x as i32),
         multiplier: number(r, &U32_EDGES, |x| x as u32),
         group: g[r.below(g.len())].1,
+        ema: number(r, &U32_EDGES, |x| x as u32),
     }
 }
 
@@ -143,7 +144,11 @@ fn random_entry(r: &mut Rng) -> ConfigEntry {
 fn tables_hold_every_field_and_variant_serde_knows() {
     // Every field serde lists is read (a table without it refuses the
     // key), and every variant by its serde name.
-    let full = write(&QuantConfig::fixed(8, 0));
+    // (`ema` is written only when non-zero.)
+    let full = write(&QuantConfig {
+        ema: (128 << 24) | (1 << 23),
+        ..QuantConfig::fixed(8, 0)
+    });
     let full: Value = serde_json::from_slice(&full).unwrap();
     let qf = fields::<QuantConfig>();
     assert_eq!(qf.len(), full.as_object().unwrap().len());
