@@ -26,6 +26,7 @@ mod config;
 mod format;
 pub mod mask;
 mod math;
+mod multiplier;
 pub mod range;
 mod rng;
 mod round;
@@ -34,6 +35,10 @@ mod slice;
 pub use config::{Group, Method, QuantConfig, RangeMethod, Rounding};
 pub use format::{check_storage, pow2_f32, Code, Format, MAX_BITS, MIN_BITS};
 pub use math::{ratio_to_f32, sqrt_f32};
+pub use multiplier::{
+    multiply_by_quantized_multiplier, round_mul_shift, rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul, MulShift, RealFormat, MULTIPLIER_END, MULTIPLIER_MIN,
+};
 pub use rng::Stream;
 pub use round::{decompose_f32, requantize_one, requantize_ratio, round_f32};
 
