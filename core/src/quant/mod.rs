@@ -105,6 +105,27 @@ impl Rounder {
         round_f32(x, format, self.rounding, draw)
     }
 
+    /// Round the f32 `x` to a code of the real-valued format `rf` as element
+    /// `i` ([`RealFormat::round_f32`], the draw as in [`Rounder::round`]).
+    /// Returns `(code, saturated)`.
+    pub fn round_real_f32(&self, i: usize, x: f32, rf: RealFormat) -> (i32, bool) {
+        rf.round_f32(x, self.rounding, self.draw(i))
+    }
+
+    /// Requantize the accumulator `acc * 2^exp` to a code of `rf` as element
+    /// `i` by multiplier and shift ([`RealFormat::round_acc`]).
+    /// Returns `(code, saturated)`.
+    pub fn round_real_acc(&self, i: usize, acc: i64, exp: i32, rf: RealFormat) -> (i32, bool) {
+        rf.round_acc(acc, exp, self.rounding, self.draw(i))
+    }
+
+    fn draw(&self, i: usize) -> u32 {
+        match self.rounding {
+            Rounding::Stochastic => self.stream.draw(self.base.wrapping_add(i as u32)),
+            _ => 0,
+        }
+    }
+
     /// Round the rational `v * 2^exp / div` to a code of `format` as element
     /// `i` of the slice (global index `base + i`), with [`requantize_ratio`]
     /// (the same draw as [`Rounder::round`]). Returns `(code, saturated)`.
