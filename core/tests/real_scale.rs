@@ -4,8 +4,8 @@
 //! Expected values are worked out by hand in the comments.
 
 use fixnn::backend::RefBackend;
-use fixnn::layers::{Layer, Linear, Quant};
-use fixnn::tensor::{Ctx, Tensor, S2};
+use fixnn::layers::{Conv2d, Layer, Linear, Quant};
+use fixnn::tensor::{Ctx, Tensor, S2, S4};
 use fixnn::{Error, Format, QuantConfig};
 
 /// 0.75 as a Q31 multiplier.
@@ -111,6 +111,27 @@ fn linear_with_real_scale_weights_and_input() {
     l.forward(&bk, &ctx, &x).unwrap();
     assert_eq!(l.weight.q.flat(), &[0.46875, -0.75]);
     assert_eq!(l.output().flat(), &[0.46875 * 0.5 - 0.75 * 0.25]);
+}
+
+#[test]
+fn conv2d_requantizes_its_accumulator_by_multiplier_and_shift() {
+    let bk = RefBackend;
+    let ctx = Ctx::train(1, 0);
+    // 1x1 convolution of a 1x2 image, one channel.
+    let mut c = Conv2d::<1, 1, 1, 1, 1, 1, 2, 1, 2, 1>::new(1, (1, 1), (0, 0), (1, 1)).unwrap();
+    c.use_bias = false;
+    c.weight.master = [[[[0.5]]]];
+    c.weight.quant.cfg = QuantConfig::fixed(8, 0);
+    // Output: range 0.75 * 2^-1 = 0.375, step 0.375 / 128.
+    c.out.quant.cfg = QuantConfig::fixed_real(8, -1, M075);
+    let mut x = Tensor::<S4<1, 1, 1, 2>>::zeros();
+    x.flat_mut().copy_from_slice(&[0.5, 0.25]);
+    x.fmt = Some(Format::new(8, 0).unwrap());
+    c.forward(&bk, &ctx, &x).unwrap();
+    // Codes 64 * 64 = 4096 and 32 * 64 = 2048 at 2^-14; M_eff = 1431655765,
+    // shift 30 + (-8) + 14 = 36: 85.33 -> 85 and 42.67 -> 43.
+    let step = 0.375 / 128.0;
+    assert_eq!(c.output().flat(), &[85.0 * step, 43.0 * step]);
 }
 
 #[test]

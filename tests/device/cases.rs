@@ -231,6 +231,8 @@ fn cnn_blob() -> Vec<u8> {
     blob("cnn", &runs, <<Cnn as Layer>::In as Shape>::LEN, CNN_B)
 }
 
+/// Multipliers of the real-valued Fixed configs: 0.5, 0.75, about 0.9.
+const MULTIPLIERS: [u32; 3] = [1 << 30, 3 << 29, 0x7333_3333];
 const METHODS: [Method; 4] = [Method::Auto, Method::Fixed, Method::Auto, Method::None];
 const RANGES: [RangeMethod; 4] = [
     RangeMethod::Max,
@@ -259,8 +261,11 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
             let mut slot = MaybeUninit::uninit();
             let net = C::build_in(&mut slot).expect("mix geometry");
             net.init(seed);
-            let configs = configs(net, |i, kind, _| {
+            let configs = configs(net, |i, kind, name| {
                 let i = i as u32;
+                // Real-valued scales (multiplier and shift) on the tensors of
+                // the layers that support them: Quant and Linear.
+                let real_ok = name.starts_with('q') || name.starts_with("fc");
                 let pick = |k: u32| {
                     let method = METHODS[((i + r) % 4) as usize];
                     let bits = 2 + ((i * 7 + r * 5 + k) % 15) as u8;
@@ -268,7 +273,16 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
                     let scale = if k == 0 { 1 } else { -3 };
                     let range = RANGES[((i + 3 * r + k) % 4) as usize];
                     let rounding = ROUNDINGS[((i + 2 * r + k) % 4) as usize];
-                    cfg(method, bits, scale, range, rounding)
+                    let mut c = cfg(method, bits, scale, range, rounding);
+                    if real_ok && (i + r + k).is_multiple_of(3) {
+                        // Auto with a multiplier chooses it (range Max only);
+                        // Fixed uses one of 0.5 .. 1.
+                        c.multiplier = MULTIPLIERS[((i + r) % 3) as usize];
+                        if method == Method::Auto {
+                            c.range = RangeMethod::Max;
+                        }
+                    }
+                    c
                 };
                 let data = pick(0);
                 let grad = if kind == Kind::Buffer {
@@ -277,6 +291,9 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
                     pick(1)
                 };
                 for (set, c) in seen.iter_mut().zip([data, grad]) {
+                    if c.is_real() {
+                        set.insert(format!("real {:?}", c.method));
+                    }
                     if c.method != Method::None {
                         set.insert(format!("bits {}", c.bits));
                         set.insert(format!("{:?}", c.rounding));
@@ -316,6 +333,7 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
         want.extend(METHODS.iter().map(|m| format!("{m:?}")));
         want.extend(RANGES.iter().map(|m| format!("{m:?}")));
         want.extend(ROUNDINGS.iter().map(|m| format!("{m:?}")));
+        want.extend(["real Auto".to_string(), "real Fixed".to_string()]);
         let missing: Vec<&String> = want.iter().filter(|w| !set.contains(*w)).collect();
         assert!(
             missing.is_empty(),
