@@ -4,7 +4,7 @@
 //! Expected values are worked out by hand in the comments.
 
 use fixnn::backend::RefBackend;
-use fixnn::layers::{Conv2d, Layer, Linear, Quant};
+use fixnn::layers::{AvgPool2d, Conv2d, Layer, Linear, Quant};
 use fixnn::tensor::{Ctx, Tensor, S2, S4};
 use fixnn::{Error, Format, QuantConfig};
 
@@ -135,9 +135,24 @@ fn conv2d_requantizes_its_accumulator_by_multiplier_and_shift() {
 }
 
 #[test]
-fn layers_without_real_scale_support_say_so() {
-    // Average pooling requantizes its integer sum with a power-of-two
-    // format only: a multiplier is refused by name, not dropped.
+fn average_pooling_of_codes_to_a_real_scale() {
+    let bk = RefBackend;
+    let ctx = Ctx::train(1, 0);
+    let mut p = AvgPool2d::<1, 2, 2, 1, 1, 1>::new(0, (2, 2), (2, 2), (0, 0)).unwrap();
+    // Range 0.75: step 0.75 / 128.
+    p.out.quant.cfg = QuantConfig::fixed_real(8, 0, M075);
+    let mut x = Tensor::<S4<1, 1, 2, 2>>::zeros();
+    x.flat_mut().copy_from_slice(&[0.5, 0.25, -0.125, 0.0]);
+    x.fmt = Some(Format::new(8, 0).unwrap());
+    p.forward(&bk, &ctx, &x).unwrap();
+    // Mean 0.15625 / (0.75 / 128) = 26.67 -> 27.
+    assert_eq!(p.output().flat(), &[27.0 * 0.75 / 128.0]);
+}
+
+#[test]
+fn power_of_two_only_paths_refuse_a_multiplier() {
+    // Code that needs a power-of-two format refuses a multiplier by name
+    // instead of dropping it.
     let mut cfg = QuantConfig::fixed_real(8, 0, M075);
     assert_eq!(
         cfg.update_scale_codes(0, &[1i32]),
