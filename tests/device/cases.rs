@@ -255,6 +255,7 @@ const ROUNDINGS: [Rounding; 4] = [
 /// coverage is refused). Runs 3-5 use a fixed-point master.
 fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
     let mut seen: [BTreeSet<String>; 2] = Default::default();
+    let (mut layers, mut real_layers) = (BTreeSet::new(), BTreeSet::new());
     let runs: Vec<RunDesc> = (0..6u32)
         .map(|r| {
             let seed = 100 + r as u64;
@@ -263,9 +264,10 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
             net.init(seed);
             let configs = configs(net, |i, kind, name| {
                 let i = i as u32;
-                // Real-valued scales (multiplier and shift) on the tensors of
-                // the layers that support them: Quant and Linear.
-                let real_ok = name.starts_with('q') || name.starts_with("fc");
+                // Real-valued scales (multiplier and shift) on every layer's
+                // tensors; the coverage check below names the layer types.
+                let layer = name.split('.').next().unwrap_or(name).to_string();
+                layers.insert(layer.clone());
                 let pick = |k: u32| {
                     let method = METHODS[((i + r) % 4) as usize];
                     let bits = 2 + ((i * 7 + r * 5 + k) % 15) as u8;
@@ -274,7 +276,7 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
                     let range = RANGES[((i + 3 * r + k) % 4) as usize];
                     let rounding = ROUNDINGS[((i + 2 * r + k) % 4) as usize];
                     let mut c = cfg(method, bits, scale, range, rounding);
-                    if real_ok && (i + r + k).is_multiple_of(3) {
+                    if (i + r + k).is_multiple_of(3) {
                         // Auto with a multiplier chooses it (range Max only);
                         // Fixed uses one of 0.5 .. 1.
                         c.multiplier = MULTIPLIERS[((i + r) % 3) as usize];
@@ -293,6 +295,7 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
                 for (set, c) in seen.iter_mut().zip([data, grad]) {
                     if c.is_real() {
                         set.insert(format!("real {:?}", c.method));
+                        real_layers.insert(layer.clone());
                     }
                     if c.method != Method::None {
                         set.insert(format!("bits {}", c.bits));
@@ -341,6 +344,12 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
             C::NAME
         );
     }
+    assert_eq!(
+        real_layers,
+        layers,
+        "{}: layers never given a real-valued scale",
+        C::NAME
+    );
     blob(C::NAME, &runs, <<C as Layer>::In as Shape>::LEN, MIX_B)
 }
 
