@@ -139,7 +139,14 @@ impl RealFormat {
     /// counterpart of [`round_f32`](Self::round_f32) for integers):
     /// `round(v * 2^(exp + 31 - step_exp) / M)`.
     pub fn round_exact(self, v: i64, exp: i32, rounding: Rounding, draw: u32) -> (i32, bool) {
-        requantize_ratio(v, exp + 31, self.multiplier, self.format, rounding, draw)
+        requantize_ratio(
+            v,
+            exp.saturating_add(31),
+            self.multiplier,
+            self.format,
+            rounding,
+            draw,
+        )
     }
 
     /// The integer requantization from accumulators `acc * 2^exp` into this
@@ -152,12 +159,16 @@ impl RealFormat {
     /// differ by the relative error of `M_eff`, below `2^-31`.
     pub const fn mul_shift(self, exp: i32) -> MulShift {
         let m = self.multiplier.get() as u64;
-        let eff = ((1u64 << 61) + m / 2) / m; // in (2^30, 2^31]
-        let shift = 30 + self.format.step_exp() - exp;
+        // m >= 2^30, so the division cannot fail (the fallback is unreachable).
+        let eff = match ((1u64 << 61) + m / 2).checked_div(m) {
+            Some(v) => v, // in (2^30, 2^31]
+            None => MULTIPLIER_END as u64,
+        };
+        let shift = (30 + self.format.step_exp()).saturating_sub(exp);
         if eff >= MULTIPLIER_END as u64 {
             MulShift {
                 multiplier: (eff >> 1) as u32,
-                shift: shift - 1,
+                shift: shift.saturating_sub(1),
             }
         } else {
             MulShift {
@@ -195,16 +206,17 @@ impl RealFormat {
             return Self::from_max(bits, m as u64, e);
         }
         let n = 64 - m.leading_zeros() as i32; // m in [2^(n-1), 2^n)
+        let scale = e.saturating_add(n);
         let (mut mult, mut scale) = if n <= 31 {
-            (m << (31 - n), e + n)
+            (m << (31 - n), scale)
         } else {
             let s = n - 31;
             let up = (m & ((1u64 << s) - 1) != 0) as u64;
-            ((m >> s) + up, e + n)
+            ((m >> s) + up, scale)
         };
         if mult >= MULTIPLIER_END as u64 {
             mult >>= 1;
-            scale += 1;
+            scale = scale.saturating_add(1);
         }
         let (mult, scale) = if scale > 127 {
             (MULTIPLIER_END as u64 - 1, 127)
@@ -575,6 +587,28 @@ mod tests {
         assert_eq!((rf.format().scale(), rf.multiplier()), (127, (1 << 31) - 1));
         let rf = RealFormat::from_max(8, 1, -500).unwrap();
         assert_eq!((rf.format().scale(), rf.multiplier()), (-128, 1 << 30));
+    }
+
+    #[test]
+    fn extreme_exponents_do_not_overflow() {
+        let rf = RealFormat::new(Format::new(8, 0).unwrap(), 3 << 29).unwrap();
+        assert_eq!(
+            rf.round_acc(5, i32::MIN, Rounding::NearestEven, 0),
+            (0, false)
+        );
+        assert_eq!(
+            rf.round_acc(5, i32::MAX, Rounding::NearestEven, 0),
+            (127, true)
+        );
+        assert_eq!(rf.round_acc(-5, i32::MIN, Rounding::Floor, 0), (-1, false));
+        assert_eq!(
+            rf.round_exact(5, i32::MAX, Rounding::NearestEven, 0),
+            (127, true)
+        );
+        let top = RealFormat::from_max(8, u64::MAX, i32::MAX).unwrap();
+        assert_eq!(top.format().scale(), 127);
+        let bottom = RealFormat::from_max(8, 1, i32::MIN).unwrap();
+        assert_eq!(bottom.format().scale(), -128);
     }
 
     #[test]
