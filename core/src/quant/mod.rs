@@ -26,7 +26,7 @@ mod config;
 mod format;
 pub mod mask;
 mod math;
-mod multiplier;
+pub mod multiplier;
 pub mod range;
 mod rng;
 mod round;
