@@ -12,6 +12,13 @@
 //! `None` the tensor is at full precision (nics_fix_pt's `FIX_NONE`) and
 //! kernels that touch it compute in f32, in a fixed order.
 //!
+//! A tensor quantized with a real-valued scale (a config with a
+//! `multiplier`, see [`quant::RealFormat`]) holds its codes' real values
+//! `q * M * 2^(scale - bits - 30)` rounded to f32 (nearest-even; the code
+//! is decided in integers, and the rounding is far below half a step, so the
+//! code can be recovered), with `fmt = None`: layers that read it compute
+//! in f32 as for full precision, on the quantized values.
+//!
 //! Shapes are types ([`S1`], [`S2`], [`S3`], [`S4`]) whose buffers are nested
 //! arrays, so `size_of` of a layer is the RAM it needs and shape mismatches
 //! between layers are compile errors.
@@ -261,7 +268,7 @@ impl Quantized {
         sat: &mut [bool],
     ) -> Result<Option<Format>> {
         let (fmt, n) = quantize_in_place(&mut self.cfg, ctx, self.id, v, Some(sat))?;
-        if fmt.is_some() {
+        if fmt.is_some() || self.cfg.is_real() {
             self.stats.data += n;
             self.stats.data_total += v.len() as u64;
         }
@@ -284,7 +291,7 @@ impl Quantized {
         sat: &mut [bool],
     ) -> Result<Option<Format>> {
         let (fmt, n) = requantize_into(&mut self.cfg, ctx, self.id, acc, exp, dst, Some(sat))?;
-        if fmt.is_some() {
+        if fmt.is_some() || self.cfg.is_real() {
             self.stats.data += n;
             self.stats.data_total += acc.len() as u64;
         }
@@ -299,7 +306,7 @@ impl Quantized {
     /// As [`Quantized::quantize_data`].
     pub fn quantize_grad(&mut self, ctx: &Ctx, g: &mut [f32]) -> Result<Option<Format>> {
         let (fmt, n) = quantize_in_place(&mut self.grad_cfg, ctx, self.id | GRAD_ID, g, None)?;
-        if fmt.is_some() {
+        if fmt.is_some() || self.grad_cfg.is_real() {
             self.stats.grad += n;
             self.stats.grad_total += g.len() as u64;
         }
@@ -328,7 +335,7 @@ impl Quantized {
             dst,
             None,
         )?;
-        if fmt.is_some() {
+        if fmt.is_some() || self.grad_cfg.is_real() {
             self.stats.grad += n;
             self.stats.grad_total += acc.len() as u64;
         }
@@ -369,6 +376,9 @@ fn quantize_in_place(
         check_len(v.len(), s.len())?;
     }
     let mut next = pass_config(cfg, ctx);
+    if next.is_real() {
+        return quantize_real(next, cfg, ctx, id, v, sat);
+    }
     let Some(f) = next.update_scale_f32(v)? else {
         if let Some(s) = sat {
             s.fill(false);
@@ -388,6 +398,41 @@ fn quantize_in_place(
     Ok((Some(f), n))
 }
 
+/// [`quantize_in_place`] for a real-valued scale (`next.is_real()`):
+/// Auto chooses `scale` and `multiplier` from `v`, each value becomes the
+/// f32 of its code's real value, and the format returned is `None` (the
+/// values are not exact multiples of a power of two).
+fn quantize_real(
+    mut next: QuantConfig,
+    cfg: &mut QuantConfig,
+    ctx: &Ctx,
+    id: u32,
+    v: &mut [f32],
+    mut sat: Option<&mut [bool]>,
+) -> Result<(Option<Format>, u64)> {
+    let Some(rf) = next.update_real_f32(v)? else {
+        return Ok((None, 0));
+    };
+    if next.method != quant::Method::Auto {
+        if let Some(index) = quant::range::first_non_finite(v) {
+            return Err(Error::NonFinite { index });
+        }
+    }
+    cfg.scale = next.scale;
+    cfg.multiplier = next.multiplier;
+    let r = ctx.rounder(id, cfg.rounding);
+    let mut n = 0;
+    for (i, x) in v.iter_mut().enumerate() {
+        let (q, clamped) = r.round_real_f32(i, *x, rf);
+        *x = rf.to_f32(q);
+        n += clamped as u64;
+        if let Some(s) = sat.as_deref_mut().and_then(|s| s.get_mut(i)) {
+            *s = clamped;
+        }
+    }
+    Ok((None, n))
+}
+
 /// [`quantize_in_place`] of a copy of `src` written into `dst` (same
 /// length), in one pass; `dst` is written only on success.
 fn quantize_into(
@@ -401,6 +446,18 @@ fn quantize_into(
     check_len(src.len(), dst.len())?;
     check_len(src.len(), sat.len())?;
     let mut next = pass_config(cfg, ctx);
+    if next.is_real() {
+        // Validate and choose before writing: `dst` changes only on success.
+        let mut probe = next;
+        probe.update_real_f32(src)?;
+        if probe.method != quant::Method::Auto {
+            if let Some(index) = quant::range::first_non_finite(src) {
+                return Err(Error::NonFinite { index });
+            }
+        }
+        dst.copy_from_slice(src);
+        return quantize_real(next, cfg, ctx, id, dst, Some(sat));
+    }
     let Some(f) = next.update_scale_f32(src)? else {
         dst.copy_from_slice(src);
         sat.fill(false);
@@ -435,6 +492,24 @@ fn requantize_into(
         check_len(acc.len(), s.len())?;
     }
     let mut next = pass_config(cfg, ctx);
+    if next.is_real() {
+        let Some(rf) = next.update_real_codes(exp, acc)? else {
+            return Ok((None, 0));
+        };
+        cfg.scale = next.scale;
+        cfg.multiplier = next.multiplier;
+        let r = ctx.rounder(id, cfg.rounding);
+        let mut n = 0;
+        for (i, (d, &a)) in dst.iter_mut().zip(acc).enumerate() {
+            let (q, clamped) = r.round_real_acc(i, a, exp, rf);
+            *d = rf.to_f32(q);
+            n += clamped as u64;
+            if let Some(s) = sat.as_deref_mut().and_then(|s| s.get_mut(i)) {
+                *s = clamped;
+            }
+        }
+        return Ok((None, n));
+    }
     let Some(f) = next.update_scale_codes(exp, acc)? else {
         for (d, &a) in dst.iter_mut().zip(acc) {
             *d = quant::acc_to_f32(a, exp);
@@ -633,7 +708,7 @@ impl<S: Shape> Param<S> {
                 return Err(e);
             }
         };
-        if fmt.is_some() {
+        if fmt.is_some() || quant.cfg.is_real() {
             quant.stats.data += n;
             quant.stats.data_total += S::LEN as u64;
         }

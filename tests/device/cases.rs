@@ -231,6 +231,8 @@ fn cnn_blob() -> Vec<u8> {
     blob("cnn", &runs, <<Cnn as Layer>::In as Shape>::LEN, CNN_B)
 }
 
+/// Multipliers of the real-valued Fixed configs: 0.5, 0.75, about 0.9.
+const MULTIPLIERS: [u32; 3] = [1 << 30, 3 << 29, 0x7333_3333];
 const METHODS: [Method; 4] = [Method::Auto, Method::Fixed, Method::Auto, Method::None];
 const RANGES: [RangeMethod; 5] = [
     RangeMethod::Max,
@@ -271,27 +273,44 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
 /// (coverage is checked only for `Running` itself).
 fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
     let mut seen: [BTreeSet<String>; 2] = Default::default();
+    let (mut layers, mut real_layers) = (BTreeSet::new(), BTreeSet::new());
     let runs: Vec<RunDesc> = (0..6u32)
         .map(|r| {
             let seed = 100 + r as u64;
             let mut slot = MaybeUninit::uninit();
             let net = C::build_in(&mut slot).expect("mix geometry");
             net.init(seed);
-            let configs = configs(net, |i, kind, _| {
+            let configs = configs(net, |i, kind, name| {
                 let i = i as u32;
+                // Real-valued scales (multiplier and shift) on every layer's
+                // tensors; the coverage check below names the layer types.
+                let layer = name.split('.').next().unwrap_or(name).to_string();
+                layers.insert(layer.clone());
                 let pick = |k: u32| {
                     let method = METHODS[((i + r) % 4) as usize];
                     let bits = 2 + ((i * 7 + r * 5 + k) % 15) as u8;
                     // Fixed scales near the data's range (activations ~1, grads ~2^-4).
                     let scale = if k == 0 { 1 } else { -3 };
-                    let range = match RANGES[((i + 3 * r + k) % 5) as usize] {
+                    let slot = RANGES[((i + 3 * r + k) % 5) as usize];
+                    let range = match slot {
                         RangeMethod::Running => running,
                         other => other,
                     };
                     let rounding = ROUNDINGS[((i + 2 * r + k) % 4) as usize];
                     let mut c = cfg(method, bits, scale, range, rounding);
-                    if range == RangeMethod::Running && r % 2 == 1 {
-                        c.ema = seeded_ema(scale);
+                    if slot == RangeMethod::Running {
+                        if range == RangeMethod::Running && r % 2 == 1 {
+                            c.ema = seeded_ema(scale);
+                        }
+                    } else if (i + r + k).is_multiple_of(3) {
+                        // Auto with a multiplier chooses it (range Max only);
+                        // Fixed uses one of 0.5 .. 1. Never in the running
+                        // slot, so that the blob with Max in that slot
+                        // differs from this one only there.
+                        c.multiplier = MULTIPLIERS[((i + r) % 3) as usize];
+                        if method == Method::Auto {
+                            c.range = RangeMethod::Max;
+                        }
                     }
                     c
                 };
@@ -302,6 +321,10 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                     pick(1)
                 };
                 for (set, c) in seen.iter_mut().zip([data, grad]) {
+                    if c.is_real() {
+                        set.insert(format!("real {:?}", c.method));
+                        real_layers.insert(layer.clone());
+                    }
                     if c.method != Method::None {
                         set.insert(format!("bits {}", c.bits));
                         set.insert(format!("{:?}", c.rounding));
@@ -352,6 +375,7 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
         want.extend(RANGES.iter().map(|m| format!("Auto {m:?}")));
         want.extend([false, true].map(|e| format!("Auto Running ema {e}")));
         want.extend(ROUNDINGS.iter().map(|m| format!("{m:?}")));
+        want.extend(["real Auto".to_string(), "real Fixed".to_string()]);
         let missing: Vec<&String> = want.iter().filter(|w| !set.contains(*w)).collect();
         assert!(
             missing.is_empty(),
@@ -359,6 +383,12 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
             C::NAME
         );
     }
+    assert_eq!(
+        real_layers,
+        layers,
+        "{}: layers never given a real-valued scale",
+        C::NAME
+    );
     blob(C::NAME, &runs, <<C as Layer>::In as Shape>::LEN, MIX_B)
 }
 

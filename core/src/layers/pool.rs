@@ -421,7 +421,10 @@ impl<
         if !ctx.training && next.method == Method::Auto {
             next.method = Method::Fixed;
         }
-        if next.method == Method::Auto {
+        // A real-valued output scale takes the f32 path below: the f32
+        // averages are quantized by `self.out.quantize` (multiplier and all).
+        let real = next.is_real();
+        if next.method == Method::Auto && !real {
             // Averages truncated toward zero to 2^-k steps; 2^k >= 2 d keeps
             // ceil(log2 |y|) of every element.
             let k = 16 + (u32::BITS - (div.get() - 1).leading_zeros());
@@ -434,7 +437,8 @@ impl<
             });
             next.update_scale_codes(e - k as i32, flat4(&self.acc))?;
         }
-        let Some(of) = next.format()? else {
+        let of = if real { None } else { next.format()? };
+        let Some(of) = of else {
             let d = div.get() as f32;
             let y = self.out.t.flat_mut();
             window_sums(&win, x, (OH, OW), f, |i, s| {

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::format::{Format, MAX_BITS, MIN_BITS};
+use super::multiplier::{RealFormat, MULTIPLIER_END, MULTIPLIER_MIN};
 use crate::error::{Error, Result};
 
 /// How a tensor's scale is obtained (nics_fix_pt's `FIX_NONE`, `FIX_AUTO`, `FIX_FIXED`).
@@ -77,9 +78,24 @@ pub enum Group {
 /// nics_fix_pt's `{bitwidth, scale, method}` plus range method and rounding.
 ///
 /// JSON field names are the Rust names; `zero_point`, `multiplier` and
-/// `group` may be omitted (they default to the only values this version
-/// supports) and are reserved for asymmetric ranges, real-valued scales
-/// (integer multiplier and shift) and per-channel groups.
+/// `group` may be omitted (they default to 0, 0 and `"tensor"`).
+/// `zero_point` and `group` are reserved for asymmetric ranges and
+/// per-channel groups.
+///
+/// # Real-valued scales
+///
+/// `multiplier = 0` (the default): the power-of-two format, real value of
+/// code `q` is `q * 2^(scale + 1 - bits)`. `multiplier = M` in
+/// `[2^30, 2^31)`: a real-valued scale, the TFLite scheme of an integer
+/// multiplier and a shift; the real value of `q` is
+/// `q * (M / 2^31) * 2^(scale + 1 - bits) = q * M * 2^(scale - bits - 30)`
+/// and the range is `(M / 2^31) * 2^scale` (see [`RealFormat`]). Method
+/// Auto then chooses `scale` and `M` together from the data as
+/// nics_fix_pt's `float_scale` with `RANGE_MAX` does (range = `max |x|`,
+/// step = `max |x| / 2^(bits - 1)`; nics_fix_pt supports `float_scale`
+/// with no other range method, and neither does fixnn), Fixed keeps both,
+/// None ignores both. Any `M` in the range asks Auto for a real-valued scale
+/// ([`QuantConfig::auto_real`] uses `2^30`).
 ///
 /// A config read from a file is checked with [`QuantConfig::validate`] (the
 /// constructors build valid configs).
@@ -121,8 +137,9 @@ pub struct QuantConfig {
     /// Reserved: integer zero point of an asymmetric range. Must be 0.
     #[serde(default)]
     pub zero_point: i32,
-    /// Reserved: integer multiplier of a real-valued scale (`0` = a pure
-    /// power of two, the only value this version supports).
+    /// Integer multiplier of a real-valued scale, a Q31 fraction in
+    /// `[2^30, 2^31)`; `0` = a pure power of two (see the type's docs).
+    /// Written by [`Method::Auto`] together with `scale` when non-zero.
     #[serde(default)]
     pub multiplier: u32,
     /// Reserved: which elements share a scale.
@@ -181,13 +198,46 @@ impl QuantConfig {
         }
     }
 
+    /// `Method::Auto` with a real-valued scale (`multiplier = 2^30` until
+    /// the first quantization chooses it), `RangeMethod::Max`, nearest-even.
+    pub const fn auto_real(bits: u8) -> Self {
+        QuantConfig {
+            method: Method::Auto,
+            bits,
+            multiplier: MULTIPLIER_MIN,
+            ..Self::NONE
+        }
+    }
+
+    /// `Method::Fixed` with a real-valued scale: range
+    /// `(multiplier / 2^31) * 2^scale`, nearest-even rounding (checked by
+    /// [`validate`](Self::validate) when used).
+    pub const fn fixed_real(bits: u8, scale: i8, multiplier: u32) -> Self {
+        QuantConfig {
+            method: Method::Fixed,
+            bits,
+            scale,
+            multiplier,
+            ..Self::NONE
+        }
+    }
+
+    /// Whether the config has a real-valued scale (`multiplier != 0`) and
+    /// quantizes (method not None).
+    pub const fn is_real(&self) -> bool {
+        self.multiplier != 0 && !matches!(self.method, Method::None)
+    }
+
     /// Check every field against what this version supports.
     ///
     /// # Errors
     ///
     /// * [`Error::BitsOutOfRange`] if `bits` is not in `2..=16` (checked for
     ///   `Method::None` too, so a saved config is valid whatever its method).
-    /// * [`Error::Unsupported`] naming `zero_point` or `multiplier` if either is not 0.
+    /// * [`Error::Unsupported`] naming `zero_point` if it is not 0.
+    /// * [`Error::Invalid`] if `multiplier` is neither 0 nor in `[2^30, 2^31)`.
+    /// * [`Error::Unsupported`] naming `range` for Auto with a multiplier and
+    ///   a range method other than Max.
     /// * [`Error::Invalid`] if `ema` is not a packed running range
     ///   ([`running::is_valid`](super::running::is_valid)).
     pub const fn validate(&self) -> Result<()> {
@@ -199,14 +249,32 @@ impl QuantConfig {
                 field: "zero_point",
             });
         }
-        if self.multiplier != 0 {
-            return Err(Error::Unsupported {
-                field: "multiplier",
+        if self.multiplier != 0
+            && (self.multiplier < MULTIPLIER_MIN || self.multiplier >= MULTIPLIER_END)
+        {
+            return Err(Error::Invalid {
+                what: "multiplier must be 0 or in [2^30, 2^31)",
             });
+        }
+        if self.multiplier != 0
+            && matches!(self.method, Method::Auto)
+            && !matches!(self.range, RangeMethod::Max)
+        {
+            return Err(Error::Unsupported { field: "range" });
         }
         if !super::running::is_valid(self.ema) {
             return Err(Error::Invalid {
                 what: "ema must be 0 or a packed running range (bit 23 set)",
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuse a real-valued scale where only a power-of-two format can be used.
+    const fn power_of_two_only(&self) -> Result<()> {
+        if self.multiplier != 0 && !matches!(self.method, Method::None) {
+            return Err(Error::Unsupported {
+                field: "multiplier",
             });
         }
         Ok(())
@@ -219,9 +287,15 @@ impl QuantConfig {
     ///
     /// # Errors
     ///
-    /// As [`validate`](Self::validate).
+    /// As [`validate`](Self::validate); [`Error::Unsupported`] naming
+    /// `multiplier` for a real-valued scale (which has no power-of-two
+    /// format: see [`real_format`](Self::real_format)), so that no caller
+    /// can silently drop the multiplier.
     pub const fn format(&self) -> Result<Option<Format>> {
         if let Err(e) = self.validate() {
+            return Err(e);
+        }
+        if let Err(e) = self.power_of_two_only() {
             return Err(e);
         }
         match self.method {
@@ -239,12 +313,13 @@ impl QuantConfig {
     ///
     /// # Errors
     ///
-    /// As [`validate`](Self::validate); for Auto also
+    /// As [`format`](Self::format); for Auto also
     /// [`Error::EmptyInput`], [`Error::NonFinite`] and
     /// [`Error::TooManyElements`] (more than `2^32` elements). `self` is
     /// unchanged on error.
     pub fn update_scale_f32(&mut self, x: &[f32]) -> Result<Option<Format>> {
         self.validate()?;
+        self.power_of_two_only()?;
         if self.method == Method::Auto {
             if self.range == RangeMethod::Running {
                 let obs = super::running::observe_f32(x)?;
@@ -263,7 +338,7 @@ impl QuantConfig {
     ///
     /// # Errors
     ///
-    /// As [`validate`](Self::validate); for Auto also [`Error::EmptyInput`]
+    /// As [`format`](Self::format); for Auto also [`Error::EmptyInput`]
     /// and [`Error::TooManyElements`]. `self` is unchanged on error.
     pub fn update_scale_codes<S: Copy + Into<i64>>(
         &mut self,
@@ -271,6 +346,7 @@ impl QuantConfig {
         q: &[S],
     ) -> Result<Option<Format>> {
         self.validate()?;
+        self.power_of_two_only()?;
         if self.method == Method::Auto {
             if self.range == RangeMethod::Running {
                 let obs = super::running::observe_codes(exp, q)?;
@@ -288,6 +364,86 @@ impl QuantConfig {
         let ema = super::running::update(self.ema, obs);
         self.scale = super::running::next_scale(self.ema, ema, self.scale);
         self.ema = ema;
+    }
+
+    /// The real-valued format the stored `bits`, `scale` and `multiplier`
+    /// describe, or `None` for [`Method::None`].
+    ///
+    /// # Errors
+    ///
+    /// As [`validate`](Self::validate); [`Error::Invalid`] if `multiplier`
+    /// is 0 (a power-of-two config: use [`format`](Self::format)).
+    pub const fn real_format(&self) -> Result<Option<RealFormat>> {
+        if let Err(e) = self.validate() {
+            return Err(e);
+        }
+        if matches!(self.method, Method::None) {
+            return Ok(None);
+        }
+        let f = match Format::new(self.bits, self.scale) {
+            Ok(f) => f,
+            Err(e) => return Err(e),
+        };
+        match RealFormat::new(f, self.multiplier) {
+            Ok(rf) => Ok(Some(rf)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`update_scale_f32`](Self::update_scale_f32) for a real-valued
+    /// scale: Auto sets `scale` and `multiplier` from `max |x|` with
+    /// [`RealFormat::from_max`] (integer arithmetic on the f32 bits; all-zero
+    /// data gives nics_fix_pt's `eps`, the f32 nearest `1e-5`); Fixed keeps
+    /// them; None returns `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`real_format`](Self::real_format); for Auto also
+    /// [`Error::EmptyInput`] and [`Error::NonFinite`]. `self` is unchanged
+    /// on error.
+    pub fn update_real_f32(&mut self, x: &[f32]) -> Result<Option<RealFormat>> {
+        self.real_format()?;
+        if self.method == Method::Auto {
+            if x.is_empty() {
+                return Err(Error::EmptyInput);
+            }
+            let big = super::range::max_abs_bits(x);
+            if big >= 0x7f80_0000 {
+                let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                return Err(Error::NonFinite { index });
+            }
+            let (m, e) = super::round::decompose_f32(f32::from_bits(big)).unwrap_or((0, 0));
+            self.set_real(RealFormat::from_max(self.bits, m.unsigned_abs(), e)?);
+        }
+        self.real_format()
+    }
+
+    /// [`update_real_f32`](Self::update_real_f32) for integer data
+    /// `q * 2^exp`: Auto chooses from `max |q| * 2^exp` exactly (rounded up
+    /// to a 31-bit multiplier when `max |q|` has more significant bits).
+    ///
+    /// # Errors
+    ///
+    /// As [`real_format`](Self::real_format); for Auto also
+    /// [`Error::EmptyInput`]. `self` is unchanged on error.
+    pub fn update_real_codes<S: Copy + Into<i64>>(
+        &mut self,
+        exp: i32,
+        q: &[S],
+    ) -> Result<Option<RealFormat>> {
+        self.real_format()?;
+        if self.method == Method::Auto {
+            let Some(big) = q.iter().map(|&v| v.into().unsigned_abs()).max() else {
+                return Err(Error::EmptyInput);
+            };
+            self.set_real(RealFormat::from_max(self.bits, big, exp)?);
+        }
+        self.real_format()
+    }
+
+    fn set_real(&mut self, rf: RealFormat) {
+        self.scale = rf.format().scale();
+        self.multiplier = rf.multiplier();
     }
 }
 
@@ -348,5 +504,80 @@ mod tests {
             Err(Error::NonFinite { index: 1 })
         );
         assert_eq!(cfg.scale, 5);
+    }
+
+    #[test]
+    fn multiplier_validation() {
+        let mut cfg = QuantConfig::fixed_real(8, 0, 3 << 29);
+        assert_eq!(cfg.validate(), Ok(()));
+        assert_eq!(
+            cfg.format(),
+            Err(Error::Unsupported {
+                field: "multiplier"
+            })
+        );
+        assert_eq!(
+            cfg.update_scale_f32(&[1.0]),
+            Err(Error::Unsupported {
+                field: "multiplier"
+            })
+        );
+        let rf = cfg.real_format().unwrap().unwrap();
+        assert_eq!((rf.multiplier(), rf.format().scale()), (3 << 29, 0));
+        for m in [1, (1 << 30) - 1, 1 << 31, u32::MAX] {
+            cfg.multiplier = m;
+            assert!(matches!(cfg.validate(), Err(Error::Invalid { .. })), "{m}");
+        }
+        cfg.multiplier = 0;
+        assert!(matches!(cfg.real_format(), Err(Error::Invalid { .. })));
+        let mut auto = QuantConfig::auto_real(8);
+        auto.range = RangeMethod::ThreeSigma;
+        assert_eq!(auto.validate(), Err(Error::Unsupported { field: "range" }));
+        // Method None ignores the multiplier.
+        let none = QuantConfig {
+            multiplier: 3 << 29,
+            ..QuantConfig::NONE
+        };
+        assert_eq!((none.format(), none.real_format()), (Ok(None), Ok(None)));
+    }
+
+    #[test]
+    fn auto_real_chooses_scale_and_multiplier() {
+        let mut cfg = QuantConfig::auto_real(8);
+        // max |x| = 1.5: range 0.75 * 2^1, step 1.5 / 128.
+        let rf = cfg.update_real_f32(&[0.3, -1.5, 0.9]).unwrap().unwrap();
+        assert_eq!((cfg.scale, cfg.multiplier), (1, 3 << 29));
+        assert_eq!(rf.to_f32(64), 0.75);
+        // max |x| = 0.1 (f32 0x3dcccccd): 0.8 * 2^-3, M = significand << 7.
+        cfg.update_real_f32(&[0.1, -0.05]).unwrap();
+        assert_eq!((cfg.scale, cfg.multiplier), (-3, 0xcccccd << 7));
+        // Integer data: max 3 * 2^-4 = 0.1875 = 0.75 * 2^-2.
+        cfg.update_real_codes(-4, &[1i32, -3, 2]).unwrap();
+        assert_eq!((cfg.scale, cfg.multiplier), (-2, 3 << 29));
+        // Fixed keeps both.
+        let mut fixed = QuantConfig {
+            method: Method::Fixed,
+            ..cfg
+        };
+        fixed.update_real_f32(&[100.0]).unwrap();
+        assert_eq!((fixed.scale, fixed.multiplier), (-2, 3 << 29));
+        // Errors leave the config unchanged.
+        assert_eq!(cfg.update_real_f32(&[]), Err(Error::EmptyInput));
+        assert_eq!(
+            cfg.update_real_f32(&[1.0, f32::INFINITY]),
+            Err(Error::NonFinite { index: 1 })
+        );
+        assert_eq!((cfg.scale, cfg.multiplier), (-2, 3 << 29));
+    }
+
+    #[test]
+    fn real_config_json() {
+        let cfg = QuantConfig::fixed_real(8, -3, 0x6666_6666);
+        let mut buf = [0u8; 256];
+        let n = serde_json_core::to_slice(&cfg, &mut buf).unwrap();
+        let text = core::str::from_utf8(&buf[..n]).unwrap();
+        assert!(text.contains(r#""multiplier":1717986918"#), "{text}");
+        let (back, _): (QuantConfig, usize) = serde_json_core::from_str(text).unwrap();
+        assert_eq!(back, cfg);
     }
 }

@@ -26,6 +26,7 @@ mod config;
 mod format;
 pub mod mask;
 mod math;
+pub mod multiplier;
 pub mod range;
 mod rng;
 mod round;
@@ -35,6 +36,10 @@ mod slice;
 pub use config::{Group, Method, QuantConfig, RangeMethod, Rounding};
 pub use format::{check_storage, pow2_f32, Code, Format, MAX_BITS, MIN_BITS};
 pub use math::{ratio_to_f32, sqrt_f32};
+pub use multiplier::{
+    multiply_by_quantized_multiplier, round_mul_shift, rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul, MulShift, RealFormat, MULTIPLIER_END, MULTIPLIER_MIN,
+};
 pub use rng::Stream;
 pub use round::{decompose_f32, requantize_one, requantize_ratio, round_f32};
 
@@ -99,6 +104,27 @@ impl Rounder {
             _ => 0,
         };
         round_f32(x, format, self.rounding, draw)
+    }
+
+    /// Round the f32 `x` to a code of the real-valued format `rf` as element
+    /// `i` ([`RealFormat::round_f32`], the draw as in [`Rounder::round`]).
+    /// Returns `(code, saturated)`.
+    pub fn round_real_f32(&self, i: usize, x: f32, rf: RealFormat) -> (i32, bool) {
+        rf.round_f32(x, self.rounding, self.draw(i))
+    }
+
+    /// Requantize the accumulator `acc * 2^exp` to a code of `rf` as element
+    /// `i` by multiplier and shift ([`RealFormat::round_acc`]).
+    /// Returns `(code, saturated)`.
+    pub fn round_real_acc(&self, i: usize, acc: i64, exp: i32, rf: RealFormat) -> (i32, bool) {
+        rf.round_acc(acc, exp, self.rounding, self.draw(i))
+    }
+
+    fn draw(&self, i: usize) -> u32 {
+        match self.rounding {
+            Rounding::Stochastic => self.stream.draw(self.base.wrapping_add(i as u32)),
+            _ => 0,
+        }
     }
 
     /// Round the rational `v * 2^exp / div` to a code of `format` as element

@@ -238,8 +238,9 @@ pub(crate) fn round_exact_f32(y: f32, rounding: Rounding) -> i32 {
     }
 }
 
-/// `v / 2^shift` rounded to an integer; `1 <= shift <= 96`, `|v| < 2^63`.
-fn shift_right_round(v: i128, shift: u32, rounding: Rounding, draw: u32) -> i128 {
+/// `v / 2^shift` rounded to an integer; `1 <= shift <= 96`, `|v| < 2^126`
+/// (so that the stochastic addend, below `2^96`, cannot overflow).
+pub(crate) fn shift_right_round(v: i128, shift: u32, rounding: Rounding, draw: u32) -> i128 {
     let floor = v >> shift;
     let rem = v - (floor << shift); // in [0, 2^shift)
     let half = 1i128 << (shift - 1);

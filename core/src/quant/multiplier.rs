@@ -1,0 +1,626 @@
+//! Real-valued scales: an integer multiplier and a power-of-two shift (the
+//! TFLite int8 scheme), so that quantization and requantization stay integer.
+//!
+//! # Representation
+//!
+//! A [`RealFormat`] is a [`Format`] (`bits`, power-of-two `scale`) plus a
+//! `multiplier` `M` in `[2^30, 2^31)`, read as the Q31 fraction
+//! `M / 2^31` in `[0.5, 1)`. The real value of code `q` is
+//!
+//! ```text
+//! q * (M / 2^31) * 2^(scale + 1 - bits)  =  q * M * 2^(scale - bits - 30)
+//! ```
+//!
+//! so codes cover `[-(M / 2^31) * 2^scale, (M / 2^31) * 2^scale - step]`
+//! with `step = M * 2^(scale - bits - 30)`. `M = 0` in a
+//! [`QuantConfig`](crate::QuantConfig) means "no multiplier" (the plain
+//! power-of-two [`Format`], factor exactly 1); `M = 2^30` is the same range
+//! as the power-of-two format of `scale - 1`.
+//!
+//! One multiplier and shift per tensor is a [`RealFormat`]; a later
+//! per-channel group is an array of them (one `(scale, multiplier)` per
+//! channel), and every function here works on one such pair.
+//!
+//! # Arithmetic
+//!
+//! * f32 to code ([`RealFormat::round_f32`]): `x = m * 2^e` exactly (its
+//!   bits), and `q = round(m * 2^(e + 31 - step_exp) / M)` is decided by an
+//!   exact integer division ([`requantize_ratio`]): no float multiply.
+//! * Accumulator to code ([`RealFormat::mul_shift`], [`round_mul_shift`]):
+//!   `acc * 2^exp` is multiplied by the integer reciprocal
+//!   `M_eff ~ 2^61 / M` and shifted right, the TFLite requantization; one
+//!   rounding by [`Rounding`] of the exact product `acc * M_eff`.
+//! * TFLite's own double rounding ([`saturating_rounding_doubling_high_mul`]
+//!   then [`rounding_divide_by_pot`]), for comparison with TFLite kernels.
+//! * Code to f32 ([`RealFormat::to_f32`]): `q * M` exactly in `i64`, then
+//!   [`acc_to_f32`](super::acc_to_f32) (one f32 rounding, nearest-even).
+
+use core::num::NonZeroU32;
+
+use super::config::Rounding;
+use super::format::Format;
+use super::round::{decompose_f32, requantize_ratio, shift_right_round};
+use crate::error::{Error, Result};
+
+/// Smallest valid multiplier, `2^30` (the fraction 0.5).
+pub const MULTIPLIER_MIN: u32 = 1 << 30;
+/// One past the largest valid multiplier, `2^31` (the fraction 1.0).
+pub const MULTIPLIER_END: u32 = 1 << 31;
+
+/// A real-valued format: `bits`-bit codes whose real value is
+/// `q * M * 2^(scale - bits - 30)` with the multiplier `M` in
+/// `[2^30, 2^31)` (see the [module docs](self)).
+///
+/// # Examples
+///
+/// ```
+/// use fixnn::{Format, Rounding};
+/// use fixnn::quant::RealFormat;
+/// // 8 bits, range 0.75 * 2^1 = 1.5: step 1.5 / 128.
+/// let rf = RealFormat::new(Format::new(8, 1)?, 3 << 29)?;
+/// assert_eq!(rf.to_f32(128 - 1), 127.0 * 1.5 / 128.0);
+/// assert_eq!(rf.round_f32(0.75, Rounding::NearestEven, 0), (64, false));
+/// # Ok::<(), fixnn::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RealFormat {
+    format: Format,
+    multiplier: NonZeroU32,
+}
+
+/// An integer requantization `acc -> round(acc * multiplier / 2^shift)`:
+/// what a device computes to move an accumulator into a [`RealFormat`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MulShift {
+    /// In `[2^30, 2^31)`.
+    pub multiplier: u32,
+    /// Right shift (negative: left shift, exact).
+    pub shift: i32,
+}
+
+impl RealFormat {
+    /// A real format of `format` and `multiplier`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] if `multiplier` is not in `[2^30, 2^31)`.
+    pub const fn new(format: Format, multiplier: u32) -> Result<Self> {
+        if multiplier < MULTIPLIER_MIN || multiplier >= MULTIPLIER_END {
+            return Err(Error::Invalid {
+                what: "multiplier must be 0 or in [2^30, 2^31)",
+            });
+        }
+        match NonZeroU32::new(multiplier) {
+            Some(m) => Ok(RealFormat {
+                format,
+                multiplier: m,
+            }),
+            None => Err(Error::Invalid {
+                what: "multiplier must be 0 or in [2^30, 2^31)",
+            }),
+        }
+    }
+
+    /// The power-of-two part: bits, scale, code range.
+    pub const fn format(self) -> Format {
+        self.format
+    }
+
+    /// The multiplier `M`, in `[2^30, 2^31)`.
+    pub const fn multiplier(self) -> u32 {
+        self.multiplier.get()
+    }
+
+    /// The exponent `e` with real value `q * M * 2^e`: `scale - bits - 30`.
+    pub const fn value_exp(self) -> i32 {
+        self.format.step_exp() - 31
+    }
+
+    /// The real value of `code`, `code * M * 2^(scale - bits - 30)`, as f32:
+    /// the product `code * M` is exact in `i64`, then rounded once to f32
+    /// (nearest-even; a result in the subnormal range may round twice).
+    pub fn to_f32(self, code: i32) -> f32 {
+        super::acc_to_f32(code as i64 * self.multiplier.get() as i64, self.value_exp())
+    }
+
+    /// Round the f32 `x` to a code: `q = round(x / step)` for the exact
+    /// quotient (the f32's exact significand and exponent, an integer
+    /// division by `M`), with `rounding` as in [`requantize_ratio`]
+    /// (stochastic: `draw` is the 32-bit random number), then saturated.
+    /// NaN and infinities give 0. Returns `(code, saturated)`.
+    pub fn round_f32(self, x: f32, rounding: Rounding, draw: u32) -> (i32, bool) {
+        let (m, e) = decompose_f32(x).unwrap_or((0, 0));
+        requantize_ratio(m, e + 31, self.multiplier, self.format, rounding, draw)
+    }
+
+    /// Round the exact value `v * 2^exp` to a code by exact division (the
+    /// counterpart of [`round_f32`](Self::round_f32) for integers):
+    /// `round(v * 2^(exp + 31 - step_exp) / M)`.
+    pub fn round_exact(self, v: i64, exp: i32, rounding: Rounding, draw: u32) -> (i32, bool) {
+        requantize_ratio(
+            v,
+            exp.saturating_add(31),
+            self.multiplier,
+            self.format,
+            rounding,
+            draw,
+        )
+    }
+
+    /// The integer requantization from accumulators `acc * 2^exp` into this
+    /// format: `q = round(acc * M_eff / 2^shift)` with
+    /// `M_eff = round(2^61 / M)` (nearest; `2^61 / M` is never a tie) in
+    /// `(2^30, 2^31]`, brought into `[2^30, 2^31)` (`2^31` becomes `2^30`
+    /// with one less shift) and `shift = 30 + step_exp - exp`.
+    ///
+    /// `acc * 2^exp / (M * 2^(step_exp - 31))` and `acc * M_eff / 2^shift`
+    /// differ by the relative error of `M_eff`, below `2^-31`.
+    pub const fn mul_shift(self, exp: i32) -> MulShift {
+        let m = self.multiplier.get() as u64;
+        // m >= 2^30, so the division cannot fail (the fallback is unreachable).
+        let eff = match ((1u64 << 61) + m / 2).checked_div(m) {
+            Some(v) => v, // in (2^30, 2^31]
+            None => MULTIPLIER_END as u64,
+        };
+        let shift = (30 + self.format.step_exp()).saturating_sub(exp);
+        if eff >= MULTIPLIER_END as u64 {
+            MulShift {
+                multiplier: (eff >> 1) as u32,
+                shift: shift.saturating_sub(1),
+            }
+        } else {
+            MulShift {
+                multiplier: eff as u32,
+                shift,
+            }
+        }
+    }
+
+    /// Requantize the accumulator `acc * 2^exp` into this format with
+    /// [`mul_shift`](Self::mul_shift) and [`round_mul_shift`], then
+    /// saturate. Returns `(code, saturated)`.
+    pub fn round_acc(self, acc: i64, exp: i32, rounding: Rounding, draw: u32) -> (i32, bool) {
+        let ms = self.mul_shift(exp);
+        self.format.saturate(round_mul_shift(
+            acc,
+            ms.multiplier,
+            ms.shift,
+            rounding,
+            draw,
+        ))
+    }
+
+    /// The format chosen for data whose largest magnitude is the exact
+    /// `max = m * 2^e` (`m > 0`), as nics_fix_pt's `float_scale` with
+    /// `RANGE_MAX`: the range `(M / 2^31) * 2^scale` equals `max` (exactly
+    /// when `m` has at most 31 significant bits, else rounded up to 31 bits).
+    /// `scale` is clamped to `-128..=127` (a clamped range is the nearest
+    /// representable one: `M = 2^30` at the bottom, `2^31 - 1` at the top).
+    /// `m == 0` gives nics_fix_pt's `eps`, the f32 nearest `1e-5`.
+    pub fn from_max(bits: u8, m: u64, e: i32) -> Result<Self> {
+        if m == 0 {
+            // nics_fix_pt: max(max|x|, 1e-5).
+            let (m, e) = decompose_f32(1e-5).unwrap_or((1, -17));
+            return Self::from_max(bits, m as u64, e);
+        }
+        let n = 64 - m.leading_zeros() as i32; // m in [2^(n-1), 2^n)
+        let scale = e.saturating_add(n);
+        let (mut mult, mut scale) = if n <= 31 {
+            (m << (31 - n), scale)
+        } else {
+            let s = n - 31;
+            let up = (m & ((1u64 << s) - 1) != 0) as u64;
+            ((m >> s) + up, scale)
+        };
+        if mult >= MULTIPLIER_END as u64 {
+            mult >>= 1;
+            scale = scale.saturating_add(1);
+        }
+        let (mult, scale) = if scale > 127 {
+            (MULTIPLIER_END as u64 - 1, 127)
+        } else if scale < -128 {
+            (MULTIPLIER_MIN as u64, -128)
+        } else {
+            (mult, scale)
+        };
+        Self::new(Format::new(bits, scale as i8)?, mult as u32)
+    }
+}
+
+/// `round(acc * multiplier / 2^shift)`, one rounding of the exact product
+/// (an `i128`), by `rounding`: `NearestEven`, `NearestAway` (ties as
+/// named), `Floor`, `Stochastic` (add `r` uniform in `[0, 2^shift)` made from
+/// `draw` as in [`requantize_one`](super::requantize_one), then floor).
+/// `shift <= 0` is an exact left shift (a result of `2^100` or more in
+/// magnitude, far outside any code range, saturates to `±2^100`); shifts
+/// above 96 act as 96.
+///
+/// # Examples
+///
+/// ```
+/// use fixnn::Rounding;
+/// use fixnn::quant::round_mul_shift;
+/// // 3 * 2^30 / 2^31 = 1.5: a tie.
+/// assert_eq!(round_mul_shift(3, 1 << 30, 31, Rounding::NearestEven, 0), 2);
+/// assert_eq!(round_mul_shift(-3, 1 << 30, 31, Rounding::NearestAway, 0), -2);
+/// assert_eq!(round_mul_shift(-3, 1 << 30, 31, Rounding::Floor, 0), -2);
+/// ```
+pub fn round_mul_shift(
+    acc: i64,
+    multiplier: u32,
+    shift: i32,
+    rounding: Rounding,
+    draw: u32,
+) -> i128 {
+    let p = acc as i128 * multiplier as i128; // |p| < 2^95
+    if p == 0 {
+        return 0;
+    }
+    if shift <= 0 {
+        let left = -(shift as i64);
+        let len = 128 - p.unsigned_abs().leading_zeros() as i64; // |p| < 2^len
+        if len + left > 100 {
+            return if p < 0 { -(1i128 << 100) } else { 1i128 << 100 };
+        }
+        return p << left;
+    }
+    shift_right_round(p, shift.min(96) as u32, rounding, draw)
+}
+
+/// TFLite's `SaturatingRoundingDoublingHighMul(a, b)`: the high 32 bits of
+/// `2 * a * b`, rounded: `(a * b + nudge) / 2^31` with division truncating
+/// toward zero and `nudge = 2^30` if `a * b >= 0`, else `1 - 2^30`. The
+/// result is therefore `a * b / 2^31` rounded to nearest with ties toward
+/// plus infinity (`0.5 -> 1`, `-0.5 -> 0`, `-1.5 -> -1`). The one product
+/// that does not fit, `i32::MIN * i32::MIN` (`+1.0`), saturates to
+/// `i32::MAX`.
+///
+/// # Examples
+///
+/// ```
+/// use fixnn::quant::saturating_rounding_doubling_high_mul as srdhm;
+/// assert_eq!(srdhm(i32::MIN, i32::MIN), i32::MAX);
+/// assert_eq!(srdhm(1 << 30, 1 << 30), 1 << 29); // 0.5 * 0.5 in Q31
+/// assert_eq!(srdhm(3, 1 << 30), 2); // 1.5 -> 2
+/// assert_eq!(srdhm(-3, 1 << 30), -1); // -1.5 -> -1
+/// ```
+pub const fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
+    if a == i32::MIN && b == i32::MIN {
+        return i32::MAX;
+    }
+    let ab = a as i64 * b as i64;
+    let nudge: i64 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
+    // |ab + nudge| < 2^62: no overflow; `/` truncates toward zero.
+    ((ab + nudge) / (1i64 << 31)) as i32
+}
+
+/// TFLite's `RoundingDivideByPOT(x, exponent)`: `x / 2^exponent` rounded to
+/// nearest, ties away from zero, for `exponent` in `0..=31` (larger
+/// exponents act as 31).
+///
+/// # Examples
+///
+/// ```
+/// use fixnn::quant::rounding_divide_by_pot as rdbpot;
+/// assert_eq!((rdbpot(5, 1), rdbpot(-5, 1), rdbpot(-6, 2), rdbpot(7, 0)), (3, -3, -2, 7));
+/// ```
+pub const fn rounding_divide_by_pot(x: i32, exponent: u32) -> i32 {
+    let exponent = if exponent > 31 { 31 } else { exponent };
+    let mask: i64 = (1i64 << exponent) - 1;
+    let x = x as i64;
+    let remainder = x & mask;
+    let threshold = (mask >> 1) + (x < 0) as i64;
+    ((x >> exponent) + (remainder > threshold) as i64) as i32
+}
+
+/// TFLite's `MultiplyByQuantizedMultiplier(x, multiplier, shift)` with its
+/// double rounding: `left = max(shift, 0)`, `right = max(-shift, 0)`,
+/// `rounding_divide_by_pot(srdhm(x * 2^left, multiplier), right)`.
+///
+/// `multiplier` is TFLite's Q31 `quantized_multiplier` (in `[2^30, 2^31)`
+/// for a normalised real multiplier), `shift > 0` a left shift. Where
+/// TFLite's `x * 2^left` overflows `i32` (undefined in C++) this saturates.
+///
+/// # Examples
+///
+/// ```
+/// use fixnn::quant::multiply_by_quantized_multiplier as mbqm;
+/// // 0.75 (3 * 2^29 in Q31) times 2^-3: 100 * 0.09375 = 9.375 -> 9
+/// assert_eq!(mbqm(100, 3 << 29, -3), 9);
+/// ```
+pub const fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> i32 {
+    let (left, right) = if shift > 0 {
+        (shift as u32, 0)
+    } else {
+        (0, shift.unsigned_abs())
+    };
+    let left = if left > 31 { 31 } else { left };
+    let wide = (x as i64) << left;
+    let x = if wide > i32::MAX as i64 {
+        i32::MAX
+    } else if wide < i32::MIN as i64 {
+        i32::MIN
+    } else {
+        wide as i32
+    };
+    rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, multiplier), right)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn srdhm_golden() {
+        // Hand-computed from the definition: a * b / 2^31.
+        let cases = [
+            (i32::MIN, i32::MIN, i32::MAX),     // +1.0 does not fit
+            (i32::MIN, i32::MAX, -i32::MAX),    // -(2^31 - 1) exactly
+            (i32::MAX, i32::MAX, i32::MAX - 1), // (2^31-1)^2/2^31 = 2^31 - 2 + 2^-31
+            (1 << 30, 1 << 30, 1 << 29),
+            (1, 1 << 30, 1),            // 0.5 -> 1 (tie, up)
+            (-1, 1 << 30, 0),           // -0.5 -> 0 (tie, toward +inf)
+            (3, 1 << 30, 2),            // 1.5 -> 2
+            (-3, 1 << 30, -1),          // -1.5 -> -1
+            (5, 1 << 30, 3),            // 2.5 -> 3
+            (-5, 1 << 30, -2),          // -2.5 -> -2
+            (1, (1 << 30) - 1, 0),      // just below 0.5
+            (-1, (1 << 30) + 1, -1),    // just beyond -0.5
+            (1000, 1_717_986_918, 800), // 0.8 in Q31 (rounded): 799.99...
+            (0, i32::MIN, 0),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(
+                saturating_rounding_doubling_high_mul(a, b),
+                want,
+                "{a} * {b}"
+            );
+            assert_eq!(
+                saturating_rounding_doubling_high_mul(b, a),
+                want,
+                "{b} * {a}"
+            );
+        }
+    }
+
+    #[test]
+    fn rdbpot_golden() {
+        let cases = [
+            (0, 3, 0),
+            (4, 3, 1),   // 0.5 -> 1
+            (-4, 3, -1), // -0.5 -> -1
+            (3, 3, 0),
+            (-3, 3, 0),
+            (12, 3, 2),   // 1.5 -> 2
+            (-12, 3, -2), // -1.5 -> -2
+            (-13, 3, -2),
+            (-11, 3, -1),
+            (i32::MIN, 31, -1),
+            (i32::MAX, 31, 1),
+            (i32::MIN, 1, -(1 << 30)),
+            (7, 0, 7),
+            (-7, 0, -7),
+        ];
+        for (x, e, want) in cases {
+            assert_eq!(rounding_divide_by_pot(x, e), want, "{x} / 2^{e}");
+        }
+    }
+
+    #[test]
+    fn tflite_double_rounding_differs_from_one_rounding() {
+        // x * 0.75 * 2^-1 with x = 5: exact 1.875 -> 2 either way.
+        assert_eq!(multiply_by_quantized_multiplier(5, 3 << 29, -1), 2);
+        // x = 3, M = 2^30 + 1 (just above 0.5), shift -1: exact value
+        // 3 * (0.5 + 2^-31) / 2 = 0.75 + tiny -> 1. TFLite: srdhm = 2 (1.5 -> 2),
+        // then 2 / 2 = 1: same.
+        assert_eq!(multiply_by_quantized_multiplier(3, (1 << 30) + 1, -1), 1);
+        // x = 1, M = 2^30, shift -1: exact 0.25 -> 0. TFLite: srdhm rounds
+        // 0.5 up to 1, then 1 / 2 = 0.5 rounds away to 1: double rounding.
+        assert_eq!(multiply_by_quantized_multiplier(1, 1 << 30, -1), 1);
+        assert_eq!(round_mul_shift(1, 1 << 30, 32, Rounding::NearestAway, 0), 0);
+        // Left shift: 3 * 2 * 0.5 = 3.
+        assert_eq!(multiply_by_quantized_multiplier(3, 1 << 30, 1), 3);
+        // Saturating left shift instead of C++ overflow.
+        assert_eq!(
+            multiply_by_quantized_multiplier(i32::MAX, 1 << 30, 1),
+            1 << 30
+        );
+    }
+
+    #[test]
+    fn round_mul_shift_modes() {
+        use Rounding::*;
+        // 5 * 2^30 / 2^32 = 1.25; 6 * 2^30 / 2^32 = 1.5; -6: -1.5; 10: 2.5
+        let cases = [
+            (5, NearestEven, 1),
+            (6, NearestEven, 2),
+            (-6, NearestEven, -2),
+            (10, NearestEven, 2),
+            (-10, NearestEven, -2),
+            (10, NearestAway, 3),
+            (-10, NearestAway, -3),
+            (-5, Floor, -2),
+            (5, Floor, 1),
+        ];
+        for (acc, r, want) in cases {
+            assert_eq!(round_mul_shift(acc, 1 << 30, 32, r, 0), want, "{acc} {r:?}");
+        }
+        // Stochastic: 1.25 rounds up iff the top two draw bits add a carry.
+        assert_eq!(round_mul_shift(5, 1 << 30, 32, Stochastic, 0xbfff_ffff), 1);
+        assert_eq!(round_mul_shift(5, 1 << 30, 32, Stochastic, 0xc000_0000), 2);
+        // Exact left shifts, and the wide product of an i64 accumulator.
+        assert_eq!(round_mul_shift(3, 1 << 30, -2, Floor, 0), 3i128 << 32);
+        assert_eq!(round_mul_shift(-1, 1, -99, Floor, 0), -(1i128 << 99));
+        assert_eq!(round_mul_shift(1, 1, -100, Floor, 0), 1i128 << 100);
+        assert_eq!(round_mul_shift(-5, 1, -100, Floor, 0), -(1i128 << 100));
+        assert_eq!(
+            round_mul_shift(i64::MIN, (1 << 31) - 1, 62, Floor, 0),
+            -((1i128 << 32) - 2)
+        );
+    }
+
+    #[test]
+    fn f32_quantization_is_exact_division() {
+        // 8 bits, scale 0, M = 0.75: step 0.75 / 128 = 3 * 2^-9.
+        let rf = RealFormat::new(Format::new(8, 0).unwrap(), 3 << 29).unwrap();
+        let step = 3.0 * (2.0f32).powi(-9);
+        assert_eq!(rf.value_exp(), -38);
+        assert_eq!(rf.to_f32(1), step);
+        assert_eq!(rf.to_f32(-128), -0.75);
+        // 0.5 / step = 85.33 -> 85; 1.5 steps -> tie.
+        assert_eq!(rf.round_f32(0.5, Rounding::NearestEven, 0), (85, false));
+        assert_eq!(
+            rf.round_f32(1.5 * step, Rounding::NearestEven, 0),
+            (2, false)
+        );
+        assert_eq!(
+            rf.round_f32(2.5 * step, Rounding::NearestEven, 0),
+            (2, false)
+        );
+        assert_eq!(
+            rf.round_f32(2.5 * step, Rounding::NearestAway, 0),
+            (3, false)
+        );
+        assert_eq!(
+            rf.round_f32(-2.5 * step, Rounding::NearestAway, 0),
+            (-3, false)
+        );
+        assert_eq!(rf.round_f32(-2.5 * step, Rounding::Floor, 0), (-3, false));
+        assert_eq!(rf.round_f32(0.75, Rounding::NearestEven, 0), (127, true));
+        assert_eq!(rf.round_f32(-0.75, Rounding::NearestEven, 0), (-128, false));
+        assert_eq!(rf.round_f32(-1.0, Rounding::NearestEven, 0), (-128, true));
+        assert_eq!(rf.round_f32(f32::NAN, Rounding::NearestEven, 0), (0, false));
+        // Every code round-trips through its f32 value.
+        for q in -128..=127 {
+            assert_eq!(
+                rf.round_f32(rf.to_f32(q), Rounding::NearestEven, 0),
+                (q, false)
+            );
+        }
+    }
+
+    #[test]
+    fn accumulator_requantization() {
+        // Output 8 bits, scale 0, M = 0.75 (step 3 * 2^-9). An accumulator at
+        // exponent -14 (two Q0.7 codes): acc = 8192 is 0.5 -> 85.33 -> 85.
+        let rf = RealFormat::new(Format::new(8, 0).unwrap(), 3 << 29).unwrap();
+        let ms = rf.mul_shift(-14);
+        // 2^61 / (3 * 2^29) = 2^32 / 3 = 1431655765.33 -> 1431655765, shift 30 - 7 + 14.
+        assert_eq!(
+            ms,
+            MulShift {
+                multiplier: 1_431_655_765,
+                shift: 37
+            }
+        );
+        assert_eq!(
+            rf.round_acc(8192, -14, Rounding::NearestEven, 0),
+            (85, false)
+        );
+        assert_eq!(rf.round_acc(-8192, -14, Rounding::Floor, 0), (-86, false));
+        assert_eq!(rf.round_acc(1 << 20, -14, Rounding::Floor, 0), (127, true));
+        // M = 2^30: M_eff = 2^31 is normalised to 2^30 with one less shift.
+        let half = RealFormat::new(Format::new(8, 0).unwrap(), 1 << 30).unwrap();
+        assert_eq!(
+            half.mul_shift(-14),
+            MulShift {
+                multiplier: 1 << 30,
+                shift: 36
+            }
+        );
+        // Exact here: step 2^-8, 0.5 -> 128 saturates to 127; 0.25 -> 64.
+        assert_eq!(
+            half.round_acc(4096, -14, Rounding::NearestEven, 0),
+            (64, false)
+        );
+        // Exact quotient acc / 96; M_eff is 2^32 / 3 rounded down, so the
+        // product lies just below it. Multiply-and-shift equals the exact
+        // division except where the exact quotient sits on a rounding
+        // boundary (an integer for Floor, a half-integer for nearest).
+        for acc in -3000i64..3000 {
+            for r in [
+                Rounding::Floor,
+                Rounding::NearestEven,
+                Rounding::NearestAway,
+            ] {
+                let (ms, exact) = (rf.round_acc(acc, -14, r, 0), rf.round_exact(acc, -14, r, 0));
+                if acc % 48 != 0 {
+                    assert_eq!(ms, exact, "{acc} {r:?}");
+                }
+            }
+        }
+        assert_eq!(
+            rf.round_exact(144, -14, Rounding::NearestEven, 0),
+            (2, false)
+        ); // 1.5
+        assert_eq!(rf.round_acc(144, -14, Rounding::NearestEven, 0), (1, false)); // 1.5 - 2^-35
+        assert_eq!(rf.round_exact(96, -14, Rounding::Floor, 0), (1, false));
+        assert_eq!(rf.round_acc(96, -14, Rounding::Floor, 0), (0, false));
+    }
+
+    #[test]
+    fn from_max_reproduces_nics_float_scale() {
+        // max = 1.5 = 3 * 2^-1: scale 1, M = 0.75 * 2^31.
+        let rf = RealFormat::from_max(8, 3, -1).unwrap();
+        assert_eq!((rf.format().scale(), rf.multiplier()), (1, 3 << 29));
+        // A power of two: max = 1 -> scale 1, M = 2^30 (0.5 * 2 = 1).
+        let rf = RealFormat::from_max(8, 1, 0).unwrap();
+        assert_eq!((rf.format().scale(), rf.multiplier()), (1, 1 << 30));
+        // nics: step = max / 2^(bits-1), so max is code 2^(bits-1) (saturates).
+        let rf = RealFormat::from_max(4, 3, -1).unwrap();
+        assert_eq!(rf.round_f32(1.5, Rounding::NearestEven, 0), (7, true));
+        assert_eq!(rf.to_f32(4), 0.75);
+        // More than 31 significant bits round the range up.
+        let rf = RealFormat::from_max(8, (1u64 << 40) + 1, 0).unwrap();
+        assert_eq!((rf.format().scale(), rf.multiplier()), (41, (1 << 30) + 1));
+        let rf = RealFormat::from_max(8, (1u64 << 41) - 1, 0).unwrap();
+        assert_eq!((rf.format().scale(), rf.multiplier()), (42, 1 << 30));
+        // All zero: nics_fix_pt's eps 1e-5.
+        let rf = RealFormat::from_max(8, 0, 0).unwrap();
+        let (m, e) = decompose_f32(1e-5).unwrap();
+        assert_eq!(rf.format().scale(), -16);
+        assert_eq!(rf.multiplier() as i64, m << (e + 16 + 31));
+        // Clamped scales.
+        let rf = RealFormat::from_max(8, 1, 500).unwrap();
+        assert_eq!((rf.format().scale(), rf.multiplier()), (127, (1 << 31) - 1));
+        let rf = RealFormat::from_max(8, 1, -500).unwrap();
+        assert_eq!((rf.format().scale(), rf.multiplier()), (-128, 1 << 30));
+    }
+
+    #[test]
+    fn extreme_exponents_do_not_overflow() {
+        let rf = RealFormat::new(Format::new(8, 0).unwrap(), 3 << 29).unwrap();
+        assert_eq!(
+            rf.round_acc(5, i32::MIN, Rounding::NearestEven, 0),
+            (0, false)
+        );
+        assert_eq!(
+            rf.round_acc(5, i32::MAX, Rounding::NearestEven, 0),
+            (127, true)
+        );
+        assert_eq!(rf.round_acc(-5, i32::MIN, Rounding::Floor, 0), (-1, false));
+        assert_eq!(
+            rf.round_exact(5, i32::MAX, Rounding::NearestEven, 0),
+            (127, true)
+        );
+        let top = RealFormat::from_max(8, u64::MAX, i32::MAX).unwrap();
+        assert_eq!(top.format().scale(), 127);
+        let bottom = RealFormat::from_max(8, 1, i32::MIN).unwrap();
+        assert_eq!(bottom.format().scale(), -128);
+    }
+
+    #[test]
+    fn new_checks_the_multiplier() {
+        let f = Format::new(8, 0).unwrap();
+        for m in [0, 1, (1 << 30) - 1, 1 << 31, u32::MAX] {
+            assert!(
+                matches!(RealFormat::new(f, m), Err(Error::Invalid { .. })),
+                "{m}"
+            );
+        }
+        assert!(RealFormat::new(f, 1 << 30).is_ok());
+        assert!(RealFormat::new(f, (1 << 31) - 1).is_ok());
+    }
+}
