@@ -26,6 +26,7 @@ mod config;
 mod format;
 pub mod mask;
 mod math;
+pub mod packed;
 pub mod range;
 mod rng;
 mod round;
