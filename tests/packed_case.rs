@@ -48,6 +48,14 @@ fn packed_inference_matches_the_unpacked_layers() {
         p.weight_bytes(),
         (36 / 2 + 4096 / 4 + 192 / 2, 36 + 4096 + 192)
     );
+    // The packed layers hold no weights: a small fraction of the RAM of
+    // the training layers (master, momentum, gradient and quantized copy
+    // of every weight, and accumulators).
+    use fixnn_cases::packed::{PACKED_NET_BYTES, UNPACKED_NET_BYTES};
+    println!(
+        "RAM of the layers: packed {PACKED_NET_BYTES} B, training layers {UNPACKED_NET_BYTES} B"
+    );
+    const { assert!(PACKED_NET_BYTES * 10 < UNPACKED_NET_BYTES) };
 }
 
 #[test]
