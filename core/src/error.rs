@@ -61,6 +61,20 @@ pub enum Error {
         /// Which value, and what it must be.
         what: &'static str,
     },
+    /// A bit width that has no packed layout (only 2, 3 and 4 bits pack:
+    /// see [`quant::packed`](crate::quant::packed)).
+    NotPackable {
+        /// The bit width.
+        bits: u8,
+    },
+    /// A code outside the range of its bit width (packing), or a packed
+    /// field that is not a code of its width.
+    CodeOutOfRange {
+        /// Index of the first such element.
+        index: usize,
+        /// The code found.
+        code: i64,
+    },
     /// A config field that is reserved for a later version holds a value this
     /// version does not implement.
     Unsupported {
@@ -101,6 +115,12 @@ impl fmt::Display for Error {
             Error::Shape { what } => write!(f, "shape error: {what}"),
             Error::Invalid { what } => write!(f, "invalid value: {what}"),
             Error::NoFormat => write!(f, "method `none` has no integer format"),
+            Error::NotPackable { bits } => {
+                write!(f, "{bits}-bit codes have no packed layout (2, 3 or 4 bits)")
+            }
+            Error::CodeOutOfRange { index, code } => {
+                write!(f, "element {index}: code {code} is outside its bit width")
+            }
             Error::Unsupported { field } => {
                 write!(
                     f,

@@ -368,7 +368,9 @@ fn export(a: &ExportArgs, out: &mut dyn Write) -> Result<(), crate::quantize::Fa
     let c = crate::checkpoint::load(&a.checkpoint).map_err(Failure::Input)?;
     let (bytes, default_name) = match a.format {
         ExportFormat::Rust => (
-            crate::export::to_rust(&c, &a.checkpoint.display().to_string()).into_bytes(),
+            crate::export::to_rust(&c, &a.checkpoint.display().to_string())
+                .map_err(Failure::Input)?
+                .into_bytes(),
             "model.rs",
         ),
         ExportFormat::Bin => (

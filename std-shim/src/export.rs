@@ -10,7 +10,7 @@
 //! | bytes | field |
 //! | --- | --- |
 //! | 4 | magic `FXNN` |
-//! | 2 | version, 1 |
+//! | 2 | version, 2 (1 is still read) |
 //! | 2 | tensor count `n` |
 //! | per tensor: 1 | name length `l` (at most 255) |
 //! | `l` | name, UTF-8 (`fc1.weight`) |
@@ -18,8 +18,28 @@
 //! | 1 | bits (2..=16), or 0 for f32 values |
 //! | 1 | scale (i8) |
 //! | 4 | element count `c` |
-//! | `c`, `2c` or `4c` | codes as i8 (bits <= 8), i16 (bits <= 16), or f32 values (bits 0) |
+//! | see below | the codes or values |
 //! | 8 | FNV-1a 64 of every byte before it |
+//!
+//! The codes of a tensor of `c` elements take:
+//!
+//! | bits | bytes | storage |
+//! | --- | --- | --- |
+//! | 2 | `ceil(c / 4)` | packed, four codes per byte |
+//! | 3, 4 | `ceil(c / 2)` | packed, two codes per byte (3-bit codes sign-extended to a nibble) |
+//! | 5..=8 | `c` | one `i8` per code |
+//! | 9..=16 | `2c` | one `i16` per code |
+//! | 0 (f32 values) | `4c` | one f32 per value |
+//!
+//! Packed codes are laid out as `fixnn::quant::packed` documents: flat
+//! element order, element `i` in byte `i / per_byte`, the first element of
+//! a byte in its least significant bits, each field two's complement,
+//! unused fields of the last byte zero. A firmware reads them in place with
+//! `fixnn::quant::packed::PackedCodes::new(bytes, format, c)` and runs
+//! `fixnn::layers::PackedLinear` / `PackedConv2d` on them.
+//!
+//! Version 1 (before packing) stored 2- to 4-bit codes as one `i8` each;
+//! [`parse_bin`] reads both versions.
 
 use std::fmt::Write as _;
 
@@ -30,8 +50,29 @@ use crate::configs::StateTensor;
 
 /// `FXNN`.
 pub const MAGIC: &[u8; 4] = b"FXNN";
-/// Layout version.
-pub const BIN_VERSION: u16 = 1;
+/// Layout version written.
+pub const BIN_VERSION: u16 = 2;
+
+/// How [`to_bin`] stores a tensor of `bits` bits (`None`: f32 values) and
+/// `n` elements: a description and the byte count.
+pub fn storage(bits: Option<u8>, n: usize) -> (&'static str, usize) {
+    match bits {
+        None | Some(0) => ("f32", n * 4),
+        Some(2) => ("packed 4/byte", n.div_ceil(4)),
+        Some(3 | 4) => ("packed 2/byte", n.div_ceil(2)),
+        Some(5..=8) => ("i8", n),
+        Some(_) => ("i16", n * 2),
+    }
+}
+
+/// `codes` of `bits` (2..=4) packed (`fixnn::quant::packed`).
+fn pack_codes(codes: &[i32], bits: u8, name: &str) -> Result<Vec<u8>, String> {
+    let n =
+        fixnn::quant::packed::packed_len(bits, codes.len()).map_err(|e| format!("{name}: {e}"))?;
+    let mut b = vec![0u8; n];
+    fixnn::quant::packed::pack(codes, bits, &mut b).map_err(|e| format!("{name}: {e}"))?;
+    Ok(b)
+}
 
 fn exported(c: &Checkpoint) -> impl Iterator<Item = &StateTensor> {
     c.state
@@ -58,9 +99,15 @@ fn ident(path: &str) -> String {
 }
 
 /// The model as a Rust source file: for each tensor a `static` array of
-/// codes (`i8` up to 8 bits, `i16` up to 16) with `_BITS` and `_SCALE`
-/// constants, or an `f32` array for full-precision tensors.
-pub fn to_rust(c: &Checkpoint, source: &str) -> String {
+/// codes with `_BITS` and `_SCALE` constants: for 2 to 4 bits packed bytes
+/// (`[u8; N]`, `fixnn::quant::packed` layout) and the element count
+/// `_LEN`; `i8` up to 8 bits, `i16` up to 16; or an `f32` array for
+/// full-precision tensors.
+///
+/// # Errors
+///
+/// A code outside its format's range (a corrupt checkpoint).
+pub fn to_rust(c: &Checkpoint, source: &str) -> Result<String, String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -79,6 +126,28 @@ pub fn to_rust(c: &Checkpoint, source: &str) -> String {
         let id = ident(&t.name);
         let _ = writeln!(s, "/// `{}` ({:?} of a {} layer).", t.name, t.kind, t.layer);
         match (t.fmt, &t.codes, &t.values) {
+            (Some(f), Some(codes), _) if (2..=4).contains(&f.bits) => {
+                let bytes = pack_codes(codes, f.bits, &t.name)?;
+                let _ = writeln!(s, "pub const {id}_BITS: u8 = {};", f.bits);
+                let _ = writeln!(s, "/// Range exponent of `{}`.", t.name);
+                let _ = writeln!(s, "pub const {id}_SCALE: i8 = {};", f.scale);
+                let _ = writeln!(s, "/// Number of codes of `{}`.", t.name);
+                let _ = writeln!(s, "pub const {id}_LEN: usize = {};", codes.len());
+                let _ = writeln!(
+                    s,
+                    "/// Codes of `{}`, packed {} per byte (`fixnn::quant::packed`: first code in the\n/// low bits, two's complement fields, unused fields of the last byte zero);\n/// read with `PackedCodes::new(&{id}, Format::new({id}_BITS, {id}_SCALE)?, {id}_LEN)`.",
+                    t.name,
+                    if f.bits == 2 { 4 } else { 2 }
+                );
+                let _ = write!(s, "pub static {id}: [u8; {}] = [", bytes.len());
+                for (i, b) in bytes.iter().enumerate() {
+                    if i % 16 == 0 {
+                        s.push_str("\n    ");
+                    }
+                    let _ = write!(s, "0x{b:02x}, ");
+                }
+                s.push_str("\n];\n\n");
+            }
             (Some(f), Some(codes), _) => {
                 let ty = if f.bits <= 8 { "i8" } else { "i16" };
                 let _ = writeln!(s, "pub const {id}_BITS: u8 = {};", f.bits);
@@ -107,7 +176,7 @@ pub fn to_rust(c: &Checkpoint, source: &str) -> String {
             _ => {}
         }
     }
-    s
+    Ok(s)
 }
 
 /// The model as a binary blob (see the module docs for the layout).
@@ -117,12 +186,22 @@ pub fn to_rust(c: &Checkpoint, source: &str) -> String {
 /// A name longer than 255 bytes or more than 65535 tensors.
 pub fn to_bin(c: &Checkpoint) -> Result<Vec<u8>, String> {
     let tensors: Vec<&StateTensor> = exported(c).collect();
+    tensors_to_bin(&tensors)
+}
+
+/// A blob of `tensors` (parameters and buffers; the layout of the module
+/// docs).
+///
+/// # Errors
+///
+/// As [`to_bin`], and a code outside its format's range.
+pub fn tensors_to_bin(tensors: &[&StateTensor]) -> Result<Vec<u8>, String> {
     let n = u16::try_from(tensors.len()).map_err(|_| "more than 65535 tensors".to_string())?;
     let mut b = Vec::new();
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&BIN_VERSION.to_le_bytes());
     b.extend_from_slice(&n.to_le_bytes());
-    for t in tensors {
+    for &t in tensors {
         let name = t.name.as_bytes();
         let l = u8::try_from(name.len())
             .map_err(|_| format!("{}: name longer than 255 bytes", t.name))?;
@@ -134,6 +213,10 @@ pub fn to_bin(c: &Checkpoint) -> Result<Vec<u8>, String> {
                 b.push(f.bits);
                 b.push(f.scale as u8);
                 b.extend_from_slice(&(codes.len() as u32).to_le_bytes());
+                if (2..=4).contains(&f.bits) {
+                    b.extend_from_slice(&pack_codes(codes, f.bits, &t.name)?);
+                    continue;
+                }
                 for &q in codes {
                     if f.bits <= 8 {
                         b.push(q as i8 as u8);
@@ -190,8 +273,10 @@ pub fn parse_bin(b: &[u8]) -> Result<Vec<BinTensor>, String> {
         return Err("checksum mismatch (altered or truncated blob)".into());
     }
     let version = u16::from_le_bytes([body[4], body[5]]);
-    if version != BIN_VERSION {
-        return Err(format!("blob version {version}, expected {BIN_VERSION}"));
+    if version != 1 && version != BIN_VERSION {
+        return Err(format!(
+            "blob version {version}, expected 1 or {BIN_VERSION}"
+        ));
     }
     let n = u16::from_le_bytes([body[6], body[7]]) as usize;
     let mut at = 8usize;
@@ -226,6 +311,15 @@ pub fn parse_bin(b: &[u8]) -> Result<Vec<BinTensor>, String> {
                     .collect();
                 (None, Vec::new(), v)
             }
+            2..=4 if version >= 2 => {
+                let n = fixnn::quant::packed::packed_len(bits, count).map_err(|e| e.to_string())?;
+                let raw = take(&mut at, n)?;
+                let fmt = fixnn::Format::new(bits, scale).map_err(|e| e.to_string())?;
+                let view = fixnn::quant::packed::PackedCodes::new(raw, fmt, count)
+                    .map_err(|e| format!("{name}: packed codes: {e}"))?;
+                let c = (0..count).map(|i| view.code_at(i)).collect();
+                (Some((bits, scale)), c, Vec::new())
+            }
             2..=8 => {
                 let raw = take(&mut at, count)?;
                 (
@@ -259,4 +353,96 @@ pub fn parse_bin(b: &[u8]) -> Result<Vec<BinTensor>, String> {
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fixnn::model::FormatJson;
+
+    fn tensor(name: &str, bits: u8, scale: i8, codes: &[i32]) -> StateTensor {
+        StateTensor {
+            name: name.into(),
+            kind: Kind::Param,
+            layer: "Linear".into(),
+            fmt: Some(FormatJson { bits, scale }),
+            codes: Some(codes.to_vec()),
+            values: None,
+            master: None,
+            momentum: None,
+        }
+    }
+
+    /// Hand-written tensors and the bytes worked out from the layout
+    /// tables: 2 bits four per byte, 3 and 4 bits two per byte (first code
+    /// in the low bits, 3-bit codes sign-extended to a nibble, unused
+    /// fields zero); 5 bits one i8 each.
+    #[test]
+    fn golden_packed_blob() {
+        let t2 = tensor("a", 2, -1, &[1, -2, 0, -1, 1]);
+        let t3 = tensor("b", 3, 0, &[-4, 3, -1]);
+        let t4 = tensor("c", 4, 2, &[-8, 7, 3, -1]);
+        let t5 = tensor("d", 5, 1, &[-16, 15]);
+        let blob = tensors_to_bin(&[&t2, &t3, &t4, &t5]).unwrap();
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            b'F', b'X', b'N', b'N', 2, 0, 4, 0,
+            1, b'a', 0, 2, 0xff, 5, 0, 0, 0, 0xC9, 0x01,
+            1, b'b', 0, 3, 0x00, 3, 0, 0, 0, 0x3C, 0x0F,
+            1, b'c', 0, 4, 0x02, 4, 0, 0, 0, 0x78, 0xF3,
+            1, b'd', 0, 5, 0x01, 2, 0, 0, 0, 0xF0, 0x0F,
+        ];
+        assert_eq!(&blob[..blob.len() - 8], want);
+        assert_eq!(blob[want.len()..], fnv1a64(want).to_le_bytes());
+        let back = parse_bin(&blob).unwrap();
+        let codes: Vec<&[i32]> = back.iter().map(|t| &t.codes[..]).collect();
+        assert_eq!(
+            codes,
+            [
+                &[1, -2, 0, -1, 1][..],
+                &[-4, 3, -1],
+                &[-8, 7, 3, -1],
+                &[-16, 15]
+            ]
+        );
+        assert_eq!(back[0].fmt, Some((2, -1)));
+        assert_eq!(storage(Some(2), 5), ("packed 4/byte", 2));
+        assert_eq!(storage(Some(3), 3), ("packed 2/byte", 2));
+        assert_eq!(storage(Some(8), 3), ("i8", 3));
+    }
+
+    /// Version 1 blobs (2- to 4-bit codes one i8 each) still load.
+    #[test]
+    fn version_1_blobs_are_still_read() {
+        let mut body = b"FXNN".to_vec();
+        body.extend_from_slice(&[1, 0, 1, 0]);
+        body.extend_from_slice(&[1, b'a', 0, 2, 0xff, 3, 0, 0, 0, 1, 0xfe, 0]);
+        let mut blob = body.clone();
+        blob.extend_from_slice(&fnv1a64(&body).to_le_bytes());
+        let t = parse_bin(&blob).unwrap();
+        assert_eq!(t[0].codes, [1, -2, 0]);
+        // The same bytes as version 2 are a packed tensor one byte short.
+        body[4] = 2;
+        let mut blob = body.clone();
+        blob.extend_from_slice(&fnv1a64(&body).to_le_bytes());
+        assert!(parse_bin(&blob).is_err());
+    }
+
+    /// Bad packed data is refused, naming the tensor.
+    #[test]
+    fn bad_packed_codes_are_refused() {
+        assert!(tensors_to_bin(&[&tensor("a", 2, 0, &[2])])
+            .unwrap_err()
+            .contains("a:"));
+        // A 3-bit nibble 0x4 (not a 3-bit code) and non-zero padding.
+        for bad in [0x04u8, 0x10] {
+            let mut body = b"FXNN".to_vec();
+            body.extend_from_slice(&[2, 0, 1, 0]);
+            body.extend_from_slice(&[1, b'a', 0, 3, 0, 1, 0, 0, 0, bad]);
+            let mut blob = body.clone();
+            blob.extend_from_slice(&fnv1a64(&body).to_le_bytes());
+            let e = parse_bin(&blob).unwrap_err();
+            assert!(e.contains("a: packed codes"), "{e}");
+        }
+    }
 }

@@ -47,6 +47,70 @@ fn header(out: &mut String) {
     );
 }
 
+/// Rows `name kind bits scale elements storage bytes` of exported tensors
+/// `(name, kind, bits or None for f32, scale, elements)`, and a total
+/// against one `i8`/`i16`/`f32` per element.
+fn storage_table(out: &mut String, rows: &[(String, Kind, Option<u8>, i8, usize)]) {
+    let _ = writeln!(
+        out,
+        "{:<28} {:<10} {:>5} {:>5} {:>9} {:<14} {:>9}",
+        "name", "kind", "bits", "scale", "elements", "storage", "bytes"
+    );
+    let (mut total, mut unpacked) = (0, 0);
+    for (name, k, bits, scale, n) in rows {
+        let (how, bytes) = crate::export::storage(*bits, *n);
+        let b = bits.map_or("f32".to_string(), |b| b.to_string());
+        let _ = writeln!(
+            out,
+            "{name:<28} {:<10} {b:>5} {scale:>5} {n:>9} {how:<14} {bytes:>9}",
+            kind(*k)
+        );
+        total += bytes;
+        unpacked += match bits {
+            Some(2..=8) => *n,
+            Some(9..=16) => 2 * n,
+            _ => 4 * n,
+        };
+    }
+    let _ = writeln!(
+        out,
+        "codes: {total} bytes ({unpacked} at one i8/i16/f32 per element; 2- to 4-bit codes packed)"
+    );
+}
+
+/// The table of an exported blob (`fixnn export --format bin`).
+fn inspect_bin(shown: &str, raw: &[u8]) -> Result<String, String> {
+    let tensors = crate::export::parse_bin(raw).map_err(|e| format!("{shown}: {e}"))?;
+    let version = u16::from_le_bytes([raw[4], raw[5]]);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{shown}: model blob version {version}, {} tensors, {} bytes{}",
+        tensors.len(),
+        raw.len(),
+        if version >= 2 {
+            ""
+        } else {
+            " (version 1: codes not packed)"
+        }
+    );
+    let rows: Vec<_> = tensors
+        .iter()
+        .map(|t| {
+            let n = t.codes.len().max(t.values.len());
+            let (bits, scale) = t.fmt.map_or((None, 0), |(b, s)| (Some(b), s));
+            // Version 1 stored every code of up to 8 bits as one i8.
+            let bits = match bits {
+                Some(2..=4) if version < 2 => Some(8),
+                b => b,
+            };
+            (t.name.clone(), t.kind, bits, scale, n)
+        })
+        .collect();
+    storage_table(&mut out, &rows);
+    Ok(out)
+}
+
 /// The table for the file at `path`.
 ///
 /// # Errors
@@ -54,7 +118,13 @@ fn header(out: &mut String) {
 /// A message naming the file and what is wrong with it.
 pub fn inspect(path: &Path, form: ScaleForm) -> Result<String, String> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let raw = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if raw.starts_with(crate::export::MAGIC) {
+        return inspect_bin(&shown.to_string(), &raw);
+    }
+    let text = String::from_utf8(raw).map_err(|_| {
+        format!("cannot read {shown}: not UTF-8 text and not a model blob (magic FXNN)")
+    })?;
     if text.trim_start().starts_with(['{', '[']) {
         crate::configs::check_json(&text).map_err(|e| format!("{shown}: {e}"))?;
     }
@@ -90,6 +160,24 @@ pub fn inspect(path: &Path, form: ScaleForm) -> Result<String, String> {
                 Some(&e.grad),
             );
         }
+        let _ = writeln!(out, "exported (fixnn export --format bin):");
+        let rows: Vec<_> = c
+            .state
+            .tensors
+            .iter()
+            .filter(|t| t.kind != Kind::Activation)
+            .map(|t| {
+                let n = t
+                    .codes
+                    .as_ref()
+                    .map(Vec::len)
+                    .or(t.values.as_ref().map(Vec::len))
+                    .unwrap_or(0);
+                let (bits, scale) = t.fmt.map_or((None, 0), |f| (Some(f.bits), f.scale));
+                (t.name.clone(), t.kind, bits, scale, n)
+            })
+            .collect();
+        storage_table(&mut out, &rows);
         if let Some(last) = c.history.epochs.last() {
             let _ = writeln!(
                 out,

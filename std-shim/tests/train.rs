@@ -338,3 +338,86 @@ fn damaged_checkpoints_are_refused_and_exports_read_back() {
     );
     assert!(src.contains("pub const FC1_WEIGHT_BITS: u8 = 8;"));
 }
+
+/// A 4-bit model exports packed: the blob holds fc1's 78,400 weights in
+/// 39,200 bytes and reads back to the checkpoint's codes, the Rust file
+/// declares packed byte arrays, and `inspect` shows the packing of the
+/// checkpoint and of the blob.
+#[test]
+fn four_bit_model_exports_packed_codes() {
+    let out = tmp("packed");
+    let data = data_dir();
+    let m = root()
+        .join("examples/mnist-mlp-4bit.json")
+        .to_string_lossy()
+        .into_owned();
+    let o = fixnn(&[
+        "train",
+        &m,
+        "--data",
+        &data,
+        "--out",
+        out.to_str().unwrap(),
+        "--train-samples",
+        "128",
+        "--test-samples",
+        "64",
+        "--no-report",
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let ckpt = out.join("checkpoint.json");
+    let bin = out.join("model.bin");
+    let o = fixnn(&[
+        "export",
+        ckpt.to_str().unwrap(),
+        "--format",
+        "bin",
+        "--out",
+        bin.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let raw = std::fs::read(&bin).unwrap();
+    assert_eq!(&raw[4..6], &[2, 0], "blob version 2");
+    let tensors = fixnn_std::export::parse_bin(&raw).unwrap();
+    let c = fixnn_std::checkpoint::load(&ckpt).unwrap();
+    let mut packed = 0;
+    for (t, s) in tensors.iter().zip(&c.state.tensors) {
+        assert_eq!(Some(&t.codes), s.codes.as_ref(), "{}", t.name);
+        if t.fmt.map(|f| f.0) == Some(4) {
+            packed += t.codes.len();
+        }
+    }
+    // fc1 and fc2 weights and biases: 78400 + 100 + 1000 + 10 codes.
+    assert_eq!(packed, 79_510);
+    // Header 8 + checksum 8; per tensor 1 + name + 7; codes packed two per
+    // byte (fc1.bias 100 codes -> 50 bytes, fc2.bias 10 -> 5).
+    let names: usize = tensors.iter().map(|t| 8 + t.name.len()).sum();
+    assert_eq!(raw.len(), 16 + names + 39_200 + 50 + 500 + 5);
+    let rs = out.join("model.rs");
+    let o = fixnn(&[
+        "export",
+        ckpt.to_str().unwrap(),
+        "--format",
+        "rust",
+        "--out",
+        rs.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let src = std::fs::read_to_string(&rs).unwrap();
+    assert!(src.contains("pub static FC1_WEIGHT: [u8; 39200] = ["));
+    assert!(src.contains("pub const FC1_WEIGHT_LEN: usize = 78400;"));
+    assert!(src.contains("pub const FC1_WEIGHT_BITS: u8 = 4;"));
+    for file in [&bin, &ckpt] {
+        let o = fixnn(&["inspect", file.to_str().unwrap()]);
+        let (so, se) = text(&o);
+        assert!(o.status.success(), "{se}");
+        let row = so
+            .lines()
+            .find(|l| l.starts_with("fc1.weight") && l.contains("packed"))
+            .unwrap_or_else(|| panic!("{so}"));
+        assert!(
+            row.contains("packed 2/byte") && row.ends_with(" 39200"),
+            "{row}"
+        );
+    }
+}

@@ -53,7 +53,7 @@ impl Sink for Report {
 }
 
 /// Every case, in the order the suite runs them.
-pub const CASES: [&str; 4] = ["cnn", "mixconv", "mixdense", "mlp"];
+pub const CASES: [&str; 5] = ["cnn", "mixconv", "mixdense", "mlp", "packed"];
 
 /// Whether `case` runs on `board`. The MNIST MLP (3.3 MB of model) runs
 /// on the M4 and M7 boards, as the issue asks; every other case runs on
@@ -91,6 +91,9 @@ pub fn expected(case: &str, blob: &[u8]) -> Result<Report, CaseError> {
                 fixnn_cases::run::<MixDense, _, MIX_B, CLASSES>(&bk, blob, Want::All, &mut r)
             }
             "mlp" => fixnn_cases::run::<Mlp, _, MLP_B, 10>(&bk, blob, Want::All, &mut r),
+            // The weights unpacked into the ordinary layers: the device
+            // computes from the packed bytes.
+            "packed" => fixnn_cases::packed::run_unpacked(&bk, blob, &mut r),
             _ => Err(CaseError::Blob(fixnn_cases::blob::BlobError::WrongCase)),
         }?;
         Ok(r)
@@ -449,6 +452,80 @@ fn mlp_blob(mnist: &Path) -> Result<Vec<u8>, String> {
     ))
 }
 
+/// `packed`: a small CNN with 4-bit convolution weights, 2-bit fc1 and
+/// 3-bit fc2 weights (every code of each width occurs), packed with
+/// `fixnn::quant::packed::pack`; two runs cover both arithmetic paths of
+/// each packed layer: run 0 a quantized input (integer convolution and
+/// fc1), fc1's output at full precision (f32 fc2); run 1 an f32 input (f32
+/// convolution), integer fc1 and fc2, every output rounding mode.
+pub fn packed_blob() -> Vec<u8> {
+    use fixnn::quant::packed::{pack, packed_len};
+    use fixnn::Format;
+    use fixnn_cases::packed::{write_blob, LayerSpec, RunSpec, B, BIASES, INPUT, WEIGHTS};
+    let s = Stream::new(9, 700, 0);
+    let mut at = 0u32;
+    let mut next = |n: u32| {
+        at += 1;
+        s.draw(at) % n
+    };
+    let bits = [4u8, 2, 3];
+    let wfmt = [(4, 0), (2, -1), (3, -1)].map(|(b, s)| Format::new(b, s).unwrap());
+    let bfmt = [(8, 0), (8, 1), (8, 2)].map(|(b, s)| Format::new(b, s).unwrap());
+    let mut packed = Vec::new();
+    let mut biases = Vec::new();
+    for i in 0..3 {
+        let span = 1u32 << bits[i];
+        // Every code of the width first, then random ones symmetric about
+        // zero (the most negative code is rare: a mean of zero keeps the
+        // ReLUs' outputs varied).
+        let codes: Vec<i8> = (0..WEIGHTS[i] as u32)
+            .map(|k| {
+                if k < span {
+                    (k as i32 - (span / 2) as i32) as i8
+                } else {
+                    (next(span - 1) as i32 - (span / 2 - 1) as i32) as i8
+                }
+            })
+            .collect();
+        for c in -(span as i32 / 2)..span as i32 / 2 {
+            assert!(codes.contains(&(c as i8)), "layer {i}: code {c} unused");
+        }
+        let mut b = vec![0u8; packed_len(bits[i], codes.len()).unwrap()];
+        pack(&codes, bits[i], &mut b).unwrap();
+        packed.push(b);
+        biases.push(
+            (0..BIASES[i])
+                .map(|_| (next(256) as i32 - 128) as i8)
+                .collect::<Vec<i8>>(),
+        );
+    }
+    let layers: [LayerSpec<'_>; 3] =
+        std::array::from_fn(|i| (wfmt[i], &packed[i][..], bfmt[i], &biases[i][..]));
+    let in_fmt = Format::new(8, 2).unwrap();
+    let codes: Vec<u8> = (0..B * INPUT).map(|_| next(256) as u8).collect();
+    let floats: Vec<u8> = (0..B * INPUT)
+        .flat_map(|_| (4.0 * (uniform(&s, 10_000 + next(1 << 20)) - 0.5)).to_le_bytes())
+        .collect();
+    // (method, bits, scale, rounding): rounding 0 even, 1 away, 2 floor, 3 stochastic.
+    let runs: [RunSpec<'_>; 2] = [
+        (
+            11,
+            [[1, 8, 3, 0], [0, 0, 0, 0], [1, 8, 5, 3]],
+            Some(in_fmt),
+            &codes,
+        ),
+        (
+            12,
+            [[1, 6, 2, 1], [1, 8, 4, 2], [0, 0, 0, 0]],
+            None,
+            &floats,
+        ),
+    ];
+    let mut out = Vec::new();
+    write_blob(&layers, &runs, &mut |b: &[u8]| out.extend_from_slice(b));
+    out
+}
+
 /// Every case's blob. `mnist` is the MNIST directory (for the MLP case).
 ///
 /// # Errors
@@ -471,6 +548,10 @@ pub fn all_blobs(mnist: &Path) -> Result<Vec<CaseBlob>, String> {
         CaseBlob {
             name: "mlp",
             blob: mlp_blob(mnist)?,
+        },
+        CaseBlob {
+            name: "packed",
+            blob: packed_blob(),
         },
     ])
 }

@@ -506,3 +506,23 @@ pub fn conv2d_weight_grad(
     }
     true
 }
+
+/// Packed 2-, 3- and 4-bit codes ([`PackedCodes`](crate::quant::packed::PackedCodes)),
+/// unpacked as the tiles are filled: the kernels compute directly from
+/// packed weights.
+impl Codes for crate::quant::packed::PackedCodes<'_> {
+    fn len(&self) -> usize {
+        crate::quant::packed::PackedCodes::len(self)
+    }
+    fn bits(&self) -> u32 {
+        u32::from(self.format().bits())
+    }
+    #[inline(always)]
+    fn at(&self, i: usize) -> i32 {
+        if i < crate::quant::packed::PackedCodes::len(self) {
+            self.code_at(i)
+        } else {
+            i32::MIN
+        }
+    }
+}

@@ -31,6 +31,7 @@ mod conv;
 mod convbn;
 mod linear;
 mod loss;
+mod packed;
 mod pool;
 mod product;
 
@@ -41,6 +42,7 @@ pub use conv::Conv2d;
 pub use convbn::ConvBn;
 pub use linear::Linear;
 pub use loss::{exp_f32, ln_f32, softmax_cross_entropy, LossOutput};
+pub use packed::{conv2d_packed, linear_packed, PackedConv2d, PackedLinear};
 pub use pool::{AvgPool2d, MaxPool2d};
 
 use crate::backend::Backend;

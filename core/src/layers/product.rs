@@ -104,15 +104,12 @@ pub(crate) fn forward<S: Shape, const C: usize>(
             None => {
                 // Integer products, full-precision bias: finish in f32.
                 compute(AccOut::Int(acc))?;
-                let rows = out
-                    .t
-                    .flat_mut()
-                    .chunks_mut(spatial)
-                    .zip(acc.chunks(spatial));
-                for (i, (ys, accs)) in rows.enumerate() {
-                    for (y, &a) in ys.iter_mut().zip(accs) {
-                        *y = acc_to_f32(a, e) + b.v[i % C];
-                    }
+                // Element `k` is in chunk `k / spatial`, of channel
+                // `(k / spatial) % C`. (Not `chunks_mut(spatial).zip(..)`:
+                // on thumbv6m that left a division-by-zero panic path.)
+                let ys = out.t.flat_mut();
+                for (k, (y, &a)) in ys.iter_mut().zip(acc.iter()).enumerate() {
+                    *y = acc_to_f32(a, e) + b.v[(k / spatial) % C];
                 }
                 out.quantize(ctx)
             }

@@ -27,6 +27,7 @@ mod format;
 pub mod mask;
 mod math;
 pub mod multiplier;
+pub mod packed;
 pub mod range;
 mod rng;
 mod round;

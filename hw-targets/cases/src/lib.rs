@@ -18,7 +18,9 @@
 
 pub mod blob;
 pub mod f32id;
+#[macro_use]
 pub mod nets;
+pub mod packed;
 mod run;
 
 pub use run::{

@@ -145,6 +145,35 @@ pub fn run_case<C: Case<B, K>, const B: usize, const K: usize>(blob: &[u8]) -> b
     ok
 }
 
+/// Run the `packed` case (`fixnn_cases::packed`) on `blob`: inference
+/// from the packed weights in the blob, which stays in flash. Prints the
+/// records (or the requested dump), `WEIGHTS <packed bytes> <bytes as
+/// i8>`, the stack and the RAM of the packed layers. Returns `false` if the
+/// blob is unusable.
+pub fn run_packed_case(blob: &[u8]) -> bool {
+    use fixnn_cases::packed;
+    let mut buf = [0u8; 192];
+    let dump = parse_dump(crate::cmdline(&mut buf).split_ascii_whitespace());
+    let mut w = Out;
+    let _ = writeln!(w, "CASE packed BOARD {} TARGET {}", BOARD, TARGET);
+    let mut sink = DeviceSink { dump, marks: 0 };
+    let ok = match packed::run_packed(blob, &mut sink) {
+        Ok(()) => true,
+        Err(e) => {
+            let _ = writeln!(w, "BLOB {e:?}");
+            false
+        }
+    };
+    if let Ok(p) = packed::PackedBlob::parse(blob) {
+        let (bytes, as_i8) = p.weight_bytes();
+        let _ = writeln!(w, "WEIGHTS {bytes} {as_i8}");
+    }
+    let _ = writeln!(w, "STACK {} {}", stack_peak(), stack_size());
+    let _ = writeln!(w, "MODEL {}", packed::PACKED_NET_BYTES);
+    let _ = writeln!(w, "END");
+    ok
+}
+
 /// Define a firmware whose `main` runs case `$net` (batch `$b`, `$k`
 /// classes) on the blob `$FIXNN_CASES_DIR/<binary name>.case`.
 #[macro_export]

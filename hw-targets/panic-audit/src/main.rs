@@ -111,6 +111,48 @@ fn kernels() -> u32 {
     count(bk.conv2d_weight_grad(cg, x, w, AccOut::Int(yi)));
     count(bk.conv2d_weight_grad(cg, x, w, AccOut::Float(yf)));
     black_box((yi, yf));
+    errs + packed(x, lg, cg)
+}
+
+/// Packed storage: packing, unpacking and validating opaque codes and
+/// bytes, the packed kernels on opaque geometries (integer and f32 paths),
+/// and the `packed` device case (blob parsing, the packed layers) on an
+/// opaque blob.
+fn packed(x: Operand<'_>, lg: LinearGeom, cg: ConvGeom) -> u32 {
+    use fixnn::layers::{conv2d_packed, linear_packed};
+    use fixnn::quant::packed::{pack, unpack, PackedCodes};
+    struct Null;
+    impl fixnn_cases::Sink for Null {
+        fn record(&mut self, r: &fixnn_cases::Record<'_>) {
+            black_box(r.values);
+        }
+        fn error(&mut self, _: u32, _: u32, _: &fixnn_cases::CaseError) {}
+    }
+    let mut errs = 0u32;
+    let mut count = |r: fixnn::Result<()>| errs += r.is_err() as u32;
+    // Opaque lengths: the slices are the caller's; pack and unpack check them.
+    let codes: &[i16] = black_box(&[1i16; BUF / 2]);
+    let bits = black_box(3u8);
+    let mut bytes = black_box([0u8; BUF]);
+    let out: &mut [u8] = black_box(&mut bytes[..BUF / 4]);
+    count(pack(codes, bits, out));
+    let mut back = [0i8; BUF / 2];
+    let back_s: &mut [i8] = black_box(&mut back[..]);
+    count(unpack(black_box(&bytes[..BUF / 4]), bits, back_s));
+    black_box(&back);
+    let w = format(bits, 0).map(|f| PackedCodes::new(black_box(&bytes[..]), f, black_box(2 * BUF)));
+    if let Some(Ok(w)) = w {
+        let (mut yi, mut yf) = ([0i64; BUF], [0f32; BUF]);
+        let yi: &mut [i64] = black_box(&mut yi[..]);
+        let yf: &mut [f32] = black_box(&mut yf[..]);
+        count(linear_packed(lg, x, &w, AccOut::Int(yi)));
+        count(linear_packed(lg, x, &w, AccOut::Float(yf)));
+        count(conv2d_packed(cg, x, &w, AccOut::Int(yi)));
+        count(conv2d_packed(cg, x, &w, AccOut::Float(yf)));
+        black_box((yi, yf));
+    }
+    let blob = black_box(&bytes[..]);
+    errs += fixnn_cases::packed::run_packed(blob, &mut Null).is_err() as u32;
     errs
 }
 
