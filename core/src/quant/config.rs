@@ -57,6 +57,46 @@ pub enum Rounding {
     Stochastic,
 }
 
+/// Where codes saturate: the hardware's two's complement range (default)
+/// or nics_fix_pt's range, one code wider at the top.
+///
+/// nics_fix_pt quantizes as `clamp(round(x / step) * step, -2^scale,
+/// +2^scale)`: its largest value `+2^scale` is code `2^(bits-1)`, one above
+/// what a `bits`-bit register holds. [`Clamp::Nics`] reproduces that clamp
+/// exactly, so that an old nics_fix_pt result can be reproduced before
+/// moving to the hardware-exact default.
+///
+/// # Storage
+///
+/// Code `2^(bits-1)` needs `bits + 1` bits: a [`Clamp::Nics`] format's codes
+/// are stored in the type that holds `bits + 1` bits (`i8` up to 7 bits,
+/// `i16` up to 15), its integer products are those of `(bits + 1)`-bit
+/// codes, and `bits = 16` with [`Clamp::Nics`] is refused
+/// ([`QuantConfig::validate`], [`Format::with_clamp`]: [`Error::Invalid`]),
+/// because its top code 32768 does not fit 16 bits.
+///
+/// JSON: `"hardware"` or `"nics"`; the field may be omitted (it defaults to
+/// `"hardware"`, and is written only when it is `"nics"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "snake_case")]
+pub enum Clamp {
+    /// Codes saturate to `[-2^(bits-1), 2^(bits-1) - 1]`: what a `bits`-bit
+    /// two's complement register holds.
+    #[default]
+    Hardware,
+    /// Codes saturate to `[-2^(bits-1), 2^(bits-1)]`: nics_fix_pt's
+    /// `clamp(.., -2^scale, 2^scale)`. Needs `bits <= 15`.
+    Nics,
+}
+
+impl Clamp {
+    /// Whether this is [`Clamp::Hardware`] (the default, not written to JSON).
+    pub const fn is_hardware(&self) -> bool {
+        matches!(self, Clamp::Hardware)
+    }
+}
+
 /// Which elements share one scale. Only [`Group::Tensor`] exists in this
 /// version; per-channel and per-batch-item groups are reserved in the schema.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -71,7 +111,8 @@ pub enum Group {
 /// The quantization config of one tensor (its data or its gradient):
 /// nics_fix_pt's `{bitwidth, scale, method}` plus range method and rounding.
 ///
-/// JSON field names are the Rust names; `zero_point`, `multiplier` and
+/// JSON field names are the Rust names; `clamp` may be omitted (default
+/// `"hardware"`; written only when `"nics"`); `zero_point`, `multiplier` and
 /// `group` may be omitted (they default to the only values this version
 /// supports) and are reserved for asymmetric ranges, real-valued scales
 /// (integer multiplier and shift) and per-channel groups.
@@ -116,6 +157,10 @@ pub struct QuantConfig {
     /// Reserved: which elements share a scale.
     #[serde(default)]
     pub group: Group,
+    /// Where codes saturate: [`Clamp::Hardware`] (default) or nics_fix_pt's
+    /// [`Clamp::Nics`] (one code more at the top; `bits <= 15`).
+    #[serde(default, skip_serializing_if = "Clamp::is_hardware")]
+    pub clamp: Clamp,
 }
 
 impl Default for QuantConfig {
@@ -135,6 +180,7 @@ impl QuantConfig {
         zero_point: 0,
         multiplier: 0,
         group: Group::Tensor,
+        clamp: Clamp::Hardware,
     };
 
     /// `Method::Fixed` with the given bits and scale, nearest-even rounding.
@@ -164,9 +210,14 @@ impl QuantConfig {
     /// * [`Error::BitsOutOfRange`] if `bits` is not in `2..=16` (checked for
     ///   `Method::None` too, so a saved config is valid whatever its method).
     /// * [`Error::Unsupported`] naming `zero_point` or `multiplier` if either is not 0.
+    /// * [`Error::Invalid`] for [`Clamp::Nics`] with `bits = 16` (its top
+    ///   code `2^15` needs 17 bits).
     pub const fn validate(&self) -> Result<()> {
         if self.bits < MIN_BITS || self.bits > MAX_BITS {
             return Err(Error::BitsOutOfRange { bits: self.bits });
+        }
+        if let Err(e) = Format::with_clamp(self.bits, 0, self.clamp) {
+            return Err(e);
         }
         if self.zero_point != 0 {
             return Err(Error::Unsupported {
@@ -195,10 +246,12 @@ impl QuantConfig {
         }
         match self.method {
             Method::None => Ok(None),
-            Method::Auto | Method::Fixed => match Format::new(self.bits, self.scale) {
-                Ok(f) => Ok(Some(f)),
-                Err(e) => Err(e),
-            },
+            Method::Auto | Method::Fixed => {
+                match Format::with_clamp(self.bits, self.scale, self.clamp) {
+                    Ok(f) => Ok(Some(f)),
+                    Err(e) => Err(e),
+                }
+            }
         }
     }
 
@@ -215,7 +268,8 @@ impl QuantConfig {
     pub fn update_scale_f32(&mut self, x: &[f32]) -> Result<Option<Format>> {
         self.validate()?;
         if self.method == Method::Auto {
-            self.scale = super::range::choose_scale_f32(self.range, self.bits, self.rounding, x)?;
+            let f = Format::with_clamp(self.bits, 0, self.clamp)?;
+            self.scale = super::range::choose_scale_f32_for(self.range, f, self.rounding, x)?;
         }
         self.format()
     }
@@ -235,8 +289,9 @@ impl QuantConfig {
     ) -> Result<Option<Format>> {
         self.validate()?;
         if self.method == Method::Auto {
+            let f = Format::with_clamp(self.bits, 0, self.clamp)?;
             self.scale =
-                super::range::choose_scale_codes(self.range, self.bits, self.rounding, exp, q)?;
+                super::range::choose_scale_codes_for(self.range, f, self.rounding, exp, q)?;
         }
         self.format()
     }
