@@ -63,6 +63,30 @@ fn model_files_refuse_each_bad_field_by_name() {
             "{field}={value}: {e}"
         );
     }
+    // nics_fix_pt's clamp: accepted up to 15 bits, 16 refused by name;
+    // an unknown clamp name is a parse error naming the variants.
+    let t = mlp_spec(|v| v["configs"][1]["data"]["clamp"] = "nics".into());
+    let spec = fixnn_std::spec::ModelSpec::parse(&t).unwrap();
+    let clamps = big(move || {
+        let mut m = MnistMlp::build(1).unwrap();
+        spec.apply_configs(&mut *m).unwrap();
+        let mut c = Vec::new();
+        fixnn::model::walk(&mut *m, &mut |_, t| c.push(t.quant.cfg.clamp));
+        c
+    });
+    assert!(clamps.contains(&fixnn::Clamp::Nics), "{clamps:?}");
+    let t = mlp_spec(|v| {
+        v["configs"][1]["data"]["clamp"] = "nics".into();
+        v["configs"][1]["data"]["bits"] = 16.into();
+    });
+    let e = spec_err(&t);
+    assert!(
+        e.contains("configs[1].data") && e.contains("bits <= 15"),
+        "{e}"
+    );
+    let t = mlp_spec(|v| v["configs"][1]["data"]["clamp"] = "torch".into());
+    let e = spec_err(&t);
+    assert!(e.contains("unknown variant `torch`"), "{e}");
     let nan = good.replacen(r#""lr":0.01"#, r#""lr":NaN"#, 1);
     assert!(
         spec_err(&nan).contains("expected value"),
