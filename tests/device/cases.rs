@@ -8,7 +8,7 @@ use std::path::Path;
 use fixnn::layers::Layer;
 use fixnn::model::{collect_configs, walk, Kind};
 use fixnn::optim::{FixedMaster, Sgd};
-use fixnn::quant::{Method, QuantConfig, RangeMethod, Rounding};
+use fixnn::quant::{Clamp, Method, QuantConfig, RangeMethod, Rounding};
 use fixnn::tensor::Shape;
 use fixnn::Stream;
 use fixnn_cases::blob::{write_header, write_run};
@@ -248,9 +248,11 @@ const ROUNDINGS: [Rounding; 4] = [
 /// `mixconv` and `mixdense`: 6 runs of 3 steps each. Tensor `i` of run
 /// `r` gets method, bit width, range method and rounding by rotating
 /// tables with different strides, so that across the runs every tensor
-/// meets each rounding, range method and method, and the bit widths 2..=16
-/// all occur for data and for gradients (checked here: a blob that lost
-/// coverage is refused). Runs 3-5 use a fixed-point master.
+/// meets each rounding, range method and method, the bit widths 2..=16
+/// and both clamps (nics_fix_pt's only up to 15 bits) all occur for data
+/// and for gradients (checked here: a blob that lost coverage is refused).
+/// Runs 3-5 use a fixed-point master. Every run ends with an eval pass and
+/// a pass with per-call overrides (`fixnn_cases`' `override_pass`).
 fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
     let mut seen: [BTreeSet<String>; 2] = Default::default();
     let runs: Vec<RunDesc> = (0..6u32)
@@ -268,7 +270,11 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
                     let scale = if k == 0 { 1 } else { -3 };
                     let range = RANGES[((i + 3 * r + k) % 4) as usize];
                     let rounding = ROUNDINGS[((i + 2 * r + k) % 4) as usize];
-                    cfg(method, bits, scale, range, rounding)
+                    let mut c = cfg(method, bits, scale, range, rounding);
+                    if bits <= 15 && !(i + r + k).is_multiple_of(3) {
+                        c.clamp = Clamp::Nics;
+                    }
+                    c
                 };
                 let data = pick(0);
                 let grad = if kind == Kind::Buffer {
@@ -281,6 +287,7 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
                         set.insert(format!("bits {}", c.bits));
                         set.insert(format!("{:?}", c.rounding));
                         set.insert(format!("{:?}", c.range));
+                        set.insert(format!("{:?}", c.clamp));
                     }
                     set.insert(format!("{:?}", c.method));
                 }
@@ -316,6 +323,7 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
         want.extend(METHODS.iter().map(|m| format!("{m:?}")));
         want.extend(RANGES.iter().map(|m| format!("{m:?}")));
         want.extend(ROUNDINGS.iter().map(|m| format!("{m:?}")));
+        want.extend([Clamp::Hardware, Clamp::Nics].map(|c| format!("{c:?}")));
         let missing: Vec<&String> = want.iter().filter(|w| !set.contains(*w)).collect();
         assert!(
             missing.is_empty(),

@@ -92,6 +92,7 @@ impl<'a> Override<'a> {
 /// The stored configs of one tensor, saved by [`apply_overrides`] (a slot
 /// of the caller's buffer; 36 bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct SavedConfigs {
     /// Position of the tensor in [`Layer::visit`] order.
     pub index: u32,

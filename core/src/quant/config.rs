@@ -216,8 +216,8 @@ impl QuantConfig {
         if self.bits < MIN_BITS || self.bits > MAX_BITS {
             return Err(Error::BitsOutOfRange { bits: self.bits });
         }
-        if let Err(e) = Format::with_clamp(self.bits, 0, self.clamp) {
-            return Err(e);
+        if matches!(self.clamp, Clamp::Nics) && self.bits >= MAX_BITS {
+            return Err(super::format::NICS_TOO_WIDE);
         }
         if self.zero_point != 0 {
             return Err(Error::Unsupported {
@@ -246,11 +246,9 @@ impl QuantConfig {
         }
         match self.method {
             Method::None => Ok(None),
+            // Validated above.
             Method::Auto | Method::Fixed => {
-                match Format::with_clamp(self.bits, self.scale, self.clamp) {
-                    Ok(f) => Ok(Some(f)),
-                    Err(e) => Err(e),
-                }
+                Ok(Some(Format::validated(self.bits, self.scale, self.clamp)))
             }
         }
     }
@@ -268,7 +266,7 @@ impl QuantConfig {
     pub fn update_scale_f32(&mut self, x: &[f32]) -> Result<Option<Format>> {
         self.validate()?;
         if self.method == Method::Auto {
-            let f = Format::with_clamp(self.bits, 0, self.clamp)?;
+            let f = Format::validated(self.bits, 0, self.clamp);
             self.scale = super::range::choose_scale_f32_for(self.range, f, self.rounding, x)?;
         }
         self.format()
@@ -289,7 +287,7 @@ impl QuantConfig {
     ) -> Result<Option<Format>> {
         self.validate()?;
         if self.method == Method::Auto {
-            let f = Format::with_clamp(self.bits, 0, self.clamp)?;
+            let f = Format::validated(self.bits, 0, self.clamp);
             self.scale =
                 super::range::choose_scale_codes_for(self.range, f, self.rounding, exp, q)?;
         }

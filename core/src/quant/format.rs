@@ -77,11 +77,15 @@ impl Format {
             return Err(Error::BitsOutOfRange { bits });
         }
         if matches!(clamp, Clamp::Nics) && bits >= MAX_BITS {
-            return Err(Error::Invalid {
-                what: "clamp `nics` needs bits <= 15 (its top code 2^(bits-1) takes bits + 1 bits)",
-            });
+            return Err(NICS_TOO_WIDE);
         }
         Ok(Format { bits, scale, clamp })
+    }
+
+    /// A format the caller has validated ([`QuantConfig::validate`](super::QuantConfig::validate)):
+    /// no checks, no `Result` on the stack.
+    pub(crate) const fn validated(bits: u8, scale: i8, clamp: Clamp) -> Self {
+        Format { bits, scale, clamp }
     }
 
     /// Where the codes saturate.
@@ -187,6 +191,11 @@ impl Format {
         }
     }
 }
+
+/// The error of [`Clamp::Nics`] with 16 bits.
+pub(crate) const NICS_TOO_WIDE: Error = Error::Invalid {
+    what: "clamp `nics` needs bits <= 15 (its top code 2^(bits-1) takes bits + 1 bits)",
+};
 
 /// `2^e` as f32, built from its bit pattern (no `powi`, no approximation).
 ///
