@@ -80,7 +80,19 @@ pub fn to_rust(c: &Checkpoint, source: &str) -> String {
         let _ = writeln!(s, "/// `{}` ({:?} of a {} layer).", t.name, t.kind, t.layer);
         match (t.fmt, &t.codes, &t.values) {
             (Some(f), Some(codes), _) => {
-                let ty = if f.bits <= 8 { "i8" } else { "i16" };
+                // nics_fix_pt's clamp: codes up to 2^(bits-1), one bit wider.
+                let nics = f.clamp == fixnn::Clamp::Nics;
+                let ty = if f.bits + nics as u8 <= 8 {
+                    "i8"
+                } else {
+                    "i16"
+                };
+                if nics {
+                    let _ = writeln!(
+                        s,
+                        "/// nics_fix_pt's clamp: codes in [-2^(BITS-1), 2^(BITS-1)]."
+                    );
+                }
                 let _ = writeln!(s, "pub const {id}_BITS: u8 = {};", f.bits);
                 let _ = writeln!(s, "/// Range exponent of `{}`.", t.name);
                 let _ = writeln!(s, "pub const {id}_SCALE: i8 = {};", f.scale);
@@ -114,7 +126,9 @@ pub fn to_rust(c: &Checkpoint, source: &str) -> String {
 ///
 /// # Errors
 ///
-/// A name longer than 255 bytes or more than 65535 tensors.
+/// A name longer than 255 bytes, more than 65535 tensors, or a tensor
+/// with nics_fix_pt's clamp (its code `2^(bits-1)` does not fit the
+/// layout's `bits`-wide storage).
 pub fn to_bin(c: &Checkpoint) -> Result<Vec<u8>, String> {
     let tensors: Vec<&StateTensor> = exported(c).collect();
     let n = u16::try_from(tensors.len()).map_err(|_| "more than 65535 tensors".to_string())?;
@@ -130,6 +144,12 @@ pub fn to_bin(c: &Checkpoint) -> Result<Vec<u8>, String> {
         b.extend_from_slice(name);
         b.push(if t.kind == Kind::Param { 0 } else { 1 });
         match (t.fmt, &t.codes, &t.values) {
+            (Some(f), _, _) if f.clamp == fixnn::Clamp::Nics => {
+                return Err(format!(
+                    "{}: nics_fix_pt's clamp (codes up to 2^(bits-1)) has no binary export; use --format rust",
+                    t.name
+                ))
+            }
             (Some(f), Some(codes), _) => {
                 b.push(f.bits);
                 b.push(f.scale as u8);
