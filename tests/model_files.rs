@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use fixnn::layers::{Layer, Linear, Quant, Relu};
 use fixnn::model::{self, ConfigDoc, StateView};
 use fixnn::tensor::{Ctx, S2};
-use fixnn::{Method, Model, QuantConfig, RangeMethod, Rounding};
+use fixnn::{Clamp, Method, Model, QuantConfig, RangeMethod, Rounding};
 use fixnn_std::configs::{self, ConfigFile, StateFile};
 use fixnn_std::nics::{self, ScaleForm};
 
@@ -105,6 +105,10 @@ fn core_and_std_write_the_same_config_json() {
             ema: 0x7FC0_0000, // 0.75
             ..QuantConfig::auto(8)
         };
+        m.fc2.bias.quant.cfg = QuantConfig {
+            clamp: Clamp::Nics,
+            ..QuantConfig::auto(6)
+        };
         let doc: ConfigDoc<32> = model::collect_configs(&mut *m).unwrap();
         let mut buf = vec![0u8; 16384];
         let n = serde_json_core::to_slice(&doc, &mut buf).unwrap();
@@ -143,6 +147,38 @@ fn core_and_std_write_the_same_state_json_and_it_loads_back() {
     assert_eq!(st.apply(&mut other), Ok(2));
     assert_eq!(configs::state_json(&mut other), core_text);
     assert_eq!(other.fc.weight.q.fmt, m.fc.weight.q.fmt);
+}
+
+#[test]
+fn nics_clamped_codes_survive_a_state_round_trip() {
+    let mut m = small();
+    // 5 bits, scale -1: step 2^-5; 0.5 is code 16, kept by nics_fix_pt's clamp.
+    m.fc.weight.quant.cfg.clamp = Clamp::Nics;
+    m.fc.weight.master[0][0] = 0.5;
+    m.fc.weight.refresh(&Ctx::train(1, 0)).unwrap();
+    assert_eq!(m.fc.weight.q.v[0][0], 0.5);
+    let text = configs::state_json(&mut m);
+    assert!(
+        text.contains(r#""fmt":{"bits":5,"scale":-1,"clamp":"nics"},"codes":[16,"#),
+        "{text}"
+    );
+    let mut buf = vec![0u8; 8192];
+    let n = serde_json_core::to_slice(&StateView::new(&mut m), &mut buf).unwrap();
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), text);
+    let mut other = small();
+    StateFile::parse(&text).unwrap().apply(&mut other).unwrap();
+    assert_eq!(other.fc.weight.q.fmt, m.fc.weight.q.fmt);
+    assert_eq!(configs::state_json(&mut other), text);
+    // Without the clamp, code 16 is outside a 5-bit format: refused.
+    let hw = text.replace(r#","clamp":"nics""#, "");
+    let err = StateFile::parse(&hw)
+        .unwrap()
+        .apply(&mut other)
+        .unwrap_err();
+    assert!(
+        err.contains("fc.weight") && err.contains("outside"),
+        "{err}"
+    );
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -343,6 +379,32 @@ fn nics_mnist_yaml_loads_onto_the_equivalent_model() {
         let cfg04 = nics::parse(&v04, ScaleForm::Auto).unwrap();
         assert_eq!(cfg04.scale_form, Some(ScaleForm::Value));
         assert_eq!(cfg04.data, cfg.data);
+        // With nics_fix_pt's own clamp, to reproduce its results exactly.
+        let mut exact = cfg.clone();
+        exact.set_clamp(Clamp::Nics).unwrap();
+        let mut m = mnist();
+        assert_eq!(exact.apply(&mut *m), Ok(7));
+        let f = ConfigFile::of(&mut *m);
+        let get = |n: &str| f.tensors.iter().find(|e| e.name == n).unwrap().clone();
+        assert_eq!(
+            get("fc1.weight").data,
+            QuantConfig {
+                scale: 1,
+                clamp: Clamp::Nics,
+                ..QuantConfig::auto(4)
+            }
+        );
+        assert_eq!(get("fc1.output").data.clamp, Clamp::Hardware);
+        // 16-bit quantized configs cannot take it: refused, nothing changed.
+        let mut wide = cfg.clone();
+        wide.data.get_mut("fc1.weight").unwrap().bits = 16;
+        let before = wide.clone();
+        let err = wide.set_clamp(Clamp::Nics).unwrap_err();
+        assert!(
+            err.contains("fc1.weight (data)") && err.contains("bits <= 15"),
+            "{err}"
+        );
+        assert_eq!(wide, before);
     });
 }
 

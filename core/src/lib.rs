@@ -14,7 +14,9 @@
 //! * codes saturate to the two's complement range `[-2^(bits-1), 2^(bits-1) - 1]`.
 //!   (nics_fix_pt clamps at `+2^scale`, one step above what a `bits`-bit
 //!   register holds; fixnn follows the hardware. This is the one documented
-//!   difference.)
+//!   difference, and a per-tensor option undoes it: [`Clamp::Nics`] saturates
+//!   to `[-2^(bits-1), 2^(bits-1)]` as nics_fix_pt does, for `bits <= 15`,
+//!   its codes taking `bits + 1` bits.)
 //!
 //! Every operation on codes is integer arithmetic in a fixed order, so the
 //! result does not depend on the machine, the thread count or the
@@ -28,7 +30,8 @@
 //! * [`backend`]: the compute operations and the sequential reference backend.
 //! * [`kernels`]: packed integer kernels (`SMLAD` on Cortex-M4/M7) and [`kernels::DspBackend`].
 //! * [`layers`]: layers with forward and backward passes, and the loss.
-//! * [`model`]: named tensors, config trees, tables and states.
+//! * [`model`]: named tensors, config trees, tables, states and per-call
+//!   config overrides.
 //! * [`optim`]: SGD on f32 master parameters.
 //! * [`error`]: the error type shared by every module.
 //!
@@ -55,5 +58,6 @@ pub use error::{Error, Result};
 #[cfg(feature = "derive")]
 pub use fixnn_macros::Model;
 pub use quant::{
-    Code, Format, Group, Method, QuantConfig, QuantReport, RangeMethod, Rounder, Rounding, Stream,
+    Clamp, Code, Format, Group, Method, QuantConfig, QuantReport, RangeMethod, Rounder, Rounding,
+    Stream,
 };

@@ -14,7 +14,7 @@
 use std::fmt::Debug;
 
 use fixnn::model::{ConfigDoc, ConfigEntry, Kind, ReadError, ReadProblem, MAX_PATH, MAX_TYPE};
-use fixnn::quant::{Group, Method, RangeMethod, Rounding};
+use fixnn::quant::{Clamp, Group, Method, RangeMethod, Rounding};
 use fixnn::QuantConfig;
 use heapless::String as HString;
 use serde::de::DeserializeOwned;
@@ -101,6 +101,7 @@ fn random_config(r: &mut Rng) -> QuantConfig {
     let rm = variants::<RangeMethod>();
     let ro = variants::<Rounding>();
     let g = variants::<Group>();
+    let cl = variants::<Clamp>();
     QuantConfig {
         method: m[r.below(m.len())].1,
         bits: number(r, &U8_EDGES, |x| x as u8),
@@ -111,6 +112,7 @@ fn random_config(r: &mut Rng) -> QuantConfig {
         multiplier: number(r, &U32_EDGES, |x| x as u32),
         group: g[r.below(g.len())].1,
         ema: number(r, &U32_EDGES, |x| x as u32),
+        clamp: cl[r.below(cl.len())].1,
     }
 }
 
@@ -144,9 +146,10 @@ fn random_entry(r: &mut Rng) -> ConfigEntry {
 fn tables_hold_every_field_and_variant_serde_knows() {
     // Every field serde lists is read (a table without it refuses the
     // key), and every variant by its serde name.
-    // (`ema` is written only when non-zero.)
+    // (`ema` and `clamp` are written only when not the default.)
     let full = write(&QuantConfig {
         ema: (128 << 24) | (1 << 23),
+        clamp: Clamp::Nics,
         ..QuantConfig::fixed(8, 0)
     });
     let full: Value = serde_json::from_slice(&full).unwrap();
@@ -177,6 +180,7 @@ fn tables_hold_every_field_and_variant_serde_knows() {
     each::<RangeMethod>("range");
     each::<Rounding>("rounding");
     each::<Group>("group");
+    each::<Clamp>("clamp");
     for (name, kind) in variants::<Kind>() {
         let mut e = ConfigEntry::from_json(&write(&random_entry(&mut Rng(1)))).unwrap();
         e.kind = kind;

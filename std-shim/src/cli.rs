@@ -133,6 +133,28 @@ pub struct InspectArgs {
     /// 0.4), the value 2^k (0.4), or decide from the file.
     #[arg(long, value_name = "FORM", value_enum, default_value = "auto")]
     pub nics_scale: ScaleArg,
+    /// The clamp of the configs read from a nics_fix_pt file: hardware
+    /// (fixnn's default) or nics (nics_fix_pt's own, to reproduce its results).
+    #[arg(long, value_name = "C", value_enum, default_value = "hardware")]
+    pub nics_clamp: ClampArg,
+}
+
+/// `--clamp` names.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClampArg {
+    /// Codes in [-2^(bits-1), 2^(bits-1) - 1], as a bits-bit register.
+    Hardware,
+    /// Codes in [-2^(bits-1), 2^(bits-1)], as nics_fix_pt (bits <= 15).
+    Nics,
+}
+
+impl From<ClampArg> for fixnn::Clamp {
+    fn from(c: ClampArg) -> Self {
+        match c {
+            ClampArg::Hardware => fixnn::Clamp::Hardware,
+            ClampArg::Nics => fixnn::Clamp::Nics,
+        }
+    }
 }
 
 /// `--nics-scale` names.
@@ -167,6 +189,10 @@ pub struct QuantizeArgs {
     /// Rounding of values between two codes.
     #[arg(long, value_name = "MODE", value_enum, default_value = "nearest-even")]
     pub rounding: RoundingArg,
+    /// Where codes saturate: hardware [-2^(B-1), 2^(B-1) - 1], or nics
+    /// (nics_fix_pt's clamp at +2^S: codes up to 2^(B-1); B <= 15).
+    #[arg(long, value_name = "C", value_enum, default_value = "hardware")]
+    pub clamp: ClampArg,
     /// Seed of stochastic rounding (tensor id 0, step 0).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
@@ -276,7 +302,7 @@ where
                 ScaleArg::Exponent => crate::nics::ScaleForm::Exponent,
                 ScaleArg::Value => crate::nics::ScaleForm::Value,
             };
-            match crate::inspect::inspect(&args.file, form) {
+            match crate::inspect::inspect_with(&args.file, form, args.nics_clamp.into()) {
                 Ok(table) => out
                     .write_all(table.as_bytes())
                     .map_err(crate::quantize::Failure::Output),

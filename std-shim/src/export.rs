@@ -126,7 +126,10 @@ pub fn to_rust(c: &Checkpoint, source: &str) -> Result<String, String> {
         let id = ident(&t.name);
         let _ = writeln!(s, "/// `{}` ({:?} of a {} layer).", t.name, t.kind, t.layer);
         match (t.fmt, &t.codes, &t.values) {
-            (Some(f), Some(codes), _) if (2..=4).contains(&f.bits) => {
+            // (nics_fix_pt's clamp has one code more than a packed field holds.)
+            (Some(f), Some(codes), _)
+                if (2..=4).contains(&f.bits) && f.clamp == fixnn::Clamp::Hardware =>
+            {
                 let bytes = pack_codes(codes, f.bits, &t.name)?;
                 let _ = writeln!(s, "pub const {id}_BITS: u8 = {};", f.bits);
                 let _ = writeln!(s, "/// Range exponent of `{}`.", t.name);
@@ -149,7 +152,19 @@ pub fn to_rust(c: &Checkpoint, source: &str) -> Result<String, String> {
                 s.push_str("\n];\n\n");
             }
             (Some(f), Some(codes), _) => {
-                let ty = if f.bits <= 8 { "i8" } else { "i16" };
+                // nics_fix_pt's clamp: codes up to 2^(bits-1), one bit wider.
+                let nics = f.clamp == fixnn::Clamp::Nics;
+                let ty = if f.bits + nics as u8 <= 8 {
+                    "i8"
+                } else {
+                    "i16"
+                };
+                if nics {
+                    let _ = writeln!(
+                        s,
+                        "/// nics_fix_pt's clamp: codes in [-2^(BITS-1), 2^(BITS-1)]."
+                    );
+                }
                 let _ = writeln!(s, "pub const {id}_BITS: u8 = {};", f.bits);
                 let _ = writeln!(s, "/// Range exponent of `{}`.", t.name);
                 let _ = writeln!(s, "pub const {id}_SCALE: i8 = {};", f.scale);
@@ -183,7 +198,9 @@ pub fn to_rust(c: &Checkpoint, source: &str) -> Result<String, String> {
 ///
 /// # Errors
 ///
-/// A name longer than 255 bytes or more than 65535 tensors.
+/// A name longer than 255 bytes, more than 65535 tensors, or a tensor
+/// with nics_fix_pt's clamp (its code `2^(bits-1)` does not fit the
+/// layout's `bits`-wide storage).
 pub fn to_bin(c: &Checkpoint) -> Result<Vec<u8>, String> {
     let tensors: Vec<&StateTensor> = exported(c).collect();
     tensors_to_bin(&tensors)
@@ -209,6 +226,12 @@ pub fn tensors_to_bin(tensors: &[&StateTensor]) -> Result<Vec<u8>, String> {
         b.extend_from_slice(name);
         b.push(if t.kind == Kind::Param { 0 } else { 1 });
         match (t.fmt, &t.codes, &t.values) {
+            (Some(f), _, _) if f.clamp == fixnn::Clamp::Nics => {
+                return Err(format!(
+                    "{}: nics_fix_pt's clamp (codes up to 2^(bits-1)) has no binary export; use --format rust",
+                    t.name
+                ))
+            }
             (Some(f), Some(codes), _) => {
                 b.push(f.bits);
                 b.push(f.scale as u8);

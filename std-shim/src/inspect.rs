@@ -27,7 +27,14 @@ fn row(
     d: Option<&QuantConfig>,
     g: Option<&QuantConfig>,
 ) {
+    // nics_fix_pt's clamp is marked with a `*` after the method.
     let cell = |c: Option<&QuantConfig>| match c {
+        Some(c) if c.clamp == fixnn::Clamp::Nics => format!(
+            "{:>5} {:>5} {:<12}",
+            c.bits,
+            c.scale,
+            format!("{}*", method_label(c))
+        ),
         Some(c) => format!("{:>5} {:>5} {:<12}", c.bits, c.scale, method_label(c)),
         None => format!("{:>5} {:>5} {:<12}", "-", "-", "-"),
     };
@@ -117,6 +124,22 @@ fn inspect_bin(shown: &str, raw: &[u8]) -> Result<String, String> {
 ///
 /// A message naming the file and what is wrong with it.
 pub fn inspect(path: &Path, form: ScaleForm) -> Result<String, String> {
+    inspect_with(path, form, fixnn::Clamp::Hardware)
+}
+
+/// [`inspect`], giving the configs read from a nics_fix_pt file the clamp
+/// `nics_clamp` ([`NicsConfigs::set_clamp`](nics::NicsConfigs::set_clamp)).
+/// Configs with nics_fix_pt's clamp are marked `*` after their method.
+///
+/// # Errors
+///
+/// As [`inspect`]; also a nics_fix_pt file with 16-bit quantized configs
+/// and `nics_clamp` [`Clamp::Nics`](fixnn::Clamp::Nics).
+pub fn inspect_with(
+    path: &Path,
+    form: ScaleForm,
+    nics_clamp: fixnn::Clamp,
+) -> Result<String, String> {
     let shown = path.display();
     let raw = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
     if raw.starts_with(crate::export::MAGIC) {
@@ -216,7 +239,8 @@ pub fn inspect(path: &Path, form: ScaleForm) -> Result<String, String> {
             ))
         }
         None => {
-            let n = nics::parse(&text, form).map_err(|e| format!("{shown}: not a fixnn JSON file, and as a nics_fix_pt YAML config: {e}"))?;
+            let mut n = nics::parse(&text, form).map_err(|e| format!("{shown}: not a fixnn JSON file, and as a nics_fix_pt YAML config: {e}"))?;
+            n.set_clamp(nics_clamp).map_err(|e| format!("{shown}: {e}"))?;
             let form = match n.scale_form {
                 Some(ScaleForm::Value) => "scale read as the value 2^k (nics_fix_pt 0.4)",
                 _ => "scale read as the exponent k (nics_fix_pt before 0.4)",
@@ -228,6 +252,9 @@ pub fn inspect(path: &Path, form: ScaleForm) -> Result<String, String> {
             header(&mut out);
             for name in names {
                 row(&mut out, name, "-", "-", n.data.get(name), n.grad.get(name));
+            }
+            if nics_clamp == fixnn::Clamp::Nics {
+                let _ = writeln!(out, "* clamp nics: codes up to +2^scale, as nics_fix_pt");
             }
         }
     }

@@ -18,12 +18,16 @@
 //! later versions are read too, and `range_method: 4` selects fixnn's
 //! running range ([`RangeMethod::Running`], not a nics_fix_pt constant;
 //! its moving average starts empty).
+//!
+//! The configs come with fixnn's hardware clamp; to reproduce a
+//! nics_fix_pt result exactly, give them nics_fix_pt's own clamp with
+//! [`NicsConfigs::set_clamp`] (`fixnn inspect --nics-clamp nics`).
 
 use std::collections::BTreeMap;
 
 use fixnn::layers::Layer;
 use fixnn::model::{self, LoadEntry};
-use fixnn::{Method, QuantConfig, RangeMethod, Rounding};
+use fixnn::{Clamp, Method, QuantConfig, RangeMethod, Rounding};
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -345,6 +349,44 @@ pub fn parse(text: &str, form: ScaleForm) -> Result<NicsConfigs, String> {
 }
 
 impl NicsConfigs {
+    /// Give every config the clamp `clamp`: [`Clamp::Nics`] reproduces
+    /// nics_fix_pt's `clamp(.., -2^scale, 2^scale)` exactly (code
+    /// `2^(bits-1)` included), [`Clamp::Hardware`] is fixnn's default.
+    /// Full-precision configs (`method` 0) at 16 bits keep the hardware
+    /// clamp (it does not apply to them, and `nics` needs `bits <= 15`).
+    ///
+    /// # Errors
+    ///
+    /// With [`Clamp::Nics`], one message naming every quantized config of
+    /// 16 bits (code `2^15` does not fit 16 bits); nothing changes then.
+    pub fn set_clamp(&mut self, clamp: Clamp) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for (part, map) in [("data", &self.data), ("grad", &self.grad)] {
+            for (path, c) in map {
+                let mut next = *c;
+                next.clamp = clamp;
+                if c.method != Method::None {
+                    if let Err(e) = next.validate() {
+                        errors.push(format!("{path} ({part}): {e}"));
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        for map in [&mut self.data, &mut self.grad] {
+            for c in map.values_mut() {
+                let mut next = *c;
+                next.clamp = clamp;
+                if next.validate().is_ok() {
+                    *c = next;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Load onto `model`: each nics_fix_pt tensor must exist in the model
     /// (`fc1.weight`, `fix0.activation`); model tensors the file does not
     /// mention keep their configs. Nothing changes on error.

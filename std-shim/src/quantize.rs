@@ -34,6 +34,9 @@ pub struct Quantized {
     pub bits: u8,
     /// Scale after `auto` chose it.
     pub scale: i8,
+    /// Where codes saturate (printed in JSON only when `nics`).
+    #[serde(skip_serializing_if = "fixnn::Clamp::is_hardware")]
+    pub clamp: fixnn::Clamp,
     /// `2^(scale + 1 - bits)`.
     pub step: f32,
     /// Integer codes; `null` for method `none`.
@@ -65,6 +68,7 @@ pub fn quantize_values(
         return Ok(Quantized {
             bits: cfg.bits,
             scale: cfg.scale,
+            clamp: cfg.clamp,
             step,
             codes: None,
             values: values.to_vec(),
@@ -82,6 +86,7 @@ pub fn quantize_values(
     Ok(Quantized {
         bits: format.bits(),
         scale: format.scale(),
+        clamp: format.clamp(),
         step,
         codes: Some(codes),
         values: dequantized,
@@ -123,6 +128,7 @@ pub fn run(args: &QuantizeArgs, out: &mut dyn Write) -> Result<(), Failure> {
         scale: args.scale.unwrap_or(0),
         range: args.range.into(),
         rounding: args.rounding.into(),
+        clamp: args.clamp.into(),
         ..QuantConfig::NONE
     };
     let q = quantize_values(&mut cfg, &values, args.seed).map_err(Failure::Input)?;
@@ -217,7 +223,7 @@ fn write_table(
         "format: {} bits, scale {}, step {} (2^{step_exp})",
         q.bits, q.scale, q.step
     )?;
-    if let Ok(f) = Format::new(q.bits, q.scale) {
+    if let Ok(f) = Format::with_clamp(q.bits, q.scale, q.clamp) {
         write!(
             out,
             ", range [{}, {}]",
@@ -227,10 +233,11 @@ fn write_table(
     }
     writeln!(
         out,
-        "; method {}, range {}, rounding {}",
+        "; method {}, range {}, rounding {}, clamp {}",
         arg_name(method),
         arg_name(args.range),
-        arg_name(args.rounding)
+        arg_name(args.rounding),
+        arg_name(args.clamp)
     )?;
     writeln!(
         out,

@@ -365,3 +365,44 @@ mod inspect {
         assert!(stderr(&o).contains("cannot read"));
     }
 }
+
+#[test]
+fn clamp_nics_keeps_the_top_code_as_nics_fix_pt() {
+    // nics_fix_pt's gradient test values: with its clamp 0.5 stays 0.5
+    // (code 2 of a 2-bit format), with the hardware clamp it becomes 0.25.
+    let o = fixnn(&[
+        "quantize", "--bits", "2", "--method", "auto", "--clamp", "nics", "--json", "0.5", "0.26",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "{\"bits\":2,\"scale\":-1,\"clamp\":\"nics\",\"step\":0.25,\"codes\":[2,1],\"values\":[0.5,0.25],\"saturated\":0}\n"
+    );
+    let o = fixnn(&[
+        "quantize", "--bits", "2", "--method", "auto", "--json", "0.5", "0.26",
+    ]);
+    assert_eq!(
+        stdout(&o),
+        "{\"bits\":2,\"scale\":-1,\"step\":0.25,\"codes\":[1,1],\"values\":[0.25,0.25],\"saturated\":1}\n"
+    );
+    let o = fixnn(&[
+        "quantize", "--bits", "4", "--scale", "0", "--clamp", "nics", "1",
+    ]);
+    assert!(
+        stdout(&o)
+            .contains("range [-1, 1]; method fixed, range max, rounding nearest-even, clamp nics"),
+        "{}",
+        stdout(&o)
+    );
+    // 16 bits cannot hold code 2^15: refused with the reason.
+    let o = fixnn(&["quantize", "--bits", "16", "--clamp", "nics", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("bits <= 15"), "{}", stderr(&o));
+    let o = fixnn(&["quantize", "--clamp", "torch", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("'torch' for '--clamp"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -63,6 +63,30 @@ fn model_files_refuse_each_bad_field_by_name() {
             "{field}={value}: {e}"
         );
     }
+    // nics_fix_pt's clamp: accepted up to 15 bits, 16 refused by name;
+    // an unknown clamp name is a parse error naming the variants.
+    let t = mlp_spec(|v| v["configs"][1]["data"]["clamp"] = "nics".into());
+    let spec = fixnn_std::spec::ModelSpec::parse(&t).unwrap();
+    let clamps = big(move || {
+        let mut m = MnistMlp::build(1).unwrap();
+        spec.apply_configs(&mut *m).unwrap();
+        let mut c = Vec::new();
+        fixnn::model::walk(&mut *m, &mut |_, t| c.push(t.quant.cfg.clamp));
+        c
+    });
+    assert!(clamps.contains(&fixnn::Clamp::Nics), "{clamps:?}");
+    let t = mlp_spec(|v| {
+        v["configs"][1]["data"]["clamp"] = "nics".into();
+        v["configs"][1]["data"]["bits"] = 16.into();
+    });
+    let e = spec_err(&t);
+    assert!(
+        e.contains("configs[1].data") && e.contains("bits <= 15"),
+        "{e}"
+    );
+    let t = mlp_spec(|v| v["configs"][1]["data"]["clamp"] = "torch".into());
+    let e = spec_err(&t);
+    assert!(e.contains("unknown variant `torch`"), "{e}");
     let nan = good.replacen(r#""lr":0.01"#, r#""lr":NaN"#, 1);
     assert!(
         spec_err(&nan).contains("expected value"),
@@ -314,5 +338,35 @@ fn nics_yaml_refuses_deep_nesting_and_duplicated_keys() {
     cli_refuses(
         &["inspect", p.to_str().unwrap()],
         &["deep.yaml", "YAML nested deeper than 64 levels"],
+    );
+}
+
+/// A tensor with nics_fix_pt's clamp (8 bits: code 128 needs 9) exports
+/// to Rust as `i16` codes and is refused by the binary export, whose
+/// layout stores 8-bit codes as `i8` (it would wrap 128 to -128).
+#[test]
+fn nics_clamped_tensors_export_wide_to_rust_and_not_to_bin() {
+    let t = mlp_spec(|v| v["configs"][0]["data"]["clamp"] = "nics".into());
+    let spec = fixnn_std::spec::ModelSpec::parse(&t).unwrap();
+    let file = big(move || {
+        let mut m = MnistMlp::build(1).unwrap();
+        spec.apply_configs(&mut *m).unwrap();
+        // A weight at the top of the range: code 128 only with the nics clamp.
+        m.fc1.weight.master[0][0] = 1.0;
+        m.fc1.weight.master[0][1] = 1.0;
+        m.fc1.weight.refresh(&Ctx::train(1, 0)).unwrap();
+        assert_eq!(m.fc1.weight.q.v[0][0], 1.0);
+        let configs = fixnn_std::configs::ConfigFile::of(&mut *m);
+        let state = fixnn_std::configs::state_json(&mut *m);
+        fixnn_std::checkpoint::encode(0, 0, &spec, &configs, &state, &Default::default()).unwrap()
+    });
+    let ck = fixnn_std::checkpoint::decode(&file).unwrap();
+    let e = fixnn_std::export::to_bin(&ck).unwrap_err();
+    assert!(e.contains("fc1.weight") && e.contains("nics"), "{e}");
+    let rs = fixnn_std::export::to_rust(&ck, "test").unwrap();
+    assert!(
+        rs.contains("pub static FC1_WEIGHT: [i16; 78400] = [\n    128, 128, "),
+        "{}",
+        &rs[..rs.len().min(2000)]
     );
 }

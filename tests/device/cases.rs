@@ -8,7 +8,7 @@ use std::path::Path;
 use fixnn::layers::Layer;
 use fixnn::model::{collect_configs, walk, Kind};
 use fixnn::optim::{FixedMaster, Sgd};
-use fixnn::quant::{Method, QuantConfig, RangeMethod, Rounding};
+use fixnn::quant::{Clamp, Method, QuantConfig, RangeMethod, Rounding};
 use fixnn::tensor::Shape;
 use fixnn::Stream;
 use fixnn_cases::blob::{write_header, write_run};
@@ -261,13 +261,15 @@ const ROUNDINGS: [Rounding; 4] = [
 /// `mixconv` and `mixdense`: 6 runs of 3 steps each. Tensor `i` of run
 /// `r` gets method, bit width, range method and rounding by rotating
 /// tables with different strides, so that across the runs every tensor
-/// meets each rounding, range method and method, and the bit widths 2..=16
-/// all occur for data and for gradients, and every range method occurs
-/// with Auto (checked here: a blob that lost coverage is refused). The
-/// running-range configs of the odd runs start with a state (the device
-/// parses and continues it), the others empty; their averages evolve over
-/// the 3 steps.
-/// Runs 3-5 use a fixed-point master.
+/// meets each rounding, range method and method, the bit widths 2..=16
+/// and both clamps (nics_fix_pt's only up to 15 bits) all occur for data
+/// and for gradients, and every range method occurs with Auto (checked
+/// here: a blob that lost coverage is refused). The running-range configs
+/// of the odd runs start with a state (the device parses and continues
+/// it), the others empty; their averages evolve over the 3 steps.
+/// Real-valued scales go to every third config outside the running slot.
+/// Runs 3-5 use a fixed-point master. Every run ends with an eval pass and
+/// a pass with per-call overrides (`fixnn_cases`' `override_pass`).
 fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
     mix_blob_with::<C>(RangeMethod::Running)
 }
@@ -315,6 +317,9 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                             c.range = RangeMethod::Max;
                         }
                     }
+                    if bits <= 15 && !(i + r + k).is_multiple_of(3) {
+                        c.clamp = Clamp::Nics;
+                    }
                     c
                 };
                 let data = pick(0);
@@ -332,6 +337,7 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                         set.insert(format!("bits {}", c.bits));
                         set.insert(format!("{:?}", c.rounding));
                         set.insert(format!("{:?}", c.range));
+                        set.insert(format!("{:?}", c.clamp));
                     }
                     if c.method == Method::Auto {
                         set.insert(format!("Auto {:?}", c.range));
@@ -379,6 +385,7 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
         want.extend([false, true].map(|e| format!("Auto Running ema {e}")));
         want.extend(ROUNDINGS.iter().map(|m| format!("{m:?}")));
         want.extend(["real Auto".to_string(), "real Fixed".to_string()]);
+        want.extend([Clamp::Hardware, Clamp::Nics].map(|c| format!("{c:?}")));
         let missing: Vec<&String> = want.iter().filter(|w| !set.contains(*w)).collect();
         assert!(
             missing.is_empty(),

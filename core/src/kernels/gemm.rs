@@ -19,7 +19,7 @@ impl CodeConv {
         let to_code = pow2_f32(-fmt.step_exp());
         to_code.is_finite().then_some(CodeConv {
             to_code,
-            bits: u32::from(fmt.bits()),
+            bits: u32::from(fmt.code_bits()),
         })
     }
 
@@ -30,7 +30,8 @@ impl CodeConv {
         (v * self.to_code) as i32
     }
 
-    /// Code width in bits.
+    /// Code width in bits ([`Format::code_bits`]: one more than the
+    /// format's bits with nics_fix_pt's clamp).
     pub const fn bits(&self) -> u32 {
         self.bits
     }

@@ -12,9 +12,10 @@ use crate::quant::{acc_to_f32, Format};
 use crate::tensor::{Act, Ctx, Param, Shape, Tensor, S1};
 
 /// Bits an accumulator of `k` products of codes of `a` and `b` can need,
-/// sign included: `(bits_a - 1) + (bits_b - 1) + ceil(log2 k) + 1`.
+/// sign included: `(bits_a - 1) + (bits_b - 1) + ceil(log2 k) + 1`, with
+/// each format's [`code_bits`](Format::code_bits) (one more for nics_fix_pt's clamp).
 pub(crate) fn acc_bits(a: Option<Format>, b: Option<Format>, k: usize) -> u32 {
-    let bits = |f: Option<Format>| f.map_or(16, |f| f.bits() as u32);
+    let bits = |f: Option<Format>| f.map_or(16, |f| f.code_bits() as u32);
     let log_k = usize::BITS - k.saturating_sub(1).leading_zeros();
     bits(a) - 1 + bits(b) - 1 + log_k + 1
 }

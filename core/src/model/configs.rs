@@ -403,18 +403,7 @@ pub fn set_method<L: Layer>(
 ) -> usize {
     let mut n = 0;
     walk(model, &mut |name, t| {
-        let hit = match select {
-            Select::All => true,
-            Select::Type(ty) => t.layer_type == ty,
-            Select::Kind(k) => t.kind == k,
-            Select::Name(p) => {
-                name == p
-                    || (name.len() > p.len()
-                        && name.starts_with(p)
-                        && name.as_bytes()[p.len()] == b'.')
-            }
-        };
-        if hit {
+        if selects(select, name, &t) {
             if which != Which::Grad {
                 t.quant.cfg.method = method;
             }
@@ -440,6 +429,21 @@ pub const fn method_label(cfg: &QuantConfig) -> &'static str {
         (Method::Auto, RangeMethod::MaxTenPercent) => "auto/max10",
         (Method::Auto, RangeMethod::Sweep) => "auto/sweep",
         (Method::Auto, RangeMethod::Running) => "auto/running",
+    }
+}
+
+/// Whether `select` picks the tensor `t` at path `name`.
+pub(crate) fn selects(select: Select<'_>, name: &str, t: &TensorMut<'_>) -> bool {
+    match select {
+        Select::All => true,
+        Select::Type(ty) => t.layer_type == ty,
+        Select::Kind(k) => t.kind == k,
+        Select::Name(p) => {
+            name == p
+                || (name.len() > p.len()
+                    && name.starts_with(p)
+                    && name.as_bytes().get(p.len()) == Some(&b'.'))
+        }
     }
 }
 

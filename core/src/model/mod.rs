@@ -1,6 +1,7 @@
 //! Models as trees of named tensors: what nics_fix_pt's `FixTopModule`
 //! does (`get_fix_configs`, `load_fix_configs`, `print_fix_configs`,
-//! `set_fix_method`, `fix_state_dict`), without a heap.
+//! `set_fix_method`, `fix_state_dict`, and `forward(x, **kwarg_cfg)`:
+//! [`with_overrides`]), without a heap.
 //!
 //! Every layer walks its tensors with [`Layer::visit`](crate::layers::Layer::visit):
 //! a leaf layer reports each of its tensors ([`TensorMut`]); a container
@@ -11,6 +12,7 @@
 
 mod configs;
 mod json;
+mod overrides;
 mod path;
 mod read;
 mod state;
@@ -21,6 +23,9 @@ pub use configs::{
     CONFIG_VERSION, MAX_TYPE,
 };
 pub use json::{check_json, JsonProblem, MAX_DEPTH};
+pub use overrides::{
+    apply_overrides, restore_configs, with_overrides, Override, OverrideError, SavedConfigs,
+};
 pub(crate) use path::index_str;
 pub use path::{PathBuf, MAX_PATH};
 pub use read::{ReadError, ReadProblem, ReadResult, MAX_NAME};

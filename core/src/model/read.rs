@@ -71,7 +71,7 @@ use heapless::{String, Vec};
 
 use super::configs::{ConfigDoc, ConfigEntry};
 use super::Kind;
-use crate::quant::{Group, Method, QuantConfig, RangeMethod, Rounding};
+use crate::quant::{Clamp, Group, Method, QuantConfig, RangeMethod, Rounding};
 
 /// The longest key or enum name (in decoded bytes) the reader compares; a
 /// longer one is an unknown field or variant.
@@ -669,6 +669,11 @@ impl JsonEnum for Rounding {
     ];
 }
 
+impl JsonEnum for Clamp {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("hardware", Clamp::Hardware), ("nics", Clamp::Nics)];
+}
+
 impl JsonEnum for Group {
     const NAMES: &'static [(&'static str, Self)] = &[("tensor", Group::Tensor)];
 }
@@ -692,6 +697,7 @@ const QUANT_CONFIG_FIELDS: &[Field<QuantConfig>] = &[
     opt("multiplier", |r, c| r.value(&mut c.multiplier)),
     opt("group", |r, c| r.value(&mut c.group)),
     opt("ema", |r, c| r.value(&mut c.ema)),
+    opt("clamp", |r, c| r.value(&mut c.clamp)),
 ];
 
 /// The fields of a [`ConfigEntry`].
@@ -756,7 +762,8 @@ impl QuantConfig {
     pub fn from_json(text: &[u8]) -> ReadResult<Self> {
         // The start value holds the defaults of the optional fields:
         // `RangeMethod::Max`, `Rounding::NearestEven`, 0, 0, `Group::Tensor`,
-        // ema 0 (their types' `Default`, as `#[serde(default)]` says).
+        // ema 0, `Clamp::Hardware` (their types' `Default`, as
+        // `#[serde(default)]` says).
         document(text, QuantConfig::NONE)
     }
 }

@@ -27,14 +27,16 @@ use super::configs::{walk, LoadReport};
 use super::{ConfigProblem, Kind};
 use crate::error::Error;
 use crate::layers::Layer;
-use crate::quant::Format;
+use crate::quant::{Clamp, Format};
 
 /// The `format` field of a state document.
 pub const STATE_FORMAT: &str = "fixnn-state";
 /// The version of the state document written by this crate.
 pub const STATE_VERSION: u32 = 1;
 
-/// A format as saved: `{"bits":B,"scale":S}`.
+/// A format as saved: `{"bits":B,"scale":S}`, plus `"clamp":"nics"` for
+/// nics_fix_pt's clamp (omitted for the default `"hardware"`, so states
+/// without it read as before).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FormatJson {
@@ -42,6 +44,30 @@ pub struct FormatJson {
     pub bits: u8,
     /// Scale exponent.
     pub scale: i8,
+    /// Where the codes saturate.
+    #[serde(default, skip_serializing_if = "Clamp::is_hardware")]
+    pub clamp: Clamp,
+}
+
+impl FormatJson {
+    /// The format this describes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Format::with_clamp`].
+    pub const fn format(&self) -> Result<Format, Error> {
+        Format::with_clamp(self.bits, self.scale, self.clamp)
+    }
+}
+
+impl From<Format> for FormatJson {
+    fn from(f: Format) -> Self {
+        FormatJson {
+            bits: f.bits(),
+            scale: f.scale(),
+            clamp: f.clamp(),
+        }
+    }
 }
 
 /// Serializes the state of a model (see the module docs) as it walks it.
@@ -98,10 +124,7 @@ impl<L: Layer> Serialize for Tensors<'_, '_, L> {
                 name,
                 kind: t.kind,
                 layer: t.layer_type,
-                fmt: fmt.map(|f| FormatJson {
-                    bits: f.bits(),
-                    scale: f.scale(),
-                }),
+                fmt: fmt.map(FormatJson::from),
                 codes: fmt.map(|f| Codes(t.values, f)),
                 values: if fmt.is_none() { Some(t.values) } else { None },
                 master,
@@ -160,7 +183,7 @@ fn check_entry(e: &StateEntry<'_>, len: usize, is_param: bool) -> Result<(), Err
     };
     match (e.fmt, e.codes, e.values) {
         (Some(f), Some(c), None) => {
-            let f = Format::new(f.bits, f.scale)?;
+            let f = f.format()?;
             count(c.len())?;
             if c.iter().any(|&q| q < f.min_code() || q > f.max_code()) {
                 return Err(Error::Shape {
@@ -259,11 +282,7 @@ pub fn apply_state<L: Layer>(
         let Some(e) = entries.iter().find(|e| e.name == name) else {
             return;
         };
-        match (
-            e.fmt.and_then(|f| Format::new(f.bits, f.scale).ok()),
-            e.codes,
-            e.values,
-        ) {
+        match (e.fmt.and_then(|f| f.format().ok()), e.codes, e.values) {
             (Some(f), Some(c), _) => {
                 for (v, &q) in t.values.iter_mut().zip(c) {
                     *v = f.to_f32(q);

@@ -63,6 +63,46 @@ pub enum Rounding {
     Stochastic,
 }
 
+/// Where codes saturate: the hardware's two's complement range (default)
+/// or nics_fix_pt's range, one code wider at the top.
+///
+/// nics_fix_pt quantizes as `clamp(round(x / step) * step, -2^scale,
+/// +2^scale)`: its largest value `+2^scale` is code `2^(bits-1)`, one above
+/// what a `bits`-bit register holds. [`Clamp::Nics`] reproduces that clamp
+/// exactly, so that an old nics_fix_pt result can be reproduced before
+/// moving to the hardware-exact default.
+///
+/// # Storage
+///
+/// Code `2^(bits-1)` needs `bits + 1` bits: a [`Clamp::Nics`] format's codes
+/// are stored in the type that holds `bits + 1` bits (`i8` up to 7 bits,
+/// `i16` up to 15), its integer products are those of `(bits + 1)`-bit
+/// codes, and `bits = 16` with [`Clamp::Nics`] is refused
+/// ([`QuantConfig::validate`], [`Format::with_clamp`]: [`Error::Invalid`]),
+/// because its top code 32768 does not fit 16 bits.
+///
+/// JSON: `"hardware"` or `"nics"`; the field may be omitted (it defaults to
+/// `"hardware"`, and is written only when it is `"nics"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "snake_case")]
+pub enum Clamp {
+    /// Codes saturate to `[-2^(bits-1), 2^(bits-1) - 1]`: what a `bits`-bit
+    /// two's complement register holds.
+    #[default]
+    Hardware,
+    /// Codes saturate to `[-2^(bits-1), 2^(bits-1)]`: nics_fix_pt's
+    /// `clamp(.., -2^scale, 2^scale)`. Needs `bits <= 15`.
+    Nics,
+}
+
+impl Clamp {
+    /// Whether this is [`Clamp::Hardware`] (the default, not written to JSON).
+    pub const fn is_hardware(&self) -> bool {
+        matches!(self, Clamp::Hardware)
+    }
+}
+
 /// Which elements share one scale. Only [`Group::Tensor`] exists in this
 /// version; per-channel and per-batch-item groups are reserved in the schema.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -77,8 +117,10 @@ pub enum Group {
 /// The quantization config of one tensor (its data or its gradient):
 /// nics_fix_pt's `{bitwidth, scale, method}` plus range method and rounding.
 ///
-/// JSON field names are the Rust names; `zero_point`, `multiplier` and
-/// `group` may be omitted (they default to 0, 0 and `"tensor"`).
+/// JSON field names are the Rust names; `zero_point`, `multiplier`,
+/// `group`, `ema` and `clamp` may be omitted (they default to 0, 0,
+/// `"tensor"`, 0 and `"hardware"`; `ema` and `clamp` are written only when
+/// not the default).
 /// `zero_point` and `group` are reserved for asymmetric ranges and
 /// per-channel groups.
 ///
@@ -152,6 +194,10 @@ pub struct QuantConfig {
     /// written before it existed load, and are written, unchanged.
     #[serde(default, skip_serializing_if = "ema_is_empty")]
     pub ema: u32,
+    /// Where codes saturate: [`Clamp::Hardware`] (default) or nics_fix_pt's
+    /// [`Clamp::Nics`] (one code more at the top; `bits <= 15`).
+    #[serde(default, skip_serializing_if = "Clamp::is_hardware")]
+    pub clamp: Clamp,
 }
 
 fn ema_is_empty(ema: &u32) -> bool {
@@ -176,6 +222,7 @@ impl QuantConfig {
         multiplier: 0,
         group: Group::Tensor,
         ema: super::running::EMPTY,
+        clamp: Clamp::Hardware,
     };
 
     /// `Method::Fixed` with the given bits and scale, nearest-even rounding.
@@ -240,9 +287,14 @@ impl QuantConfig {
     ///   a range method other than Max.
     /// * [`Error::Invalid`] if `ema` is not a packed running range
     ///   ([`running::is_valid`](super::running::is_valid)).
+    /// * [`Error::Invalid`] for [`Clamp::Nics`] with `bits = 16` (its top
+    ///   code `2^15` needs 17 bits).
     pub const fn validate(&self) -> Result<()> {
         if self.bits < MIN_BITS || self.bits > MAX_BITS {
             return Err(Error::BitsOutOfRange { bits: self.bits });
+        }
+        if matches!(self.clamp, Clamp::Nics) && self.bits >= MAX_BITS {
+            return Err(super::format::NICS_TOO_WIDE);
         }
         if self.zero_point != 0 {
             return Err(Error::Unsupported {
@@ -300,10 +352,10 @@ impl QuantConfig {
         }
         match self.method {
             Method::None => Ok(None),
-            Method::Auto | Method::Fixed => match Format::new(self.bits, self.scale) {
-                Ok(f) => Ok(Some(f)),
-                Err(e) => Err(e),
-            },
+            // Validated above.
+            Method::Auto | Method::Fixed => {
+                Ok(Some(Format::validated(self.bits, self.scale, self.clamp)))
+            }
         }
     }
 
@@ -325,8 +377,8 @@ impl QuantConfig {
                 let obs = super::running::observe_f32(x)?;
                 self.step_running(obs);
             } else {
-                self.scale =
-                    super::range::choose_scale_f32(self.range, self.bits, self.rounding, x)?;
+                let f = Format::validated(self.bits, 0, self.clamp);
+                self.scale = super::range::choose_scale_f32_for(self.range, f, self.rounding, x)?;
             }
         }
         self.format()
@@ -352,8 +404,9 @@ impl QuantConfig {
                 let obs = super::running::observe_codes(exp, q)?;
                 self.step_running(obs);
             } else {
+                let f = Format::validated(self.bits, 0, self.clamp);
                 self.scale =
-                    super::range::choose_scale_codes(self.range, self.bits, self.rounding, exp, q)?;
+                    super::range::choose_scale_codes_for(self.range, f, self.rounding, exp, q)?;
             }
         }
         self.format()
@@ -380,10 +433,8 @@ impl QuantConfig {
         if matches!(self.method, Method::None) {
             return Ok(None);
         }
-        let f = match Format::new(self.bits, self.scale) {
-            Ok(f) => f,
-            Err(e) => return Err(e),
-        };
+        // Validated above.
+        let f = Format::validated(self.bits, self.scale, self.clamp);
         match RealFormat::new(f, self.multiplier) {
             Ok(rf) => Ok(Some(rf)),
             Err(e) => Err(e),

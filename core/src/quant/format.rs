@@ -1,6 +1,7 @@
 //! [`Format`]: bit width and power-of-two scale of a tensor's integer codes,
 //! and the [`Code`] storage types.
 
+use super::config::Clamp;
 use crate::error::{Error, Result};
 
 /// Smallest supported bit width.
@@ -12,8 +13,10 @@ pub const MAX_BITS: u8 = 16;
 /// real value is `code * 2^(scale + 1 - bits)`.
 ///
 /// `scale` is the exponent of the range: codes cover
-/// `[-2^scale, 2^scale - step]` with `step = 2^(scale + 1 - bits)`.
-/// A `Format` is always valid: `bits` is in `2..=16` (checked by [`Format::new`]).
+/// `[-2^scale, 2^scale - step]` with `step = 2^(scale + 1 - bits)`, or
+/// `[-2^scale, 2^scale]` with nics_fix_pt's clamp ([`Clamp::Nics`],
+/// [`Format::with_clamp`]). A `Format` is always valid: `bits` is in
+/// `2..=16`, and at most 15 with [`Clamp::Nics`] (checked by the constructors).
 ///
 /// # Examples
 ///
@@ -30,6 +33,7 @@ pub const MAX_BITS: u8 = 16;
 pub struct Format {
     bits: u8,
     scale: i8,
+    clamp: Clamp,
 }
 
 impl Format {
@@ -42,7 +46,60 @@ impl Format {
         if bits < MIN_BITS || bits > MAX_BITS {
             return Err(Error::BitsOutOfRange { bits });
         }
-        Ok(Format { bits, scale })
+        Ok(Format {
+            bits,
+            scale,
+            clamp: Clamp::Hardware,
+        })
+    }
+
+    /// A format of `bits` bits and range exponent `scale` whose codes
+    /// saturate as `clamp` says: [`Clamp::Hardware`] is [`Format::new`];
+    /// [`Clamp::Nics`] adds the code `2^(bits-1)` (nics_fix_pt's `+2^scale`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BitsOutOfRange`] if `bits` is not in `2..=16`;
+    /// [`Error::Invalid`] for [`Clamp::Nics`] with `bits = 16` (code
+    /// `2^15` needs 17 bits, more than any code storage or kernel holds).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fixnn::{Clamp, Format};
+    /// let f = Format::with_clamp(8, 0, Clamp::Nics)?; // [-1, +1], step 2^-7
+    /// assert_eq!((f.min_code(), f.max_code(), f.code_bits()), (-128, 128, 9));
+    /// assert!(Format::with_clamp(16, 0, Clamp::Nics).is_err());
+    /// # Ok::<(), fixnn::Error>(())
+    /// ```
+    pub const fn with_clamp(bits: u8, scale: i8, clamp: Clamp) -> Result<Self> {
+        if bits < MIN_BITS || bits > MAX_BITS {
+            return Err(Error::BitsOutOfRange { bits });
+        }
+        if matches!(clamp, Clamp::Nics) && bits >= MAX_BITS {
+            return Err(NICS_TOO_WIDE);
+        }
+        Ok(Format { bits, scale, clamp })
+    }
+
+    /// A format the caller has validated ([`QuantConfig::validate`](super::QuantConfig::validate)):
+    /// no checks, no `Result` on the stack.
+    pub(crate) const fn validated(bits: u8, scale: i8, clamp: Clamp) -> Self {
+        Format { bits, scale, clamp }
+    }
+
+    /// Where the codes saturate.
+    pub const fn clamp(self) -> Clamp {
+        self.clamp
+    }
+
+    /// Width of the two's complement integers that hold every code:
+    /// `bits`, or `bits + 1` with [`Clamp::Nics`] (at most 16 either way).
+    pub const fn code_bits(self) -> u8 {
+        match self.clamp {
+            Clamp::Hardware => self.bits,
+            Clamp::Nics => self.bits + 1,
+        }
     }
 
     /// The bit width, in `2..=16`.
@@ -65,9 +122,13 @@ impl Format {
         -(1 << (self.bits - 1))
     }
 
-    /// The largest code, `2^(bits-1) - 1`.
+    /// The largest code: `2^(bits-1) - 1`, or `2^(bits-1)` with
+    /// [`Clamp::Nics`] (nics_fix_pt's `+2^scale`).
     pub const fn max_code(self) -> i32 {
-        (1 << (self.bits - 1)) - 1
+        match self.clamp {
+            Clamp::Hardware => (1 << (self.bits - 1)) - 1,
+            Clamp::Nics => 1 << (self.bits - 1),
+        }
     }
 
     /// The step `2^(scale + 1 - bits)` as f32 (exact: every step of a valid
@@ -113,9 +174,11 @@ impl Format {
         q.clamp(i32::MIN as i64, i32::MAX as i64) as i32
     }
 
-    /// Clamp a wide integer to the code range.
+    /// Clamp a wide integer to the code range `[min_code, max_code]`.
     ///
-    /// Returns the code and whether it was clamped (saturated).
+    /// Returns the code and whether it was clamped (saturated): a value
+    /// equal to a bound is not clamped (as `torch.clamp`, whose gradient
+    /// passes at the bounds).
     pub const fn saturate(self, v: i128) -> (i32, bool) {
         let lo = self.min_code() as i128;
         let hi = self.max_code() as i128;
@@ -128,6 +191,11 @@ impl Format {
         }
     }
 }
+
+/// The error of [`Clamp::Nics`] with 16 bits.
+pub(crate) const NICS_TOO_WIDE: Error = Error::Invalid {
+    what: "clamp `nics` needs bits <= 15 (its top code 2^(bits-1) takes bits + 1 bits)",
+};
 
 /// `2^e` as f32, built from its bit pattern (no `powi`, no approximation).
 ///
@@ -151,7 +219,8 @@ mod sealed {
     impl Sealed for i16 {}
 }
 
-/// Storage type of integer codes: `i8` (formats up to 8 bits) or `i16` (up to 16).
+/// Storage type of integer codes: `i8` (formats up to 8 bits) or `i16` (up to
+/// 16); a [`Clamp::Nics`] format needs one bit more ([`Format::code_bits`]).
 pub trait Code: Copy + Default + Into<i64> + sealed::Sealed {
     /// Width of the storage type in bits.
     const STORAGE_BITS: u8;
@@ -190,11 +259,12 @@ impl Code for i16 {
 ///
 /// # Errors
 ///
-/// [`Error::BitsExceedStorage`] if `format.bits() > C::STORAGE_BITS`.
+/// [`Error::BitsExceedStorage`] if `format.code_bits() > C::STORAGE_BITS`
+/// (with [`Clamp::Nics`] an 8-bit format's code 128 does not fit `i8`).
 pub const fn check_storage<C: Code>(format: Format) -> Result<()> {
-    if format.bits > C::STORAGE_BITS {
+    if format.code_bits() > C::STORAGE_BITS {
         return Err(Error::BitsExceedStorage {
-            bits: format.bits,
+            bits: format.code_bits(),
             storage: C::STORAGE_BITS,
         });
     }
@@ -239,5 +309,45 @@ mod tests {
         let f9 = Format::new(9, 0).unwrap();
         assert!(check_storage::<i8>(f9).is_err());
         assert!(check_storage::<i16>(f9).is_ok());
+        // nics_fix_pt's clamp needs one bit more: 7 bits fit i8, 8 do not.
+        let n7 = Format::with_clamp(7, 0, Clamp::Nics).unwrap();
+        let n8 = Format::with_clamp(8, 0, Clamp::Nics).unwrap();
+        assert!(check_storage::<i8>(n7).is_ok());
+        assert_eq!(
+            check_storage::<i8>(n8),
+            Err(Error::BitsExceedStorage {
+                bits: 9,
+                storage: 8
+            })
+        );
+        assert!(check_storage::<i16>(n8).is_ok());
+    }
+
+    #[test]
+    fn nics_clamp_ranges() {
+        for bits in 2..=15u8 {
+            let h = Format::new(bits, 0).unwrap();
+            let n = Format::with_clamp(bits, 0, Clamp::Nics).unwrap();
+            assert_eq!(n.min_code(), h.min_code());
+            assert_eq!(n.max_code(), h.max_code() + 1);
+            assert_eq!(n.code_bits(), bits + 1);
+            // The top value is +2^scale, the bottom -2^scale.
+            assert_eq!(n.to_f32(n.max_code()), 1.0);
+            assert_eq!(n.to_f32(n.min_code()), -1.0);
+            assert_eq!(n.saturate(n.max_code() as i128), (n.max_code(), false));
+            assert_eq!(n.saturate(n.max_code() as i128 + 1), (n.max_code(), true));
+        }
+        assert!(matches!(
+            Format::with_clamp(16, 0, Clamp::Nics),
+            Err(Error::Invalid { .. })
+        ));
+        assert_eq!(
+            Format::with_clamp(17, 0, Clamp::Nics),
+            Err(Error::BitsOutOfRange { bits: 17 })
+        );
+        assert_eq!(
+            Format::with_clamp(16, 3, Clamp::Hardware),
+            Format::new(16, 3)
+        );
     }
 }

@@ -34,7 +34,7 @@ mod round;
 pub mod running;
 mod slice;
 
-pub use config::{Group, Method, QuantConfig, RangeMethod, Rounding};
+pub use config::{Clamp, Group, Method, QuantConfig, RangeMethod, Rounding};
 pub use format::{check_storage, pow2_f32, Code, Format, MAX_BITS, MIN_BITS};
 pub use math::{ratio_to_f32, sqrt_f32};
 pub use multiplier::{

@@ -164,7 +164,28 @@ pub fn choose_scale_f32(range: RangeMethod, bits: u8, rounding: Rounding, x: &[f
         let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
         return Err(Error::NonFinite { index });
     }
-    choose(range, bits, rounding, &F32s(x, big))
+    choose(range, Format::new(bits, 0)?, rounding, &F32s(x, big))
+}
+
+/// [`choose_scale_f32`] for formats like `like` (its bits and clamp; its
+/// scale is ignored): [`RangeMethod::Sweep`] measures the error with
+/// `like`'s clamp. The other range methods do not depend on the clamp.
+///
+/// # Errors
+///
+/// As [`choose_scale_f32`].
+pub fn choose_scale_f32_for(
+    range: RangeMethod,
+    like: Format,
+    rounding: Rounding,
+    x: &[f32],
+) -> Result<i8> {
+    let big = max_abs_bits(x);
+    if big >= 0x7f80_0000 {
+        let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return Err(Error::NonFinite { index });
+    }
+    choose(range, like, rounding, &F32s(x, big))
 }
 
 /// Choose the scale of integer data `q * 2^exp` with `range` for a
@@ -181,11 +202,26 @@ pub fn choose_scale_codes<S: Copy + Into<i64>>(
     exp: i32,
     q: &[S],
 ) -> Result<i8> {
-    choose(range, bits, rounding, &Ints { q, exp })
+    choose(range, Format::new(bits, 0)?, rounding, &Ints { q, exp })
 }
 
-fn choose<S: Samples>(range: RangeMethod, bits: u8, rounding: Rounding, s: &S) -> Result<i8> {
-    Format::new(bits, 0)?;
+/// [`choose_scale_codes`] for formats like `like` (bits and clamp, as
+/// [`choose_scale_f32_for`]).
+///
+/// # Errors
+///
+/// As [`choose_scale_codes`].
+pub fn choose_scale_codes_for<S: Copy + Into<i64>>(
+    range: RangeMethod,
+    like: Format,
+    rounding: Rounding,
+    exp: i32,
+    q: &[S],
+) -> Result<i8> {
+    choose(range, like, rounding, &Ints { q, exp })
+}
+
+fn choose<S: Samples>(range: RangeMethod, like: Format, rounding: Rounding, s: &S) -> Result<i8> {
     let n = s.len();
     if n == 0 {
         return Err(Error::EmptyInput);
@@ -201,7 +237,7 @@ fn choose<S: Samples>(range: RangeMethod, bits: u8, rounding: Rounding, s: &S) -
         RangeMethod::Max | RangeMethod::Running => clamp_scale(c),
         RangeMethod::MaxTenPercent => ten_percent(s),
         RangeMethod::ThreeSigma => three_sigma(s, c),
-        RangeMethod::Sweep => sweep(s, c, bits, rounding),
+        RangeMethod::Sweep => sweep(s, c, like, rounding),
     })
 }
 
@@ -296,7 +332,8 @@ fn mul_wide(a: u128, b: u128) -> (u128, u128) {
     (high, low)
 }
 
-fn sweep<S: Samples>(s: &S, c: i32, bits: u8, rounding: Rounding) -> i8 {
+fn sweep<S: Samples>(s: &S, c: i32, like: Format, rounding: Rounding) -> i8 {
+    let bits = like.bits();
     let rounding = match rounding {
         Rounding::Stochastic => Rounding::NearestEven,
         r => r,
@@ -312,7 +349,7 @@ fn sweep<S: Samples>(s: &S, c: i32, bits: u8, rounding: Rounding) -> i8 {
     let unit = grid.min(finest); // every value and every step is a multiple of 2^unit
     let mut best = (top, u128::MAX);
     for scale in (lowest..=top).rev() {
-        let Ok(f) = Format::new(bits, scale as i8) else {
+        let Ok(f) = Format::with_clamp(bits, scale as i8, like.clamp()) else {
             continue;
         };
         let mut err = 0u128;

@@ -377,7 +377,13 @@ mod tests {
             if !x.is_finite() {
                 continue;
             }
-            let f = Format::new(2 + (j % 15) as u8, ((j * 7) % 256) as u8 as i8).unwrap();
+            let bits = 2 + (j % 15) as u8;
+            let clamp = if bits < 16 && j % 3 == 0 {
+                crate::quant::Clamp::Nics
+            } else {
+                crate::quant::Clamp::Hardware
+            };
+            let f = Format::with_clamp(bits, ((j * 7) % 256) as u8 as i8, clamp).unwrap();
             let (m, e) = decompose_f32(x).unwrap();
             for r in [
                 Rounding::NearestEven,

@@ -3,11 +3,13 @@
 use core::fmt::{self, Write};
 use core::mem::MaybeUninit;
 
+use core::hash::{Hash, Hasher};
 use fixnn::backend::Backend;
 use fixnn::layers::{softmax_cross_entropy, Layer};
-use fixnn::model::{walk, ConfigEntry, Kind};
+
+use fixnn::model::{walk, with_overrides, ConfigEntry, Kind, Override, SavedConfigs, Select};
 use fixnn::tensor::{Ctx, SatStats, Shape, Tensor, S2};
-use fixnn::Format;
+use fixnn::{Clamp, Format, Method, QuantConfig, RangeMethod, Rounding};
 
 use crate::blob::{Blob, BlobError, RunSpec};
 
@@ -50,6 +52,9 @@ pub enum Phase {
     Update,
     /// After the eval-mode forward pass that ends a run.
     Eval,
+    /// After the training-mode forward pass with per-call config overrides
+    /// that follows it ([`override_pass`]).
+    Override,
 }
 
 impl Phase {
@@ -60,6 +65,7 @@ impl Phase {
             Phase::Backward => 'B',
             Phase::Update => 'U',
             Phase::Eval => 'E',
+            Phase::Override => 'O',
         }
     }
 }
@@ -101,7 +107,8 @@ impl Part {
 pub struct Record<'a> {
     /// Run index in the blob.
     pub run: u32,
-    /// Training step (the last step for [`Phase::Eval`]).
+    /// Training step (the last step for [`Phase::Eval`], the number of
+    /// steps for [`Phase::Override`]).
     pub step: u32,
     /// Phase of the step.
     pub phase: Phase,
@@ -158,6 +165,10 @@ pub enum CaseError {
     },
     /// fixnn refused a pass.
     Fixnn(fixnn::Error),
+    /// fixnn refused the per-call overrides.
+    Override(fixnn::model::OverrideError),
+    /// A config differed after a pass with per-call overrides.
+    NotRestored,
 }
 
 impl From<BlobError> for CaseError {
@@ -195,6 +206,10 @@ pub fn hash_record(r: &Record<'_>) -> u64 {
         Some(f) => h.bytes(&[1, f.bits(), f.scale() as u8]),
         None => h.bytes(&[0, 0, 0]),
     }
+    // nics_fix_pt's clamp adds a byte (hashes of other records as before).
+    if r.fmt.is_some_and(|f| f.clamp() == Clamp::Nics) {
+        h.bytes(b"n");
+    }
     for c in [r.sat.data, r.sat.data_total, r.sat.grad, r.sat.grad_total] {
         h.bytes(&c.to_le_bytes());
     }
@@ -203,7 +218,8 @@ pub fn hash_record(r: &Record<'_>) -> u64 {
 
 /// The line that stands for a record:
 /// `R <run> <step> <phase> <name> <part> <len> <fmt> <hash>` with `fmt`
-/// `b<bits>s<scale>` or `none` and the hash in 16 hex digits.
+/// `b<bits>s<scale>` (`b<bits>s<scale>n` with nics_fix_pt's clamp) or
+/// `none` and the hash in 16 hex digits.
 ///
 /// # Errors
 ///
@@ -220,6 +236,7 @@ pub fn write_line(w: &mut dyn Write, r: &Record<'_>) -> fmt::Result {
         r.values.len()
     )?;
     match r.fmt {
+        Some(f) if f.clamp() == Clamp::Nics => write!(w, "b{}s{}n", f.bits(), f.scale())?,
         Some(f) => write!(w, "b{}s{}", f.bits(), f.scale())?,
         None => w.write_str("none")?,
     }
@@ -251,8 +268,8 @@ fn report<L: Layer>(net: &mut L, run: u32, step: u32, phase: Phase, sink: &mut d
         };
         let none = SatStats::default();
         match phase {
-            Phase::Forward | Phase::Eval => {
-                if phase == Phase::Forward || t.kind != Kind::Param {
+            Phase::Forward | Phase::Eval | Phase::Override => {
+                if phase != Phase::Eval || t.kind != Kind::Param {
                     sink.record(&rec(Part::Value, t.values, *t.fmt, t.quant.stats));
                 }
             }
@@ -308,6 +325,98 @@ fn apply_run_configs<L: Layer>(net: &mut L, spec: &RunSpec<'_>) -> Result<(), Ca
     Ok(())
 }
 
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.bytes(bytes);
+    }
+}
+
+/// A hash of the data and grad configs of the tensors the override pass
+/// selects (the others update their Auto scales as in any training pass).
+fn config_hash<L: Layer>(net: &mut L) -> u64 {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    walk(net, &mut |name, t| {
+        if t.layer_type == "Linear" || name == "relu.output" {
+            name.hash(&mut h);
+            t.quant.cfg.hash(&mut h);
+            t.quant.grad_cfg.hash(&mut h);
+        }
+    });
+    h.0
+}
+
+/// Slots for the configs the override pass saves: the Linear layers'
+/// tensors (at most 6 in a case) and `relu.output`.
+const OVERRIDE_SLOTS: usize = 8;
+
+/// One training-mode forward pass (step `spec.steps`) with per-call
+/// overrides (nics_fix_pt's `kwarg_cfg`), rotated by run `index`: every
+/// tensor of the `Linear` layers (by type) gets an Auto data config (4 to
+/// 14 bits, range method and rounding rotating, nics_fix_pt's clamp on even
+/// runs), and `relu` (by name: `relu.output`) a Fixed 5-bit one with
+/// nics_fix_pt's clamp. Auto chooses scales during the pass; afterwards
+/// the configs of these tensors must be as before (else
+/// [`CaseError::NotRestored`]), while the other tensors' Auto scales update
+/// as in any training-mode pass.
+/// Reported as [`Phase::Override`].
+#[inline(never)]
+fn override_pass<L: Layer, Bk: Backend>(
+    bk: &Bk,
+    net: &mut L,
+    index: u32,
+    spec: &RunSpec<'_>,
+    x: &Tensor<L::In>,
+    sink: &mut dyn Sink,
+) -> Result<(), CaseError> {
+    const RANGES: [RangeMethod; 4] = [
+        RangeMethod::Sweep,
+        RangeMethod::Max,
+        RangeMethod::ThreeSigma,
+        RangeMethod::MaxTenPercent,
+    ];
+    const ROUNDINGS: [Rounding; 4] = [
+        Rounding::Stochastic,
+        Rounding::NearestEven,
+        Rounding::Floor,
+        Rounding::NearestAway,
+    ];
+    let linear = QuantConfig {
+        method: Method::Auto,
+        bits: 4 + (index % 6) as u8 * 2,
+        range: RANGES[(index % 4) as usize],
+        rounding: ROUNDINGS[(index % 4) as usize],
+        clamp: if index.is_multiple_of(2) {
+            Clamp::Nics
+        } else {
+            Clamp::Hardware
+        },
+        ..QuantConfig::NONE
+    };
+    let relu = QuantConfig {
+        rounding: Rounding::NearestAway,
+        clamp: Clamp::Nics,
+        ..QuantConfig::fixed(5, 1)
+    };
+    let overrides = [
+        Override::data(Select::Type("Linear"), linear),
+        Override::data(Select::Name("relu"), relu),
+    ];
+    let before = config_hash(net);
+    let mut saved = [SavedConfigs::default(); OVERRIDE_SLOTS];
+    let ctx = Ctx::train(spec.seed, spec.steps);
+    with_overrides(net, &overrides, &mut saved, |net| net.forward(bk, &ctx, x))
+        .map_err(CaseError::Override)??;
+    sink.mark("override");
+    report(net, index, spec.steps, Phase::Override, sink);
+    if config_hash(net) != before {
+        return Err(CaseError::NotRestored);
+    }
+    Ok(())
+}
+
 /// Copy step `step`'s input into `x` (full precision) and its labels.
 fn load_step<S: Shape, const B: usize>(
     spec: &RunSpec<'_>,
@@ -347,6 +456,20 @@ fn one_run<C: Case<B, K>, Bk: Backend, const B: usize, const K: usize>(
     sink.mark("build");
     apply_run_configs(net, spec).map_err(|e| (0, e))?;
     sink.mark("configs");
+    train::<C, Bk, B, K>(bk, net, index, spec, sink)
+}
+
+/// The training steps, the eval pass and the override pass of one run.
+/// (Not inlined, so that its buffers and temporaries are not on the stack
+/// while the model is built: the micro:bit's peak.)
+#[inline(never)]
+fn train<C: Case<B, K>, Bk: Backend, const B: usize, const K: usize>(
+    bk: &Bk,
+    net: &mut C,
+    index: u32,
+    spec: &RunSpec<'_>,
+    sink: &mut dyn Sink,
+) -> Result<(), (u32, CaseError)> {
     let mut x = Tensor::<C::In>::zeros();
     let mut dlogits = Tensor::<S2<B, K>>::zeros();
     let mut labels = [0usize; B];
@@ -394,6 +517,7 @@ fn one_run<C: Case<B, K>, Bk: Backend, const B: usize, const K: usize>(
         net.forward(bk, &Ctx::eval(spec.seed), &x)
             .map_err(|e| (last, CaseError::Fixnn(e)))?;
         report(net, index, last, Phase::Eval, sink);
+        override_pass(bk, net, index, spec, &x, sink).map_err(|e| (spec.steps, e))?;
     }
     Ok(())
 }

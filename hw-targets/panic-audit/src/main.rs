@@ -41,19 +41,22 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
 
 use fixnn::backend::{AccOut, Backend, ConvGeom, LinearGeom, Operand, RefBackend};
 use fixnn::layers::{softmax_cross_entropy, Layer};
-use fixnn::model::{apply_configs, collect_configs, walk, ConfigDoc, ConfigEntry, Kind, LoadEntry};
+use fixnn::model::{
+    apply_configs, collect_configs, walk, with_overrides, ConfigDoc, ConfigEntry, Kind, LoadEntry,
+    Override, SavedConfigs, Select,
+};
 use fixnn::optim::{FixedMaster, Sgd};
 use fixnn::tensor::{Ctx, Shape, Tensor, S2};
-use fixnn::{Format, QuantConfig};
+use fixnn::{Clamp, Format, QuantConfig};
 use fixnn_cases::nets::{Cnn, MixConv, MixDense, CLASSES, CNN_B, MIX_B};
 use fixnn_cases::Case;
 
 /// Room for any backend call of the audit.
 const BUF: usize = 256;
 
-/// A format from opaque bits (any `u8`, valid or not).
+/// A format from opaque bits (any `u8`, valid or not) and clamp.
 fn format(bits: u8, scale: i8) -> Option<Format> {
-    Format::new(black_box(bits), black_box(scale)).ok()
+    Format::with_clamp(black_box(bits), black_box(scale), black_box(Clamp::Nics)).ok()
 }
 
 /// Every backend operation, on opaque geometries, buffers and formats
@@ -186,6 +189,21 @@ fn configs<L: Layer>(net: &mut L, entry: &[u8], doc: &[u8]) -> u32 {
     match ConfigDoc::<16>::from_json(doc) {
         Ok(d) => errs += d.apply(net).is_err() as u32,
         Err(e) => errs += e.offset as u32,
+    }
+    // Per-call overrides: opaque selections, configs and buffer.
+    let nics = QuantConfig {
+        clamp: black_box(Clamp::Nics),
+        ..cfg
+    };
+    let over = black_box([
+        Override::data(Select::Name(black_box("fc")), nics),
+        Override::grad(Select::Type(black_box("Linear")), cfg),
+    ]);
+    let mut saved = [SavedConfigs::default(); 4];
+    let saved: &mut [SavedConfigs] = black_box(&mut saved[..]);
+    match with_overrides(net, &over, saved, |n| collect_configs::<L, 16>(n).is_ok()) {
+        Ok(ok) => errs += !ok as u32,
+        Err(_) => errs += 1,
     }
     match collect_configs::<L, 16>(net) {
         Ok(d) => black_box(&d).tensors.len() as u32 + errs,
