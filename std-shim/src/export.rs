@@ -388,7 +388,11 @@ mod tests {
             name: name.into(),
             kind: Kind::Param,
             layer: "Linear".into(),
-            fmt: Some(FormatJson { bits, scale }),
+            fmt: Some(FormatJson {
+                bits,
+                scale,
+                clamp: fixnn::Clamp::Hardware,
+            }),
             codes: Some(codes.to_vec()),
             values: None,
             master: None,
