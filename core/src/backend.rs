@@ -527,11 +527,26 @@ fn dispatch(
 }
 
 fn linear_fwd<P: Path>(g: LinearGeom, x: &Reader<'_>, w: &Reader<'_>, y: &mut [P::Acc]) {
+    linear_sums(g, P::ZERO, |acc, xi, wi| P::mac(acc, x, xi, w, wi), y);
+}
+
+/// The reference order of a fully connected forward product, shared by
+/// [`RefBackend`] and the packed layers so that both sum the same terms in
+/// the same order: `y[b][o] = mac(..mac(zero, x[b][0], w[o][0]).., x[b][inp-1], w[o][inp-1])`,
+/// with `mac(acc, xi, wi)` given the flat indices of `x` and `w`.
+/// Writes only within `y`'s length (the caller checked the lengths).
+#[inline(always)]
+pub(crate) fn linear_sums<A: Copy>(
+    g: LinearGeom,
+    zero: A,
+    mut mac: impl FnMut(A, usize, usize) -> A,
+    y: &mut [A],
+) {
     for b in 0..g.batch {
         for o in 0..g.out {
-            let mut acc = P::ZERO;
+            let mut acc = zero;
             for i in 0..g.inp {
-                acc = P::mac(acc, x, b * g.inp + i, w, o * g.inp + i);
+                acc = mac(acc, b * g.inp + i, o * g.inp + i);
             }
             put(y, b * g.out + o, acc);
         }
@@ -588,13 +603,30 @@ fn tap_back(
 }
 
 fn conv_fwd<P: Path>(g: ConvGeom, x: &Reader<'_>, w: &Reader<'_>, y: &mut [P::Acc]) {
+    conv_sums(g, P::ZERO, |acc, xi, wi| P::mac(acc, x, xi, w, wi), y);
+}
+
+/// The reference order of a convolution's forward sums, shared by
+/// [`RefBackend`] and the packed layers: for each output element (batch,
+/// output channel, row, column) the terms of its group's input channels,
+/// kernel rows and kernel columns in that order, taps outside the padded
+/// input skipped; `mac(acc, xi, wi)` gets the flat indices of `x`
+/// `[B][CIN][H][W]` and `w` `[COUT][CIN/groups][KH][KW]`. Writes only
+/// within `y`'s length.
+#[inline(always)]
+pub(crate) fn conv_sums<A: Copy>(
+    g: ConvGeom,
+    zero: A,
+    mut mac: impl FnMut(A, usize, usize) -> A,
+    y: &mut [A],
+) {
     let (cpg, opg) = (g.cpg(), g.opg());
     for b in 0..g.batch {
         for co in 0..g.cout {
             let c0 = co.checked_div(opg).unwrap_or(0) * cpg;
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
-                    let mut acc = P::ZERO;
+                    let mut acc = zero;
                     for ci in 0..cpg {
                         for ky in 0..g.kh {
                             let Some(iy) = tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h) else {
@@ -607,7 +639,7 @@ fn conv_fwd<P: Path>(g: ConvGeom, x: &Reader<'_>, w: &Reader<'_>, y: &mut [P::Ac
                                 };
                                 let xi = ((b * g.cin + c0 + ci) * g.h + iy) * g.w + ix;
                                 let wi = ((co * cpg + ci) * g.kh + ky) * g.kw + kx;
-                                acc = P::mac(acc, x, xi, w, wi);
+                                acc = mac(acc, xi, wi);
                             }
                         }
                     }

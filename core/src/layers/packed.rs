@@ -40,7 +40,9 @@
 //! ```
 
 use super::product;
-use crate::backend::{product_exp, AccOut, ConvGeom, LinearGeom, Operand, Pass};
+use crate::backend::{
+    conv_sums, linear_sums, product_exp, AccOut, ConvGeom, LinearGeom, Operand, Pass,
+};
 use crate::error::{Error, Result};
 use crate::quant::packed::PackedCodes;
 use crate::quant::{pow2_f32, Format};
@@ -109,61 +111,12 @@ impl Mac for FloatMac {
     }
 }
 
-#[inline(always)]
-fn put<T>(out: &mut [T], i: usize, v: T) {
-    if let Some(o) = out.get_mut(i) {
-        *o = v;
-    }
-}
-
 fn linear_loop<M: Mac>(g: LinearGeom, x: &XReader<'_>, w: &PackedCodes<'_>, y: &mut [M::Acc]) {
-    for b in 0..g.batch {
-        for o in 0..g.out {
-            let mut acc = M::ZERO;
-            for i in 0..g.inp {
-                acc = M::mac(acc, x, b * g.inp + i, w, o * g.inp + i);
-            }
-            put(y, b * g.out + o, acc);
-        }
-    }
-}
-
-#[inline(always)]
-fn tap(o: usize, k: usize, stride: usize, pad: usize, dil: usize, size: usize) -> Option<usize> {
-    (o * stride + k * dil)
-        .checked_sub(pad)
-        .filter(|&i| i < size)
+    linear_sums(g, M::ZERO, |acc, xi, wi| M::mac(acc, x, xi, w, wi), y);
 }
 
 fn conv_loop<M: Mac>(g: ConvGeom, x: &XReader<'_>, w: &PackedCodes<'_>, y: &mut [M::Acc]) {
-    let (cpg, opg) = (g.cpg(), g.opg());
-    for b in 0..g.batch {
-        for co in 0..g.cout {
-            let c0 = co.checked_div(opg).unwrap_or(0) * cpg;
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    let mut acc = M::ZERO;
-                    for ci in 0..cpg {
-                        for ky in 0..g.kh {
-                            let Some(iy) = tap(oy, ky, g.stride.0, g.pad.0, g.dil.0, g.h) else {
-                                continue;
-                            };
-                            for kx in 0..g.kw {
-                                let Some(ix) = tap(ox, kx, g.stride.1, g.pad.1, g.dil.1, g.w)
-                                else {
-                                    continue;
-                                };
-                                let xi = ((b * g.cin + c0 + ci) * g.h + iy) * g.w + ix;
-                                let wi = ((co * cpg + ci) * g.kh + ky) * g.kw + kx;
-                                acc = M::mac(acc, x, xi, w, wi);
-                            }
-                        }
-                    }
-                    put(y, ((b * g.cout + co) * g.oh + oy) * g.ow + ox, acc);
-                }
-            }
-        }
-    }
+    conv_sums(g, M::ZERO, |acc, xi, wi| M::mac(acc, x, xi, w, wi), y);
 }
 
 /// The operand view of packed weights: no values, only the format
