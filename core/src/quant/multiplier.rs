@@ -462,6 +462,24 @@ mod tests {
     }
 
     #[test]
+    fn nics_clamp_keeps_its_top_code_with_a_real_scale() {
+        // 8 bits, scale 0, M = 0.75, nics_fix_pt's clamp: the range 0.75 is
+        // code +128 itself (not saturated); beyond it saturates to 128.
+        use crate::quant::Clamp;
+        let f = Format::with_clamp(8, 0, Clamp::Nics).unwrap();
+        let rf = RealFormat::new(f, 3 << 29).unwrap();
+        assert_eq!(rf.round_f32(0.75, Rounding::NearestEven, 0), (128, false));
+        assert_eq!(rf.round_f32(1.0, Rounding::NearestEven, 0), (128, true));
+        assert_eq!(rf.round_f32(-0.75, Rounding::NearestEven, 0), (-128, false));
+        assert_eq!(rf.round_f32(-1.0, Rounding::NearestEven, 0), (-128, true));
+        assert_eq!(rf.to_f32(128), 0.75);
+        // The same accumulator path: 0.75 as 3 * 2^-2.
+        let hw = RealFormat::new(Format::new(8, 0).unwrap(), 3 << 29).unwrap();
+        assert_eq!(rf.round_acc(3, -2, Rounding::NearestEven, 0), (128, false));
+        assert_eq!(hw.round_acc(3, -2, Rounding::NearestEven, 0), (127, true));
+    }
+
+    #[test]
     fn f32_quantization_is_exact_division() {
         // 8 bits, scale 0, M = 0.75: step 0.75 / 128 = 3 * 2^-9.
         let rf = RealFormat::new(Format::new(8, 0).unwrap(), 3 << 29).unwrap();
