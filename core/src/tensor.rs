@@ -25,7 +25,8 @@
 
 use crate::error::{Error, Result};
 use crate::model::{Kind, ParamState, TensorMut};
-use crate::quant::{self, Format, QuantConfig, Rounder, Stream};
+use crate::quant::group::{self, GroupLayout, Grouping, GroupsMut};
+use crate::quant::{self, Format, Group, QuantConfig, Rounder, Stream};
 
 /// A tensor shape known at compile time, with buffers of any element type.
 pub trait Shape: 'static {
@@ -39,6 +40,47 @@ pub trait Shape: 'static {
     fn flat<T: Copy>(b: &Self::Buf<T>) -> &[T];
     /// The elements in row-major order, mutable.
     fn flat_mut<T: Copy>(b: &mut Self::Buf<T>) -> &mut [T];
+
+    /// Length of the first dimension: batch items of an activation, output
+    /// channels of a weight (`[OUT][IN]`, OIHW), elements of a vector.
+    const DIM0: usize;
+    /// Length of the second dimension: channels of an activation
+    /// (`[B][F]`, NCHW); `0` for a one-dimensional shape.
+    const DIM1: usize;
+    /// One `T` per index of the first dimension (per-group scales).
+    type Dim0<T: Copy>: Copy;
+    /// One `T` per index of the second dimension.
+    type Dim1<T: Copy>: Copy;
+    /// A [`Shape::Dim0`] buffer with every element `v`.
+    fn dim0_filled<T: Copy>(v: T) -> Self::Dim0<T>;
+    /// A [`Shape::Dim1`] buffer with every element `v`.
+    fn dim1_filled<T: Copy>(v: T) -> Self::Dim1<T>;
+    /// The [`Shape::Dim0`] buffer as a slice.
+    fn dim0_mut<T: Copy>(b: &mut Self::Dim0<T>) -> &mut [T];
+    /// The [`Shape::Dim1`] buffer as a slice.
+    fn dim1_mut<T: Copy>(b: &mut Self::Dim1<T>) -> &mut [T];
+}
+
+/// The per-dimension buffers of a shape whose dimensions are `$d0`, `$d1`.
+macro_rules! dims {
+    ($d0:ident, $d1:expr) => {
+        const DIM0: usize = $d0;
+        const DIM1: usize = $d1;
+        type Dim0<T: Copy> = [T; $d0];
+        type Dim1<T: Copy> = [T; $d1];
+        fn dim0_filled<T: Copy>(v: T) -> [T; $d0] {
+            [v; $d0]
+        }
+        fn dim1_filled<T: Copy>(v: T) -> [T; $d1] {
+            [v; $d1]
+        }
+        fn dim0_mut<T: Copy>(b: &mut [T; $d0]) -> &mut [T] {
+            b
+        }
+        fn dim1_mut<T: Copy>(b: &mut [T; $d1]) -> &mut [T] {
+            b
+        }
+    };
 }
 
 /// Shape `[N]`.
@@ -51,6 +93,7 @@ pub struct S3<const A: usize, const B: usize, const C: usize>;
 pub struct S4<const A: usize, const B: usize, const C: usize, const D: usize>;
 
 impl<const N: usize> Shape for S1<N> {
+    dims!(N, 0);
     type Buf<T: Copy> = [T; N];
     const LEN: usize = N;
     fn filled<T: Copy>(v: T) -> [T; N] {
@@ -65,6 +108,7 @@ impl<const N: usize> Shape for S1<N> {
 }
 
 impl<const A: usize, const B: usize> Shape for S2<A, B> {
+    dims!(A, B);
     type Buf<T: Copy> = [[T; B]; A];
     const LEN: usize = A * B;
     fn filled<T: Copy>(v: T) -> Self::Buf<T> {
@@ -79,6 +123,7 @@ impl<const A: usize, const B: usize> Shape for S2<A, B> {
 }
 
 impl<const A: usize, const B: usize, const C: usize> Shape for S3<A, B, C> {
+    dims!(A, B);
     type Buf<T: Copy> = [[[T; C]; B]; A];
     const LEN: usize = A * B * C;
     fn filled<T: Copy>(v: T) -> Self::Buf<T> {
@@ -93,6 +138,7 @@ impl<const A: usize, const B: usize, const C: usize> Shape for S3<A, B, C> {
 }
 
 impl<const A: usize, const B: usize, const C: usize, const D: usize> Shape for S4<A, B, C, D> {
+    dims!(A, B);
     type Buf<T: Copy> = [[[[T; D]; C]; B]; A];
     const LEN: usize = A * B * C * D;
     fn filled<T: Copy>(v: T) -> Self::Buf<T> {
@@ -220,6 +266,206 @@ pub struct SatStats {
     pub grad_total: u64,
 }
 
+/// The stored per-group scales of one config along one dimension of a
+/// shape (`I` = one `i8` per index, `U` = one `u32` per index); see
+/// [`quant::group`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupScales<I: Copy, U: Copy> {
+    /// Scale of each group.
+    pub scale: I,
+    /// Multiplier of each group (real-valued scales), else 0.
+    pub multiplier: U,
+    /// Whether the scales were stored (by Auto or loaded); until then
+    /// every group uses its config's scale.
+    pub set: bool,
+}
+
+/// Group scales along the first dimension of `S`.
+pub type Dim0Scales<S> = GroupScales<<S as Shape>::Dim0<i8>, <S as Shape>::Dim0<u32>>;
+/// Group scales along the second dimension of `S`.
+pub type Dim1Scales<S> = GroupScales<<S as Shape>::Dim1<i8>, <S as Shape>::Dim1<u32>>;
+
+fn dim0_scales<S: Shape>() -> Dim0Scales<S> {
+    GroupScales {
+        scale: S::dim0_filled(0),
+        multiplier: S::dim0_filled(0),
+        set: false,
+    }
+}
+
+fn dim1_scales<S: Shape>() -> Dim1Scales<S> {
+    GroupScales {
+        scale: S::dim1_filled(0),
+        multiplier: S::dim1_filled(0),
+        set: false,
+    }
+}
+
+fn dim0_view<S: Shape>(b: &mut Dim0Scales<S>) -> GroupsMut<'_> {
+    GroupsMut {
+        scale: S::dim0_mut(&mut b.scale),
+        multiplier: S::dim0_mut(&mut b.multiplier),
+        set: &mut b.set,
+    }
+}
+
+fn dim1_view<S: Shape>(b: &mut Dim1Scales<S>) -> GroupsMut<'_> {
+    GroupsMut {
+        scale: S::dim1_mut(&mut b.scale),
+        multiplier: S::dim1_mut(&mut b.multiplier),
+        set: &mut b.set,
+    }
+}
+
+/// Where a tensor keeps the per-group scales of its grouped configs
+/// ([`Group::Channel`], [`Group::Batch`]).
+pub trait GroupStore {
+    /// The layout and stored scales for config `which` (`0` data, `1`
+    /// gradient) grouped by `group`; `Ok(None)` for [`Group::Tensor`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] naming `group` for a grouping this tensor
+    /// does not have (see [`Group`]).
+    fn grouping(&mut self, which: usize, group: Group) -> Result<Option<Grouping<'_>>>;
+
+    /// Forget the stored scales of config `which` (each group then uses
+    /// the config's scale until Auto stores new ones): called when that
+    /// config is replaced by a different one.
+    fn reset(&mut self, which: usize);
+}
+
+/// The group scales of a parameter: per output channel (the first
+/// dimension), for its data (`[0]`) and gradient (`[1]`) configs.
+pub struct ParamGroups<S: Shape>(pub [Dim0Scales<S>; 2]);
+
+impl<S: Shape> Clone for ParamGroups<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S: Shape> Copy for ParamGroups<S> {}
+
+impl<S: Shape> ParamGroups<S> {
+    /// Nothing stored.
+    pub fn new() -> Self {
+        ParamGroups([dim0_scales::<S>(); 2])
+    }
+}
+
+impl<S: Shape> Default for ParamGroups<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Shape> GroupStore for ParamGroups<S> {
+    fn grouping(&mut self, which: usize, group: Group) -> Result<Option<Grouping<'_>>> {
+        match (group, self.0.get_mut(which)) {
+            (Group::Tensor, _) => Ok(None),
+            (Group::Channel, Some(b)) => Ok(Some(Grouping {
+                layout: GroupLayout::new(S::LEN, 1, S::DIM0)?,
+                store: dim0_view::<S>(b),
+            })),
+            _ => Err(Error::Unsupported { field: "group" }),
+        }
+    }
+
+    fn reset(&mut self, which: usize) {
+        if let Some(b) = self.0.get_mut(which) {
+            b.set = false;
+        }
+    }
+}
+
+/// The group scales of an activation: per batch item (first dimension)
+/// and per channel (second dimension), for its data (`[0]`) and gradient
+/// (`[1]`) configs.
+pub struct ActGroups<S: Shape> {
+    /// Per batch item.
+    pub batch: [Dim0Scales<S>; 2],
+    /// Per channel.
+    pub channel: [Dim1Scales<S>; 2],
+}
+
+impl<S: Shape> Clone for ActGroups<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S: Shape> Copy for ActGroups<S> {}
+
+impl<S: Shape> ActGroups<S> {
+    /// Nothing stored.
+    pub fn new() -> Self {
+        ActGroups {
+            batch: [dim0_scales::<S>(); 2],
+            channel: [dim1_scales::<S>(); 2],
+        }
+    }
+}
+
+impl<S: Shape> Default for ActGroups<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Shape> GroupStore for ActGroups<S> {
+    fn grouping(&mut self, which: usize, group: Group) -> Result<Option<Grouping<'_>>> {
+        match group {
+            Group::Tensor => Ok(None),
+            Group::Batch => {
+                let layout = GroupLayout::new(S::LEN, 1, S::DIM0)?;
+                match self.batch.get_mut(which) {
+                    Some(b) => Ok(Some(Grouping {
+                        layout,
+                        store: dim0_view::<S>(b),
+                    })),
+                    None => Err(Error::Unsupported { field: "group" }),
+                }
+            }
+            Group::Channel => {
+                let layout = GroupLayout::new(S::LEN, S::DIM0, S::DIM1)?;
+                match self.channel.get_mut(which) {
+                    Some(b) => Ok(Some(Grouping {
+                        layout,
+                        store: dim1_view::<S>(b),
+                    })),
+                    None => Err(Error::Unsupported { field: "group" }),
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self, which: usize) {
+        if let Some(b) = self.batch.get_mut(which) {
+            b.set = false;
+        }
+        if let Some(b) = self.channel.get_mut(which) {
+            b.set = false;
+        }
+    }
+}
+
+/// The grouping config `cfg` needs: `None` for a tensor-wide config or
+/// one that does not quantize.
+fn grouping<'a>(
+    cfg: &QuantConfig,
+    store: Option<&'a mut dyn GroupStore>,
+    which: usize,
+) -> Result<Option<Grouping<'a>>> {
+    if !group::is_grouped(cfg.group) || cfg.method == quant::Method::None {
+        return Ok(None);
+    }
+    match store {
+        Some(s) => s.grouping(which, cfg.group),
+        None => Err(Error::Unsupported { field: "group" }),
+    }
+}
+
 /// How one tensor's data and gradient are quantized, with its id and
 /// saturation counters. Shared by activations and parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,24 +501,51 @@ impl Quantized {
     /// stored scale in training mode and acts as Fixed in eval mode (as
     /// nics_fix_pt trains with Auto and tests with Fixed). `sat[i]` records
     /// whether element `i` was clamped. Returns the format (`None`: left at
-    /// full precision).
+    /// full precision, or quantized with a real-valued scale).
     ///
     /// # Errors
     ///
     /// Config and data errors of [`quant::quantize_f32`],
-    /// [`Error::LengthMismatch`]. The config is unchanged on error.
+    /// [`Error::LengthMismatch`]; [`Error::Unsupported`] naming `group` for
+    /// a grouped config (it needs the tensor's [`GroupStore`]: [`Act`] and
+    /// [`Param`] pass theirs). The config is unchanged on error.
     pub fn quantize_data(
         &mut self,
         ctx: &Ctx,
         v: &mut [f32],
         sat: &mut [bool],
     ) -> Result<Option<Format>> {
-        let (fmt, n) = quantize_in_place(&mut self.cfg, ctx, self.id, v, Some(sat))?;
-        if fmt.is_some() || self.cfg.is_real() {
-            self.stats.data += n;
-            self.stats.data_total += v.len() as u64;
-        }
+        self.data_in_place(ctx, v, sat, None)
+    }
+
+    fn data_in_place(
+        &mut self,
+        ctx: &Ctx,
+        v: &mut [f32],
+        sat: &mut [bool],
+        store: Option<&mut dyn GroupStore>,
+    ) -> Result<Option<Format>> {
+        let g = grouping(&self.cfg, store, 0)?;
+        let (fmt, n) = quantize_in_place(&mut self.cfg, ctx, self.id, v, Some(sat), g)?;
+        self.count(false, n, v.len());
         Ok(fmt)
+    }
+
+    /// Count `n` clamps of `len` quantized elements (when the config quantizes).
+    fn count(&mut self, grad: bool, n: u64, len: usize) {
+        let (cfg, clamped, total) = if grad {
+            (
+                &self.grad_cfg,
+                &mut self.stats.grad,
+                &mut self.stats.grad_total,
+            )
+        } else {
+            (&self.cfg, &mut self.stats.data, &mut self.stats.data_total)
+        };
+        if cfg.method != quant::Method::None {
+            *clamped += n;
+            *total += len as u64;
+        }
     }
 
     /// Requantize accumulators `acc * 2^exp` into `dst` by the data config;
@@ -290,11 +563,21 @@ impl Quantized {
         dst: &mut [f32],
         sat: &mut [bool],
     ) -> Result<Option<Format>> {
-        let (fmt, n) = requantize_into(&mut self.cfg, ctx, self.id, acc, exp, dst, Some(sat))?;
-        if fmt.is_some() || self.cfg.is_real() {
-            self.stats.data += n;
-            self.stats.data_total += acc.len() as u64;
-        }
+        self.data_acc(ctx, acc, exp, dst, sat, None)
+    }
+
+    fn data_acc(
+        &mut self,
+        ctx: &Ctx,
+        acc: &[i64],
+        exp: i32,
+        dst: &mut [f32],
+        sat: &mut [bool],
+        store: Option<&mut dyn GroupStore>,
+    ) -> Result<Option<Format>> {
+        let g = grouping(&self.cfg, store, 0)?;
+        let (fmt, n) = requantize_into(&mut self.cfg, ctx, self.id, (acc, exp), dst, Some(sat), g)?;
+        self.count(false, n, acc.len());
         Ok(fmt)
     }
 
@@ -305,11 +588,19 @@ impl Quantized {
     ///
     /// As [`Quantized::quantize_data`].
     pub fn quantize_grad(&mut self, ctx: &Ctx, g: &mut [f32]) -> Result<Option<Format>> {
-        let (fmt, n) = quantize_in_place(&mut self.grad_cfg, ctx, self.id | GRAD_ID, g, None)?;
-        if fmt.is_some() || self.grad_cfg.is_real() {
-            self.stats.grad += n;
-            self.stats.grad_total += g.len() as u64;
-        }
+        self.grad_in_place(ctx, g, None)
+    }
+
+    fn grad_in_place(
+        &mut self,
+        ctx: &Ctx,
+        g: &mut [f32],
+        store: Option<&mut dyn GroupStore>,
+    ) -> Result<Option<Format>> {
+        let grouped = grouping(&self.grad_cfg, store, 1)?;
+        let id = self.id | GRAD_ID;
+        let (fmt, n) = quantize_in_place(&mut self.grad_cfg, ctx, id, g, None, grouped)?;
+        self.count(true, n, g.len());
         Ok(fmt)
     }
 
@@ -326,19 +617,22 @@ impl Quantized {
         exp: i32,
         dst: &mut [f32],
     ) -> Result<Option<Format>> {
-        let (fmt, n) = requantize_into(
-            &mut self.grad_cfg,
-            ctx,
-            self.id | GRAD_ID,
-            acc,
-            exp,
-            dst,
-            None,
-        )?;
-        if fmt.is_some() || self.grad_cfg.is_real() {
-            self.stats.grad += n;
-            self.stats.grad_total += acc.len() as u64;
-        }
+        self.grad_acc(ctx, acc, exp, dst, None)
+    }
+
+    fn grad_acc(
+        &mut self,
+        ctx: &Ctx,
+        acc: &[i64],
+        exp: i32,
+        dst: &mut [f32],
+        store: Option<&mut dyn GroupStore>,
+    ) -> Result<Option<Format>> {
+        let grouped = grouping(&self.grad_cfg, store, 1)?;
+        let id = self.id | GRAD_ID;
+        let (fmt, n) =
+            requantize_into(&mut self.grad_cfg, ctx, id, (acc, exp), dst, None, grouped)?;
+        self.count(true, n, acc.len());
         Ok(fmt)
     }
 }
@@ -371,11 +665,18 @@ fn quantize_in_place(
     id: u32,
     v: &mut [f32],
     sat: Option<&mut [bool]>,
+    grouping: Option<Grouping<'_>>,
 ) -> Result<(Option<Format>, u64)> {
     if let Some(s) = sat.as_deref() {
         check_len(v.len(), s.len())?;
     }
     let mut next = pass_config(cfg, ctx);
+    if let Some(mut g) = grouping {
+        let r = ctx.rounder(id, cfg.rounding);
+        let out = group::quantize_f32_grouped(&mut next, &mut g, &r, None, v, sat)?;
+        (cfg.scale, cfg.multiplier) = (next.scale, next.multiplier);
+        return Ok(out);
+    }
     if next.is_real() {
         return quantize_real(next, cfg, ctx, id, v, sat);
     }
@@ -442,10 +743,17 @@ fn quantize_into(
     src: &[f32],
     dst: &mut [f32],
     sat: &mut [bool],
+    grouping: Option<Grouping<'_>>,
 ) -> Result<(Option<Format>, u64)> {
     check_len(src.len(), dst.len())?;
     check_len(src.len(), sat.len())?;
     let mut next = pass_config(cfg, ctx);
+    if let Some(mut g) = grouping {
+        let r = ctx.rounder(id, cfg.rounding);
+        let out = group::quantize_f32_grouped(&mut next, &mut g, &r, Some(src), dst, Some(sat))?;
+        (cfg.scale, cfg.multiplier) = (next.scale, next.multiplier);
+        return Ok(out);
+    }
     if next.is_real() {
         // Validate and choose before writing: `dst` changes only on success.
         let mut probe = next;
@@ -475,23 +783,29 @@ fn quantize_into(
     Ok((Some(f), n))
 }
 
-/// Requantize `acc * 2^exp` into `dst` by `cfg` (stream `id`); `Method::None`
-/// converts to f32 with [`quant::acc_to_f32`].
+/// Requantize `acc * 2^exp` (`src = (acc, exp)`) into `dst` by `cfg`
+/// (stream `id`); `Method::None` converts to f32 with [`quant::acc_to_f32`].
 /// Returns the format and the number of clamped elements.
 fn requantize_into(
     cfg: &mut QuantConfig,
     ctx: &Ctx,
     id: u32,
-    acc: &[i64],
-    exp: i32,
+    (acc, exp): (&[i64], i32),
     dst: &mut [f32],
     mut sat: Option<&mut [bool]>,
+    grouping: Option<Grouping<'_>>,
 ) -> Result<(Option<Format>, u64)> {
     check_len(acc.len(), dst.len())?;
     if let Some(s) = sat.as_deref() {
         check_len(acc.len(), s.len())?;
     }
     let mut next = pass_config(cfg, ctx);
+    if let Some(mut g) = grouping {
+        let r = ctx.rounder(id, cfg.rounding);
+        let out = group::requantize_grouped(&mut next, &mut g, &r, acc, exp, dst, sat)?;
+        (cfg.scale, cfg.multiplier) = (next.scale, next.multiplier);
+        return Ok(out);
+    }
     if next.is_real() {
         let Some(rf) = next.update_real_codes(exp, acc)? else {
             return Ok((None, 0));
@@ -544,6 +858,8 @@ pub struct Act<S: Shape> {
     pub quant: Quantized,
     /// `sat[i]`: element `i` was clamped in the forward pass (zero gradient).
     pub sat: S::Buf<bool>,
+    /// Per-group scales of grouped configs ([`Group::Batch`], [`Group::Channel`]).
+    pub groups: ActGroups<S>,
 }
 
 impl<S: Shape> Act<S> {
@@ -553,6 +869,7 @@ impl<S: Shape> Act<S> {
             t: Tensor::zeros(),
             quant: Quantized::none(id),
             sat: S::filled(false),
+            groups: ActGroups::new(),
         }
     }
 
@@ -563,10 +880,11 @@ impl<S: Shape> Act<S> {
     ///
     /// As [`Quantized::quantize_data`].
     pub fn quantize(&mut self, ctx: &Ctx) -> Result<()> {
-        let fmt = self.quant.quantize_data(
+        let fmt = self.quant.data_in_place(
             ctx,
             S::flat_mut(&mut self.t.v),
             S::flat_mut(&mut self.sat),
+            Some(&mut self.groups),
         )?;
         self.t.fmt = fmt;
         Ok(())
@@ -578,12 +896,13 @@ impl<S: Shape> Act<S> {
     ///
     /// As [`Quantized::quantize_data`].
     pub fn set_from_acc(&mut self, ctx: &Ctx, acc: &[i64], exp: i32) -> Result<()> {
-        let fmt = self.quant.quantize_data_acc(
+        let fmt = self.quant.data_acc(
             ctx,
             acc,
             exp,
             S::flat_mut(&mut self.t.v),
             S::flat_mut(&mut self.sat),
+            Some(&mut self.groups),
         )?;
         self.t.fmt = fmt;
         Ok(())
@@ -615,6 +934,7 @@ impl<S: Shape> Act<S> {
             values: S::flat_mut(&mut self.t.v),
             fmt: &mut self.t.fmt,
             param: None,
+            groups: Some(&mut self.groups),
         }
     }
 
@@ -634,7 +954,9 @@ impl<S: Shape> Act<S> {
         if self.quant.grad_cfg.method == quant::Method::None {
             return Ok(());
         }
-        dy.fmt = self.quant.quantize_grad(ctx, dy.flat_mut())?;
+        dy.fmt = self
+            .quant
+            .grad_in_place(ctx, dy.flat_mut(), Some(&mut self.groups))?;
         Ok(())
     }
 }
@@ -655,6 +977,8 @@ pub struct Param<S: Shape> {
     pub sat: S::Buf<bool>,
     /// Configs, id and counters.
     pub quant: Quantized,
+    /// Per-output-channel scales of grouped configs ([`Group::Channel`]).
+    pub groups: ParamGroups<S>,
 }
 
 impl<S: Shape> Param<S> {
@@ -667,6 +991,7 @@ impl<S: Shape> Param<S> {
             q: Tensor::zeros(),
             sat: S::filled(false),
             quant: Quantized::none(id),
+            groups: ParamGroups::new(),
         }
     }
 
@@ -692,14 +1017,17 @@ impl<S: Shape> Param<S> {
     pub fn refresh(&mut self, ctx: &Ctx) -> Result<()> {
         let (master, q) = (S::flat(&self.master), S::flat_mut(&mut self.q.v));
         let quant = &mut self.quant;
-        let res = quantize_into(
-            &mut quant.cfg,
-            ctx,
-            quant.id,
-            master,
-            q,
-            S::flat_mut(&mut self.sat),
-        );
+        let res = grouping(&quant.cfg, Some(&mut self.groups), 0).and_then(|g| {
+            quantize_into(
+                &mut quant.cfg,
+                ctx,
+                quant.id,
+                master,
+                q,
+                S::flat_mut(&mut self.sat),
+                g,
+            )
+        });
         let (fmt, n) = match res {
             Ok(r) => r,
             Err(e) => {
@@ -708,10 +1036,7 @@ impl<S: Shape> Param<S> {
                 return Err(e);
             }
         };
-        if fmt.is_some() || quant.cfg.is_real() {
-            quant.stats.data += n;
-            quant.stats.data_total += S::LEN as u64;
-        }
+        quant.count(false, n, S::LEN);
         self.q.fmt = fmt;
         Ok(())
     }
@@ -723,9 +1048,13 @@ impl<S: Shape> Param<S> {
     ///
     /// As [`Quantized::quantize_grad_acc`].
     pub fn set_grad_acc(&mut self, ctx: &Ctx, acc: &[i64], exp: i32) -> Result<()> {
-        let fmt = self
-            .quant
-            .quantize_grad_acc(ctx, acc, exp, S::flat_mut(&mut self.grad.v))?;
+        let fmt = self.quant.grad_acc(
+            ctx,
+            acc,
+            exp,
+            S::flat_mut(&mut self.grad.v),
+            Some(&mut self.groups),
+        )?;
         self.grad.fmt = fmt;
         self.mask_grad();
         Ok(())
@@ -738,9 +1067,9 @@ impl<S: Shape> Param<S> {
     ///
     /// As [`Quantized::quantize_grad`].
     pub fn finish_grad(&mut self, ctx: &Ctx) -> Result<()> {
-        self.grad.fmt = self
-            .quant
-            .quantize_grad(ctx, S::flat_mut(&mut self.grad.v))?;
+        self.grad.fmt =
+            self.quant
+                .grad_in_place(ctx, S::flat_mut(&mut self.grad.v), Some(&mut self.groups))?;
         self.mask_grad();
         Ok(())
     }
@@ -768,6 +1097,7 @@ impl<S: Shape> Param<S> {
                 momentum: S::flat_mut(&mut self.momentum),
                 grad: S::flat(&self.grad.v),
             }),
+            groups: Some(&mut self.groups),
         }
     }
 }
@@ -832,7 +1162,8 @@ impl<S: Shape> Buffer<S> {
     /// As [`Quantized::quantize_data`]; nothing changes on error.
     pub fn quantize(&mut self, ctx: &Ctx) -> Result<()> {
         let v = S::flat_mut(&mut self.v);
-        let (fmt, n) = quantize_in_place(&mut self.quant.cfg, ctx, self.quant.id, v, None)?;
+        let g = grouping(&self.quant.cfg, None, 0)?;
+        let (fmt, n) = quantize_in_place(&mut self.quant.cfg, ctx, self.quant.id, v, None, g)?;
         if fmt.is_some() {
             self.quant.stats.data += n;
             self.quant.stats.data_total += S::LEN as u64;
@@ -853,6 +1184,7 @@ impl<S: Shape> Buffer<S> {
             values: S::flat_mut(&mut self.v),
             fmt: &mut self.fmt,
             param: None,
+            groups: None,
         }
     }
 }

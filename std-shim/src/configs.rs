@@ -8,8 +8,8 @@ use std::path::Path;
 
 use fixnn::layers::Layer;
 use fixnn::model::{
-    self, Kind, LoadEntry, StateEntry, StateView, CONFIG_FORMAT, CONFIG_VERSION, STATE_FORMAT,
-    STATE_VERSION,
+    self, GroupEntry, Kind, LoadEntry, StateEntry, StateView, CONFIG_FORMAT, CONFIG_VERSION,
+    STATE_FORMAT, STATE_VERSION,
 };
 use fixnn::QuantConfig;
 use serde::{Deserialize, Serialize};
@@ -310,6 +310,23 @@ pub struct StateFile {
     pub version: u32,
     /// Parameters and buffers.
     pub tensors: Vec<StateTensor>,
+    /// Stored per-group scales of grouped configs (absent when none).
+    #[serde(default)]
+    pub groups: Vec<StateGroups>,
+}
+
+/// The stored scales of one grouped config, owned.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateGroups {
+    /// Dotted path.
+    pub name: String,
+    /// The gradient's config or the data's.
+    pub grad: bool,
+    /// Scale of each group.
+    pub scale: Vec<i8>,
+    /// Multiplier of each group.
+    pub multiplier: Vec<u32>,
 }
 
 impl StateFile {
@@ -349,7 +366,17 @@ impl StateFile {
                 momentum: t.momentum.as_deref(),
             })
             .collect();
-        model::apply_state(model, &entries).map_err(|r| r.to_string())
+        let groups: Vec<GroupEntry<'_>> = self
+            .groups
+            .iter()
+            .map(|g| GroupEntry {
+                name: &g.name,
+                grad: g.grad,
+                scale: &g.scale,
+                multiplier: &g.multiplier,
+            })
+            .collect();
+        model::apply_state(model, &entries, &groups).map_err(|r| r.to_string())
     }
 }
 

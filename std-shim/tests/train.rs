@@ -244,6 +244,92 @@ fn running_range_state_is_checkpointed_and_resumed() {
     assert!(text(&o).0.contains("auto/running"), "{}", text(&o).0);
 }
 
+/// The MNIST MLP with per-output-channel weight and gradient scales
+/// (real-valued for the weights) and per-feature activation scales: the
+/// group scales live in the checkpoint, so a resumed run ends with the
+/// same bytes and `eval` (Auto acting as Fixed with the stored per-channel
+/// activation scales) reproduces the accuracy the run printed.
+#[test]
+fn grouped_scales_are_checkpointed_resumed_and_evaluated() {
+    let dir = tmp("groups-spec");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = std::fs::read_to_string(model()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    for rule in v["configs"].as_array_mut().unwrap() {
+        rule["data"]["group"] = "channel".into();
+        if rule["select"]["kind"] == "param" {
+            rule["data"]["multiplier"] = (1u32 << 30).into();
+            rule["grad"] = serde_json::json!({
+                "method": "auto", "bits": 8, "scale": 0, "group": "channel", "rounding": "stochastic"
+            });
+        }
+    }
+    let spec = dir.join("mlp-groups.json");
+    std::fs::write(&spec, v.to_string()).unwrap();
+    let spec = spec.to_string_lossy().into_owned();
+    let a = tmp("groups-straight");
+    let o = train_model(&spec, &a, &["--epochs", "2"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let b = tmp("groups-resumed");
+    assert!(train_model(&spec, &b, &["--epochs", "1"]).status.success());
+    let one = std::fs::read_to_string(b.join("checkpoint.json")).unwrap();
+    assert!(train_model(&spec, &b, &["--epochs", "2", "--resume"])
+        .status
+        .success());
+    let two = std::fs::read_to_string(a.join("checkpoint.json")).unwrap();
+    assert!(
+        two == std::fs::read_to_string(b.join("checkpoint.json")).unwrap(),
+        "resuming changed the result"
+    );
+    // Every grouped data config (3 Quant outputs, 2 weights, 2 biases) and
+    // the weight and bias gradients of both layers have stored scales,
+    // one per channel, and they moved in epoch 2.
+    let groups = |t: &str| -> Vec<(String, bool, usize, serde_json::Value)> {
+        let v: serde_json::Value = serde_json::from_str(t).unwrap();
+        v["body"]["state"]["groups"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no groups in {}", &t[..t.len().min(300)]))
+            .iter()
+            .map(|e| {
+                let n = e["scale"].as_array().unwrap().len();
+                assert_eq!(e["multiplier"].as_array().unwrap().len(), n);
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["grad"].as_bool().unwrap(),
+                    n,
+                    e["scale"].clone(),
+                )
+            })
+            .collect()
+    };
+    let (g1, g2) = (groups(&one), groups(&two));
+    let shape: Vec<_> = g1
+        .iter()
+        .map(|(n, g, len, _)| (n.clone(), *g, *len))
+        .collect();
+    assert!(
+        shape.contains(&("fc1.weight".into(), false, 100)),
+        "{shape:?}"
+    );
+    assert!(shape.contains(&("fc2.bias".into(), true, 10)), "{shape:?}");
+    assert_eq!(g1.iter().filter(|e| !e.1).count(), 7, "{shape:?}");
+    assert_eq!(g1.iter().filter(|e| e.1).count(), 4, "{shape:?}");
+    assert_ne!(g1, g2);
+    let printed = text(&o).0;
+    let printed = printed.trim_end().lines().last().unwrap().to_string();
+    let data = data_dir();
+    let e = fixnn(&[
+        "eval",
+        a.join("checkpoint.json").to_str().unwrap(),
+        "--data",
+        &data,
+        "--test-samples",
+        "200",
+    ]);
+    assert!(e.status.success(), "{:?}", text(&e));
+    assert_eq!(text(&e).0.trim_end().lines().last().unwrap(), printed);
+}
+
 #[test]
 fn damaged_checkpoints_are_refused_and_exports_read_back() {
     let out = tmp("damage");

@@ -29,7 +29,7 @@ use super::path::{PathBuf, MAX_PATH};
 use super::{Kind, TensorMut, Visitor};
 use crate::error::Error;
 use crate::layers::Layer;
-use crate::quant::{Method, QuantConfig, RangeMethod};
+use crate::quant::{Group, Method, QuantConfig, RangeMethod};
 
 /// The `format` field of a config document.
 pub const CONFIG_FORMAT: &str = "fixnn-config";
@@ -255,8 +255,9 @@ pub struct LoadEntry<'a> {
 /// Load a config tree onto `model` (nics_fix_pt's `load_fix_configs`).
 ///
 /// Every model tensor must appear once (unless `allow_missing`), every
-/// entry must name a model tensor of the same kind, and every config must
-/// pass [`QuantConfig::validate`]. All of that is checked first: on any
+/// entry must name a model tensor of the same kind, every config must
+/// pass [`QuantConfig::validate`], and a grouped config must name a
+/// grouping its tensor has ([`Group`]). All of that is checked first: on any
 /// problem the model is left exactly as it was and the report lists them
 /// (paths with `.data`/`.grad` for bad values).
 ///
@@ -286,7 +287,7 @@ pub fn apply_configs<L: Layer>(
     // Model tensors: present, same kind.
     let mut seen = [false; 512];
     let mut count = 0usize;
-    let ok = walk(model, &mut |name, t| {
+    let ok = walk(model, &mut |name, mut t| {
         match entries.iter().enumerate().find(|(_, e)| e.name == name) {
             Some((i, first)) => {
                 for (s, e) in seen.iter_mut().zip(entries).skip(i) {
@@ -296,6 +297,19 @@ pub fn apply_configs<L: Layer>(
                 }
                 if matches!(first.kind, Some(k) if k != t.kind) {
                     report.push_problem(name, "", ConfigProblem::KindMismatch);
+                }
+                // A grouping the tensor does not have (see `Group`).
+                for (which, cfg, part) in [(0, first.data, ".data"), (1, first.grad, ".grad")] {
+                    let Some(c) = cfg.filter(|c| c.group != Group::Tensor) else {
+                        continue;
+                    };
+                    let err = match t.groups.as_deref_mut() {
+                        Some(g) => g.grouping(which, c.group).err(),
+                        None => Some(Error::Unsupported { field: "group" }),
+                    };
+                    if let Some(err) = err {
+                        report.push_problem(name, part, ConfigProblem::Invalid(err));
+                    }
                 }
             }
             None if !allow_missing => report.push_problem(name, "", ConfigProblem::Missing),
@@ -323,13 +337,22 @@ pub fn apply_configs<L: Layer>(
         return Err(report);
     }
     let mut applied = 0;
-    walk(model, &mut |name, t| {
+    walk(model, &mut |name, mut t| {
         if let Some(e) = entries.iter().find(|e| e.name == name) {
-            if let Some(d) = e.data {
-                t.quant.cfg = *d;
-            }
-            if let Some(g) = e.grad {
-                t.quant.grad_cfg = *g;
+            for (which, new) in [(0, e.data), (1, e.grad)] {
+                let Some(&new) = new else { continue };
+                let cfg = if which == 0 {
+                    &mut t.quant.cfg
+                } else {
+                    &mut t.quant.grad_cfg
+                };
+                if *cfg != new {
+                    // Scales stored for the old config do not belong to the new one.
+                    if let Some(g) = t.groups.as_deref_mut() {
+                        g.reset(which);
+                    }
+                }
+                *cfg = new;
             }
             applied += 1;
         }

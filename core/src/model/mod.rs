@@ -29,10 +29,12 @@ pub use overrides::{
 pub(crate) use path::index_str;
 pub use path::{PathBuf, MAX_PATH};
 pub use read::{ReadError, ReadProblem, ReadResult, MAX_NAME};
-pub use state::{apply_state, FormatJson, StateEntry, StateView, STATE_FORMAT, STATE_VERSION};
+pub use state::{
+    apply_state, FormatJson, GroupEntry, StateEntry, StateView, STATE_FORMAT, STATE_VERSION,
+};
 
 use crate::quant::Format;
-use crate::tensor::Quantized;
+use crate::tensor::{GroupStore, Quantized};
 
 /// What a named tensor is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -73,6 +75,9 @@ pub struct TensorMut<'a> {
     pub fmt: &'a mut Option<Format>,
     /// Master values, momentum and gradient (parameters only).
     pub param: Option<ParamState<'a>>,
+    /// Where the per-group scales of grouped configs are kept (`None`: the
+    /// tensor refuses grouped configs, e.g. a batch-norm buffer).
+    pub groups: Option<&'a mut dyn GroupStore>,
 }
 
 /// Receives the tensors of a model, in a fixed order.

@@ -18,6 +18,11 @@
 //! training-mode pass) and the saturation counters stay as the pass left
 //! them, as in nics_fix_pt.
 //!
+//! Grouped override configs ([`Group::Channel`], [`Group::Batch`]) are
+//! refused: the pass would store its group scales where the tensor's own
+//! grouped config keeps them. An override may replace a grouped config by
+//! a tensor-wide one (the stored group scales are then untouched).
+//!
 //! The two halves are also available on their own, for a pass that is not
 //! one closure: [`apply_overrides`] then [`restore_configs`].
 //!
@@ -55,7 +60,7 @@ use core::fmt;
 use super::configs::{selects, walk, Select};
 use crate::error::Error;
 use crate::layers::Layer;
-use crate::quant::QuantConfig;
+use crate::quant::{Group, QuantConfig};
 
 /// Configs to use for one call instead of the stored ones, for the tensors
 /// `select` picks (by name or prefix, layer type, kind, or all).
@@ -158,7 +163,7 @@ impl core::error::Error for OverrideError {}
 /// # Errors
 ///
 /// [`OverrideError::Invalid`] for a config that fails
-/// [`QuantConfig::validate`], [`OverrideError::NoMatch`] for an override
+/// [`QuantConfig::validate`] or is grouped (`Unsupported` naming `group`), [`OverrideError::NoMatch`] for an override
 /// that selects no tensor, [`OverrideError::TooMany`] if more tensors are
 /// selected than `saved` holds. Everything is checked first: on error the
 /// model is unchanged.
@@ -170,6 +175,12 @@ pub fn apply_overrides<L: Layer>(
     for (index, o) in overrides.iter().enumerate() {
         for (cfg, grad) in [(o.data, false), (o.grad, true)] {
             if let Some(Err(error)) = cfg.as_ref().map(QuantConfig::validate) {
+                return Err(OverrideError::Invalid { index, grad, error });
+            }
+            // The pass would store its group scales where the tensor's own
+            // grouped config keeps them.
+            if cfg.is_some_and(|c| c.group != Group::Tensor) {
+                let error = Error::Unsupported { field: "group" };
                 return Err(OverrideError::Invalid { index, grad, error });
             }
         }

@@ -675,7 +675,11 @@ impl JsonEnum for Clamp {
 }
 
 impl JsonEnum for Group {
-    const NAMES: &'static [(&'static str, Self)] = &[("tensor", Group::Tensor)];
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("tensor", Group::Tensor),
+        ("channel", Group::Channel),
+        ("batch", Group::Batch),
+    ];
 }
 
 impl JsonEnum for Kind {

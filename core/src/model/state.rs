@@ -13,7 +13,13 @@
 //! Parameters and buffers are saved, activations are not. A tensor with a
 //! format has `codes` (and `values` null); a full-precision one has
 //! `values` (and `fmt`, `codes` null). Parameters add their f32 `master`
-//! values and SGD `momentum`, so training resumes exactly. [`StateView`]
+//! values and SGD `momentum`, so training resumes exactly.
+//!
+//! When some grouped config ([`Group`](crate::Group)) has stored group
+//! scales, a fourth field lists them, for every kind of tensor (an
+//! activation's per-channel scales are what its Auto config uses in eval
+//! mode): `"groups":[{"name":"fc1.weight","grad":false,"scale":[-1,2],
+//! "multiplier":[0,0]}]`. Documents without it read as before. [`StateView`]
 //! serializes a model without a heap (serde-json-core, or serde_json on the
 //! desktop: the same text, as both print f32 with the shortest
 //! round-trip representation).
@@ -27,7 +33,8 @@ use super::configs::{walk, LoadReport};
 use super::{ConfigProblem, Kind};
 use crate::error::Error;
 use crate::layers::Layer;
-use crate::quant::{Clamp, Format};
+use crate::quant::{Clamp, Format, Method, QuantConfig, MULTIPLIER_END, MULTIPLIER_MIN};
+use crate::tensor::GroupStore;
 
 /// The `format` field of a state document.
 pub const STATE_FORMAT: &str = "fixnn-state";
@@ -141,14 +148,139 @@ impl<L: Layer> Serialize for Tensors<'_, '_, L> {
     }
 }
 
+/// The stored group scales of config `which` of a tensor, if its config
+/// is grouped, quantizes, and has stored scales.
+fn stored_groups<'t>(
+    cfg: &QuantConfig,
+    store: Option<&'t mut (dyn GroupStore + '_)>,
+    which: usize,
+) -> Option<(&'t [i8], &'t [u32])> {
+    if cfg.group == crate::quant::Group::Tensor || cfg.method == Method::None {
+        return None;
+    }
+    let g = store?.grouping(which, cfg.group).ok()??;
+    let s = g.store;
+    if !*s.set {
+        return None;
+    }
+    Some((&*s.scale, &*s.multiplier))
+}
+
+#[derive(Serialize)]
+struct GroupJson<'a> {
+    name: &'a str,
+    grad: bool,
+    scale: &'a [i8],
+    multiplier: &'a [u32],
+}
+
+struct Groups<'b, 'a, L: Layer>(&'b RefCell<&'a mut L>);
+
+impl<L: Layer> Groups<'_, '_, L> {
+    /// Call `f` with every stored grouped config's entry.
+    fn each(&self, f: &mut dyn FnMut(GroupJson<'_>)) {
+        let mut model = self.0.borrow_mut();
+        walk(&mut **model, &mut |name, t| {
+            let (cfgs, mut store) = ([t.quant.cfg, t.quant.grad_cfg], t.groups);
+            for (which, cfg) in cfgs.iter().enumerate() {
+                if let Some((scale, multiplier)) = stored_groups(cfg, store.as_deref_mut(), which) {
+                    f(GroupJson {
+                        name,
+                        grad: which == 1,
+                        scale,
+                        multiplier,
+                    });
+                }
+            }
+        });
+    }
+}
+
+impl<L: Layer> Serialize for Groups<'_, '_, L> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        let mut err = None;
+        self.each(&mut |e| {
+            if err.is_none() {
+                if let Err(e) = seq.serialize_element(&e) {
+                    err = Some(e);
+                }
+            }
+        });
+        match err {
+            Some(e) => Err(e),
+            None => seq.end(),
+        }
+    }
+}
+
 impl<L: Layer> Serialize for StateView<'_, L> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("State", 3)?;
+        let groups = Groups(&self.0);
+        let mut any = false;
+        groups.each(&mut |_| any = true);
+        let mut st = s.serialize_struct("State", 3 + any as usize)?;
         st.serialize_field("format", STATE_FORMAT)?;
         st.serialize_field("version", &STATE_VERSION)?;
         st.serialize_field("tensors", &Tensors(&self.0))?;
+        if any {
+            st.serialize_field("groups", &groups)?;
+        }
         st.end()
     }
+}
+
+/// The stored scales of one grouped config to load back (the `groups`
+/// field of a state document, parsed by the caller).
+#[derive(Clone, Copy, Debug)]
+pub struct GroupEntry<'a> {
+    /// Dotted path of the tensor (any kind).
+    pub name: &'a str,
+    /// The gradient's config (`true`) or the data's.
+    pub grad: bool,
+    /// Scale of each group.
+    pub scale: &'a [i8],
+    /// Multiplier of each group: all 0 for a power-of-two config, each in
+    /// `[2^30, 2^31)` for a real-valued one.
+    pub multiplier: &'a [u32],
+}
+
+/// Check one group entry against the tensor's config and storage.
+fn check_group(
+    cfg: &QuantConfig,
+    store: Option<&mut (dyn GroupStore + '_)>,
+    e: &GroupEntry<'_>,
+) -> Result<(), Error> {
+    if cfg.group == crate::quant::Group::Tensor || cfg.method == Method::None {
+        return Err(Error::Invalid {
+            what: "group scales for a config that is not grouped",
+        });
+    }
+    let Some(store) = store else {
+        return Err(Error::Unsupported { field: "group" });
+    };
+    let Some(g) = store.grouping(e.grad as usize, cfg.group)? else {
+        return Err(Error::Unsupported { field: "group" });
+    };
+    let n = g.layout.groups;
+    for len in [e.scale.len(), e.multiplier.len()] {
+        if len != n {
+            return Err(Error::LengthMismatch {
+                expected: n,
+                found: len,
+            });
+        }
+    }
+    let real = cfg.multiplier != 0;
+    if e.multiplier
+        .iter()
+        .any(|&m| (m != 0) != real || (real && !(MULTIPLIER_MIN..MULTIPLIER_END).contains(&m)))
+    {
+        return Err(Error::Invalid {
+            what: "group multipliers must be 0 for a power-of-two config and in [2^30, 2^31) for a real-valued one",
+        });
+    }
+    Ok(())
 }
 
 /// One saved tensor to load back (parsed by the caller).
@@ -229,8 +361,11 @@ fn check_entry(e: &StateEntry<'_>, len: usize, is_param: bool) -> Result<(), Err
 
 /// Load a saved state onto `model`: every parameter and buffer must be
 /// present once, with the right kind and length, codes inside their
-/// format and finite values. Everything is checked first; on any problem
-/// the model is unchanged and the report names each path.
+/// format and finite values; every group entry must name a tensor whose
+/// config (as loaded before the state) is grouped, once, with one scale
+/// and one valid multiplier per group. Everything is checked first; on any
+/// problem the model is unchanged and the report names each path. Loaded
+/// group scales are marked stored.
 ///
 /// # Errors
 ///
@@ -241,8 +376,35 @@ fn check_entry(e: &StateEntry<'_>, len: usize, is_param: bool) -> Result<(), Err
 pub fn apply_state<L: Layer>(
     model: &mut L,
     entries: &[StateEntry<'_>],
+    groups: &[GroupEntry<'_>],
 ) -> Result<usize, LoadReport> {
     let mut report = LoadReport::default();
+    let part = |e: &GroupEntry<'_>| if e.grad { ".grad" } else { ".data" };
+    for (i, e) in groups.iter().enumerate() {
+        if groups[..i]
+            .iter()
+            .any(|p| p.name == e.name && p.grad == e.grad)
+        {
+            report.push_problem(e.name, part(e), ConfigProblem::Duplicate);
+        }
+        let mut hit = false;
+        walk(model, &mut |name, mut t| {
+            if name == e.name {
+                hit = true;
+                let cfg = if e.grad {
+                    t.quant.grad_cfg
+                } else {
+                    t.quant.cfg
+                };
+                if let Err(err) = check_group(&cfg, t.groups.as_deref_mut(), e) {
+                    report.push_problem(name, part(e), ConfigProblem::Invalid(err));
+                }
+            }
+        });
+        if !hit {
+            report.push_problem(e.name, part(e), ConfigProblem::Unknown);
+        }
+    }
     for (i, e) in entries.iter().enumerate() {
         if entries[..i].iter().any(|p| p.name == e.name) {
             report.push_problem(e.name, "", ConfigProblem::Duplicate);
@@ -298,6 +460,19 @@ pub fn apply_state<L: Layer>(
         if let (Some(p), Some(m), Some(mo)) = (t.param, e.master, e.momentum) {
             p.master.copy_from_slice(m);
             p.momentum.copy_from_slice(mo);
+        }
+    });
+    walk(model, &mut |name, t| {
+        let (cfgs, Some(store)) = ([t.quant.cfg, t.quant.grad_cfg], t.groups) else {
+            return;
+        };
+        for e in groups.iter().filter(|e| e.name == name) {
+            let cfg = if e.grad { cfgs[1] } else { cfgs[0] };
+            if let Ok(Some(g)) = store.grouping(e.grad as usize, cfg.group) {
+                g.store.scale.copy_from_slice(e.scale);
+                g.store.multiplier.copy_from_slice(e.multiplier);
+                *g.store.set = true;
+            }
         }
     });
     Ok(known)

@@ -103,8 +103,24 @@ impl Clamp {
     }
 }
 
-/// Which elements share one scale. Only [`Group::Tensor`] exists in this
-/// version; per-channel and per-batch-item groups are reserved in the schema.
+/// Which elements share one scale (nics_fix_pt's `group`).
+///
+/// Groups follow the tensor's layout, NCHW for activations:
+///
+/// | group | parameter (`[OUT][IN]`, OIHW, bias `[OUT]`) | activation or its gradient (`[B][F]`, NCHW) |
+/// |---|---|---|
+/// | `tensor` | one scale | one scale |
+/// | `channel` | one per output channel (first dimension) | one per feature or channel (second dimension, gathered across the batch) |
+/// | `batch` | refused | one per batch item (first dimension) |
+///
+/// A parameter's gradient is grouped as the parameter. Grouped configs are
+/// refused ([`Error::Unsupported`] naming `group`) where no per-group
+/// storage exists: batch-norm buffers, the folded weights of
+/// [`ConvBn`](crate::layers::ConvBn), and tensors without the dimension.
+/// Auto with a group supports range `max` only. Arithmetic, storage of the
+/// scales and the format a grouped tensor carries: [`crate::quant::group`].
+///
+/// JSON: `"tensor"` (the default), `"channel"`, `"batch"`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[serde(rename_all = "snake_case")]
@@ -112,6 +128,10 @@ pub enum Group {
     /// One scale for the whole tensor.
     #[default]
     Tensor,
+    /// One scale per output channel (parameters) or channel (activations).
+    Channel,
+    /// One scale per batch item (activations and their gradients).
+    Batch,
 }
 
 /// The quantization config of one tensor (its data or its gradient):
@@ -121,8 +141,8 @@ pub enum Group {
 /// `group`, `ema` and `clamp` may be omitted (they default to 0, 0,
 /// `"tensor"`, 0 and `"hardware"`; `ema` and `clamp` are written only when
 /// not the default).
-/// `zero_point` and `group` are reserved for asymmetric ranges and
-/// per-channel groups.
+/// `zero_point` is reserved for asymmetric ranges; `group` selects
+/// per-channel or per-batch-item scales ([`Group`]).
 ///
 /// # Real-valued scales
 ///
@@ -184,7 +204,9 @@ pub struct QuantConfig {
     /// Written by [`Method::Auto`] together with `scale` when non-zero.
     #[serde(default)]
     pub multiplier: u32,
-    /// Reserved: which elements share a scale.
+    /// Which elements share a scale ([`Group`]). A grouped config's
+    /// per-group scales are stored beside the tensor; `scale` (and
+    /// `multiplier`) then hold those of the group with the largest range.
     #[serde(default)]
     pub group: Group,
     /// State of [`RangeMethod::Running`]: the moving average of the
@@ -289,6 +311,8 @@ impl QuantConfig {
     ///   ([`running::is_valid`](super::running::is_valid)).
     /// * [`Error::Invalid`] for [`Clamp::Nics`] with `bits = 16` (its top
     ///   code `2^15` needs 17 bits).
+    /// * [`Error::Unsupported`] naming `range` for Auto with a [`Group`]
+    ///   other than `Tensor` and a range method other than Max.
     pub const fn validate(&self) -> Result<()> {
         if self.bits < MIN_BITS || self.bits > MAX_BITS {
             return Err(Error::BitsOutOfRange { bits: self.bits });
@@ -309,6 +333,12 @@ impl QuantConfig {
             });
         }
         if self.multiplier != 0
+            && matches!(self.method, Method::Auto)
+            && !matches!(self.range, RangeMethod::Max)
+        {
+            return Err(Error::Unsupported { field: "range" });
+        }
+        if !matches!(self.group, Group::Tensor)
             && matches!(self.method, Method::Auto)
             && !matches!(self.range, RangeMethod::Max)
         {

@@ -24,6 +24,7 @@
 
 mod config;
 mod format;
+pub mod group;
 pub mod mask;
 mod math;
 pub mod multiplier;
