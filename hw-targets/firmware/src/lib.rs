@@ -363,17 +363,23 @@ pub fn stack_repaint() {
     }
     // SAFETY: [bottom, end) is stack below the current frame, unused by
     // anything live; the loop uses registers only.
+    //
+    // Low registers, named: `stm` with one register has a valid encoding
+    // only in its 16-bit form (r0-r7); with a high base register the
+    // assembler emits the 32-bit form, whose one-register list is
+    // UNPREDICTABLE (QEMU faults with UNDEFINSTR). That happened when a
+    // change elsewhere in `run_case` moved the base to r8.
     unsafe {
         core::arch::asm!(
             "2:",
-            "cmp {p}, {end}",
+            "cmp r0, r1",
             "bhs 3f",
-            "stm {p}!, {{{pat}}}",
+            "stm r0!, {{r2}}",
             "b 2b",
             "3:",
-            p = inout(reg) bottom => _,
-            end = in(reg) end,
-            pat = in(reg) STACK_PAINT,
+            inout("r0") bottom => _,
+            in("r1") end,
+            in("r2") STACK_PAINT,
             options(nostack),
         );
     }
