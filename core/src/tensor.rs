@@ -280,10 +280,14 @@ pub struct GroupScales<I: Copy, U: Copy> {
     pub set: bool,
 }
 
-/// Group scales along the first dimension of `S`.
+/// Group scales along the first dimension of `S`, with multipliers
+/// (parameters: real-valued groups allowed).
 pub type Dim0Scales<S> = GroupScales<<S as Shape>::Dim0<i8>, <S as Shape>::Dim0<u32>>;
-/// Group scales along the second dimension of `S`.
-pub type Dim1Scales<S> = GroupScales<<S as Shape>::Dim1<i8>, <S as Shape>::Dim1<u32>>;
+/// Group scales along the first dimension of `S`, power of two only
+/// (activations: one byte per group).
+pub type Dim0Exps<S> = GroupScales<<S as Shape>::Dim0<i8>, [u32; 0]>;
+/// Group scales along the second dimension of `S`, power of two only.
+pub type Dim1Exps<S> = GroupScales<<S as Shape>::Dim1<i8>, [u32; 0]>;
 
 fn dim0_scales<S: Shape>() -> Dim0Scales<S> {
     GroupScales {
@@ -293,10 +297,18 @@ fn dim0_scales<S: Shape>() -> Dim0Scales<S> {
     }
 }
 
-fn dim1_scales<S: Shape>() -> Dim1Scales<S> {
+fn dim0_exps<S: Shape>() -> Dim0Exps<S> {
+    GroupScales {
+        scale: S::dim0_filled(0),
+        multiplier: [],
+        set: false,
+    }
+}
+
+fn dim1_exps<S: Shape>() -> Dim1Exps<S> {
     GroupScales {
         scale: S::dim1_filled(0),
-        multiplier: S::dim1_filled(0),
+        multiplier: [],
         set: false,
     }
 }
@@ -309,10 +321,18 @@ fn dim0_view<S: Shape>(b: &mut Dim0Scales<S>) -> GroupsMut<'_> {
     }
 }
 
-fn dim1_view<S: Shape>(b: &mut Dim1Scales<S>) -> GroupsMut<'_> {
+fn dim0_exps_view<S: Shape>(b: &mut Dim0Exps<S>) -> GroupsMut<'_> {
+    GroupsMut {
+        scale: S::dim0_mut(&mut b.scale),
+        multiplier: &mut b.multiplier,
+        set: &mut b.set,
+    }
+}
+
+fn dim1_exps_view<S: Shape>(b: &mut Dim1Exps<S>) -> GroupsMut<'_> {
     GroupsMut {
         scale: S::dim1_mut(&mut b.scale),
-        multiplier: S::dim1_mut(&mut b.multiplier),
+        multiplier: &mut b.multiplier,
         set: &mut b.set,
     }
 }
@@ -328,6 +348,22 @@ pub trait GroupStore {
     /// [`Error::Unsupported`] naming `group` for a grouping this tensor
     /// does not have (see [`Group`]).
     fn grouping(&mut self, which: usize, group: Group) -> Result<Option<Grouping<'_>>>;
+
+    /// Whether this tensor can hold the group scales of `cfg` as config
+    /// `which`: its grouping exists, and a real-valued grouped config has
+    /// room for one multiplier per group.
+    ///
+    /// # Errors
+    ///
+    /// As [`GroupStore::grouping`]; [`Error::Unsupported`] naming
+    /// `multiplier` for a real-valued grouped config of a tensor that keeps
+    /// power-of-two group scales only (an activation).
+    fn check(&mut self, which: usize, cfg: &QuantConfig) -> Result<()> {
+        if let Some(g) = self.grouping(which, cfg.group)? {
+            group::check_capacity(cfg, &g)?;
+        }
+        Ok(())
+    }
 
     /// Forget the stored scales of config `which` (each group then uses
     /// the config's scale until Auto stores new ones): called when that
@@ -381,12 +417,15 @@ impl<S: Shape> GroupStore for ParamGroups<S> {
 
 /// The group scales of an activation: per batch item (first dimension)
 /// and per channel (second dimension), for its data (`[0]`) and gradient
-/// (`[1]`) configs.
+/// (`[1]`) configs. Power-of-two scales only, one byte per group (a
+/// real-valued grouped config is a parameter's: weights per output
+/// channel, as TFLite does), so that the storage costs a 16 KB device
+/// `2 * (batch + channels)` bytes per activation.
 pub struct ActGroups<S: Shape> {
     /// Per batch item.
-    pub batch: [Dim0Scales<S>; 2],
+    pub batch: [Dim0Exps<S>; 2],
     /// Per channel.
-    pub channel: [Dim1Scales<S>; 2],
+    pub channel: [Dim1Exps<S>; 2],
 }
 
 impl<S: Shape> Clone for ActGroups<S> {
@@ -401,8 +440,8 @@ impl<S: Shape> ActGroups<S> {
     /// Nothing stored.
     pub fn new() -> Self {
         ActGroups {
-            batch: [dim0_scales::<S>(); 2],
-            channel: [dim1_scales::<S>(); 2],
+            batch: [dim0_exps::<S>(); 2],
+            channel: [dim1_exps::<S>(); 2],
         }
     }
 }
@@ -422,7 +461,7 @@ impl<S: Shape> GroupStore for ActGroups<S> {
                 match self.batch.get_mut(which) {
                     Some(b) => Ok(Some(Grouping {
                         layout,
-                        store: dim0_view::<S>(b),
+                        store: dim0_exps_view::<S>(b),
                     })),
                     None => Err(Error::Unsupported { field: "group" }),
                 }
@@ -432,7 +471,7 @@ impl<S: Shape> GroupStore for ActGroups<S> {
                 match self.channel.get_mut(which) {
                     Some(b) => Ok(Some(Grouping {
                         layout,
-                        store: dim1_view::<S>(b),
+                        store: dim1_exps_view::<S>(b),
                     })),
                     None => Err(Error::Unsupported { field: "group" }),
                 }
@@ -518,7 +557,7 @@ impl Quantized {
         self.data_in_place(ctx, v, sat, None)
     }
 
-    fn data_in_place(
+    pub(crate) fn data_in_place(
         &mut self,
         ctx: &Ctx,
         v: &mut [f32],
@@ -591,7 +630,7 @@ impl Quantized {
         self.grad_in_place(ctx, g, None)
     }
 
-    fn grad_in_place(
+    pub(crate) fn grad_in_place(
         &mut self,
         ctx: &Ctx,
         g: &mut [f32],

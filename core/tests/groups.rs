@@ -249,6 +249,27 @@ fn refusals_name_the_problem() {
         fc.forward(&RefBackend, &Ctx::train(1, 0), &x),
         Err(Error::Unsupported { field: "group" })
     );
+    // Activations keep power-of-two group scales only (one byte per group).
+    let mut q = Quant::<S2<2, 3>>::new(1);
+    let real = grouped(QuantConfig::auto_real(8), Group::Channel);
+    let entries = [LoadEntry {
+        name: "activation",
+        kind: None,
+        data: Some(&real),
+        grad: None,
+    }];
+    let text = format!("{}", apply_configs(&mut q, &entries, true).unwrap_err());
+    assert!(
+        text.contains("activation.data") && text.contains("multiplier"),
+        "{text}"
+    );
+    q.out.quant.cfg = real;
+    assert_eq!(
+        q.forward(&RefBackend, &Ctx::train(1, 0), &Tensor::zeros()),
+        Err(Error::Unsupported {
+            field: "multiplier"
+        })
+    );
     // Grouped overrides are refused; nothing changes.
     fc.weight.quant.cfg = QuantConfig::auto(8);
     let over = [Override::data(

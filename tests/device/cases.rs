@@ -8,7 +8,7 @@ use std::path::Path;
 use fixnn::layers::Layer;
 use fixnn::model::{collect_configs, walk, Kind};
 use fixnn::optim::{FixedMaster, Sgd};
-use fixnn::quant::{Clamp, Method, QuantConfig, RangeMethod, Rounding};
+use fixnn::quant::{Clamp, Group, Method, QuantConfig, RangeMethod, Rounding};
 use fixnn::tensor::Shape;
 use fixnn::Stream;
 use fixnn_cases::blob::{write_header, write_run};
@@ -267,7 +267,9 @@ const ROUNDINGS: [Rounding; 4] = [
 /// here: a blob that lost coverage is refused). The running-range configs
 /// of the odd runs start with a state (the device parses and continues
 /// it), the others empty; their averages evolve over the 3 steps.
-/// Real-valued scales go to every third config outside the running slot.
+/// Real-valued scales go to every third config outside the running slot,
+/// per-channel and per-batch-item groups to every activation config that
+/// may have them (alternating) and two of three such parameter configs.
 /// Runs 3-5 use a fixed-point master. Every run ends with an eval pass and
 /// a pass with per-call overrides (`fixnn_cases`' `override_pass`).
 fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
@@ -279,6 +281,9 @@ fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
 fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
     let mut seen: [BTreeSet<String>; 2] = Default::default();
     let (mut layers, mut real_layers) = (BTreeSet::new(), BTreeSet::new());
+    // Activations' grouped configs alternate between channel and batch,
+    // counted per data/grad and method.
+    let mut act_groups = [[0u32; 3]; 2];
     let runs: Vec<RunDesc> = (0..6u32)
         .map(|r| {
             let seed = 100 + r as u64;
@@ -291,7 +296,7 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                 // tensors; the coverage check below names the layer types.
                 let layer = name.split('.').next().unwrap_or(name).to_string();
                 layers.insert(layer.clone());
-                let pick = |k: u32| {
+                let mut pick = |k: u32| {
                     let method = METHODS[((i + r) % 4) as usize];
                     let bits = 2 + ((i * 7 + r * 5 + k) % 15) as u8;
                     // Fixed scales near the data's range (activations ~1, grads ~2^-4).
@@ -320,6 +325,28 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                     if bits <= 15 && !(i + r + k).is_multiple_of(3) {
                         c.clamp = Clamp::Nics;
                     }
+                    // Per-group scales on configs that may have them
+                    // (grouped Auto needs range Max; buffers have no group
+                    // storage; never in the running slot, so that the
+                    // Max-for-Running blob differs only there).
+                    let auto_ok = c.method != Method::Auto || c.range == RangeMethod::Max;
+                    // Activations keep power-of-two group scales only.
+                    let real_ok = kind == Kind::Param || c.multiplier == 0;
+                    if kind != Kind::Buffer
+                        && real_ok
+                        && slot != RangeMethod::Running
+                        && auto_ok
+                        && (kind == Kind::Activation || (i + 2 * r + k) % 3 != 2)
+                    {
+                        c.group = Group::Channel;
+                        if kind == Kind::Activation {
+                            let n = &mut act_groups[k as usize][method as usize];
+                            *n += 1;
+                            if *n % 2 == 1 {
+                                c.group = Group::Batch;
+                            }
+                        }
+                    }
                     c
                 };
                 let data = pick(0);
@@ -329,6 +356,12 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                     pick(1)
                 };
                 for (set, c) in seen.iter_mut().zip([data, grad]) {
+                    if c.group != Group::Tensor && c.method != Method::None {
+                        set.insert(format!("group {:?} {:?}", c.group, c.method));
+                        if c.is_real() {
+                            set.insert("group real".to_string());
+                        }
+                    }
                     if c.is_real() {
                         set.insert(format!("real {:?}", c.method));
                         real_layers.insert(layer.clone());
@@ -386,6 +419,10 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
         want.extend(ROUNDINGS.iter().map(|m| format!("{m:?}")));
         want.extend(["real Auto".to_string(), "real Fixed".to_string()]);
         want.extend([Clamp::Hardware, Clamp::Nics].map(|c| format!("{c:?}")));
+        for g in [Group::Channel, Group::Batch] {
+            want.extend([Method::Auto, Method::Fixed].map(|m| format!("group {g:?} {m:?}")));
+        }
+        want.push("group real".to_string());
         let missing: Vec<&String> = want.iter().filter(|w| !set.contains(*w)).collect();
         assert!(
             missing.is_empty(),
@@ -591,6 +628,46 @@ mod tests {
             let differ = a.lines.iter().zip(&b.lines).filter(|(x, y)| x != y).count();
             assert!(differ > 0, "{name}: the running range changed nothing");
             println!("{name}: {differ} of {} records differ", a.lines.len());
+        }
+    }
+
+    /// The DSP kernels' backend (portable Rust; SMLAD on the M4/M7) run on
+    /// the host reports every record of the mix cases as the rayon backend
+    /// does: a fault in the tile kernels shows here with a Rust panic
+    /// instead of a device hard fault.
+    #[test]
+    fn dsp_backend_on_the_host_matches_the_rayon_backend() {
+        use fixnn::kernels::DspBackend;
+        for name in ["mixconv", "mixdense"] {
+            let blob = match name {
+                "mixconv" => mix_blob::<MixConv>(),
+                _ => mix_blob::<MixDense>(),
+            };
+            let want = expected(name, &blob).unwrap();
+            let got = big_stack(|| {
+                let mut scratch = vec![0u32; 64 * 1024];
+                let bk = DspBackend::new(&mut scratch);
+                let mut r = Report::default();
+                let res = match name {
+                    "mixconv" => fixnn_cases::run::<MixConv, _, MIX_B, CLASSES>(
+                        &bk,
+                        &blob,
+                        Want::All,
+                        &mut r,
+                    ),
+                    _ => fixnn_cases::run::<MixDense, _, MIX_B, CLASSES>(
+                        &bk,
+                        &blob,
+                        Want::All,
+                        &mut r,
+                    ),
+                };
+                assert!(bk.fast_calls() > 0, "{name}: no packed-tile call");
+                res.map(|()| r)
+            })
+            .unwrap();
+            assert_eq!(got.lines, want.lines, "{name}");
+            assert_eq!(got.values, want.values, "{name}");
         }
     }
 }

@@ -257,9 +257,12 @@ impl<
             }
         }
         let w = &mut self.weight;
-        w.q.fmt = w
-            .quant
-            .quantize_data(ctx, flat4_mut(&mut w.q.v), flat4_mut(&mut w.sat))?;
+        w.q.fmt = w.quant.data_in_place(
+            ctx,
+            flat4_mut(&mut w.q.v),
+            flat4_mut(&mut w.sat),
+            Some(&mut w.groups),
+        )?;
         for (((q, &beta), &m), &s) in self
             .bias
             .q
@@ -272,7 +275,9 @@ impl<
             *q = beta - m * s;
         }
         let b = &mut self.bias;
-        b.q.fmt = b.quant.quantize_data(ctx, &mut b.q.v, &mut b.sat)?;
+        b.q.fmt = b
+            .quant
+            .data_in_place(ctx, &mut b.q.v, &mut b.sat, Some(&mut b.groups))?;
         Ok(())
     }
 
@@ -476,7 +481,9 @@ impl<
             }
         }
         let w = &mut self.weight;
-        w.grad.fmt = w.quant.quantize_grad(ctx, flat4_mut(&mut w.grad.v))?;
+        w.grad.fmt = w
+            .quant
+            .grad_in_place(ctx, flat4_mut(&mut w.grad.v), Some(&mut w.groups))?;
         if !want_dx {
             return Ok(());
         }

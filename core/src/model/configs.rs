@@ -304,7 +304,7 @@ pub fn apply_configs<L: Layer>(
                         continue;
                     };
                     let err = match t.groups.as_deref_mut() {
-                        Some(g) => g.grouping(which, c.group).err(),
+                        Some(g) => g.check(which, c).err(),
                         None => Some(Error::Unsupported { field: "group" }),
                     };
                     if let Some(err) = err {

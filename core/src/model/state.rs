@@ -19,7 +19,8 @@
 //! scales, a fourth field lists them, for every kind of tensor (an
 //! activation's per-channel scales are what its Auto config uses in eval
 //! mode): `"groups":[{"name":"fc1.weight","grad":false,"scale":[-1,2],
-//! "multiplier":[0,0]}]`. Documents without it read as before. [`StateView`]
+//! "multiplier":[0,0]}]` (activations keep power-of-two group scales only:
+//! their `multiplier` list is empty). Documents without it read as before. [`StateView`]
 //! serializes a model without a heap (serde-json-core, or serde_json on the
 //! desktop: the same text, as both print f32 with the shortest
 //! round-trip representation).
@@ -262,11 +263,15 @@ fn check_group(
     let Some(g) = store.grouping(e.grad as usize, cfg.group)? else {
         return Err(Error::Unsupported { field: "group" });
     };
+    crate::quant::group::check_capacity(cfg, &g)?;
+    // One scale per group; one multiplier per group where the tensor keeps
+    // them (parameters), none where it does not (activations).
     let n = g.layout.groups;
-    for len in [e.scale.len(), e.multiplier.len()] {
-        if len != n {
+    let m = g.store.multiplier.len();
+    for (len, want) in [(e.scale.len(), n), (e.multiplier.len(), m)] {
+        if len != want {
             return Err(Error::LengthMismatch {
-                expected: n,
+                expected: want,
                 found: len,
             });
         }

@@ -115,9 +115,13 @@ impl Clamp {
 ///
 /// A parameter's gradient is grouped as the parameter. Grouped configs are
 /// refused ([`Error::Unsupported`] naming `group`) where no per-group
-/// storage exists: batch-norm buffers, the folded weights of
-/// [`ConvBn`](crate::layers::ConvBn), and tensors without the dimension.
-/// Auto with a group supports range `max` only. Arithmetic, storage of the
+/// storage exists (batch-norm buffers, [`Quantized`](crate::tensor::Quantized)'s
+/// own methods) and for tensors without the dimension. The folded weights
+/// and bias of [`ConvBn`](crate::layers::ConvBn) are parameters: per output
+/// channel is the usual choice for them.
+/// Auto with a group supports range `max` only. Real-valued grouped
+/// configs (a `multiplier`) are for parameters; an activation's groups
+/// are powers of two (refused naming `multiplier`). Arithmetic, storage of the
 /// scales and the format a grouped tensor carries: [`crate::quant::group`].
 ///
 /// JSON: `"tensor"` (the default), `"channel"`, `"batch"`.

@@ -10,6 +10,11 @@
 //! channel is gathered across the batch (not a reshape of the buffer into
 //! rows, which mixes channels).
 //!
+//! Parameters keep a scale and a multiplier per group, so their groups may
+//! be real-valued (weights per output channel, the TFLite scheme);
+//! activations and their gradients keep one byte per group, power-of-two
+//! scales only ([`check_capacity`]).
+//!
 //! # Arithmetic
 //!
 //! * Auto (training) chooses each group's scale from the group's largest
@@ -134,24 +139,43 @@ fn group_scale(cfg: &QuantConfig, store: &GroupsMut<'_>, g: usize) -> (i8, u32) 
     }
 }
 
+/// Whether `grouping` has room for the scales of `cfg`: one scale per
+/// group, and one multiplier per group if `cfg` is real-valued.
+///
+/// # Errors
+///
+/// [`Error::Unsupported`] naming `multiplier` for a real-valued config
+/// whose storage keeps no multipliers (an activation's);
+/// [`Error::LengthMismatch`] for storage of another number of groups.
+pub fn check_capacity(cfg: &QuantConfig, grouping: &Grouping<'_>) -> Result<()> {
+    let (l, s) = (grouping.layout, &grouping.store);
+    if cfg.multiplier != 0 && s.multiplier.is_empty() {
+        return Err(Error::Unsupported {
+            field: "multiplier",
+        });
+    }
+    let mult_ok = s.multiplier.is_empty() || s.multiplier.len() == l.groups;
+    if s.scale.len() != l.groups || !mult_ok {
+        return Err(Error::LengthMismatch {
+            expected: l.groups,
+            found: s.scale.len(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks shared by every grouped pass: a valid grouped config that
 /// quantizes, storage for every group, and `len` elements.
 fn check(cfg: &QuantConfig, grouping: &Grouping<'_>, len: usize) -> Result<()> {
     cfg.validate()?;
     let l = grouping.layout;
-    let s = &grouping.store;
     if l.len() != len {
         return Err(Error::LengthMismatch {
             expected: l.len(),
             found: len,
         });
     }
-    if s.scale.len() != l.groups || s.multiplier.len() != l.groups {
-        return Err(Error::LengthMismatch {
-            expected: l.groups,
-            found: s.scale.len().min(s.multiplier.len()),
-        });
-    }
+    check_capacity(cfg, grouping)?;
     if len == 0 {
         return Err(Error::EmptyInput);
     }
@@ -173,8 +197,11 @@ fn store_auto(
     let mut top: Option<(i8, u32)> = None;
     for g in 0..groups {
         let (s, m) = choose(g)?;
-        if let (Some(x), Some(y)) = (store.scale.get_mut(g), store.multiplier.get_mut(g)) {
-            (*x, *y) = (s, m);
+        if let Some(x) = store.scale.get_mut(g) {
+            *x = s;
+        }
+        if let Some(y) = store.multiplier.get_mut(g) {
+            *y = m;
         }
         if top.is_none_or(|t| (s, m) > t) {
             top = Some((s, m));
@@ -237,6 +264,9 @@ fn group_max_int(q: &[i64], layout: &GroupLayout, g: usize) -> u64 {
 /// lengths disagree with the layout, [`Error::EmptyInput`],
 /// [`Error::NonFinite`] naming the first NaN or infinity. Nothing is
 /// written on error.
+// Not inlined: its frame is on the stack only when a config is grouped
+// (a 16 KB device measures its stack peak).
+#[inline(never)]
 pub fn quantize_f32_grouped(
     cfg: &mut QuantConfig,
     grouping: &mut Grouping<'_>,
@@ -344,6 +374,9 @@ pub fn quantize_f32_grouped(
 /// # Errors
 ///
 /// As [`quantize_f32_grouped`] (no non-finite input here).
+// Not inlined: its frame is on the stack only when a config is grouped
+// (a 16 KB device measures its stack peak).
+#[inline(never)]
 pub fn requantize_grouped(
     cfg: &mut QuantConfig,
     grouping: &mut Grouping<'_>,
