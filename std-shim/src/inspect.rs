@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use fixnn::model::method_label;
+use fixnn::model::ConfigLabel;
 use fixnn::model::{Kind, CONFIG_FORMAT, STATE_FORMAT};
 use fixnn::QuantConfig;
 
@@ -33,9 +33,9 @@ fn row(
             "{:>5} {:>5} {:<12}",
             c.bits,
             c.scale,
-            format!("{}*", method_label(c))
+            format!("{}*", ConfigLabel(c))
         ),
-        Some(c) => format!("{:>5} {:>5} {:<12}", c.bits, c.scale, method_label(c)),
+        Some(c) => format!("{:>5} {:>5} {:<12}", c.bits, c.scale, ConfigLabel(c)),
         None => format!("{:>5} {:>5} {:<12}", "-", "-", "-"),
     };
     let _ = writeln!(

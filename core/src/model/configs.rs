@@ -455,6 +455,35 @@ pub const fn method_label(cfg: &QuantConfig) -> &'static str {
     }
 }
 
+/// A config's method as the tables print it: [`method_label`], then
+/// ` real` for a real-valued scale and ` ch` or ` batch` for a group
+/// (`auto real ch`: Auto with one real-valued scale per channel). Pads to
+/// the formatter's width.
+pub struct ConfigLabel<'a>(pub &'a QuantConfig);
+
+impl fmt::Display for ConfigLabel<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.0;
+        let mut s: String<32> = String::new();
+        let mut parts = [method_label(c), "", ""];
+        if c.method != Method::None {
+            if c.multiplier != 0 {
+                parts[1] = " real";
+            }
+            parts[2] = match c.group {
+                Group::Tensor => "",
+                Group::Channel => " ch",
+                Group::Batch => " batch",
+            };
+        }
+        for p in parts {
+            // At most 12 + 5 + 6 bytes: fits.
+            let _ = s.push_str(p);
+        }
+        f.pad(&s)
+    }
+}
+
 /// Whether `select` picks the tensor `t` at path `name`.
 pub(crate) fn selects(select: Select<'_>, name: &str, t: &TensorMut<'_>) -> bool {
     match select {
@@ -511,10 +540,10 @@ pub fn write_table<L: Layer>(model: &mut L, w: &mut dyn fmt::Write) -> fmt::Resu
             kind_str(t.kind),
             d.bits,
             d.scale,
-            method_label(&d),
+            ConfigLabel(&d),
             g.bits,
             g.scale,
-            method_label(&g),
+            ConfigLabel(&g),
             rate
         );
     });

@@ -19,8 +19,8 @@ mod state;
 
 pub use configs::{
     apply_configs, collect_configs, method_label, set_method, walk, write_table, ConfigDoc,
-    ConfigEntry, ConfigError, ConfigProblem, LoadEntry, LoadReport, Select, Which, CONFIG_FORMAT,
-    CONFIG_VERSION, MAX_TYPE,
+    ConfigEntry, ConfigError, ConfigLabel, ConfigProblem, LoadEntry, LoadReport, Select, Which,
+    CONFIG_FORMAT, CONFIG_VERSION, MAX_TYPE,
 };
 pub use json::{check_json, JsonProblem, MAX_DEPTH};
 pub use overrides::{
