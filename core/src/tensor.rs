@@ -489,20 +489,64 @@ impl<S: Shape> GroupStore for ActGroups<S> {
     }
 }
 
-/// The grouping config `cfg` needs: `None` for a tensor-wide config or
-/// one that does not quantize.
-fn grouping<'a>(
-    cfg: &QuantConfig,
-    store: Option<&'a mut dyn GroupStore>,
-    which: usize,
-) -> Result<Option<Grouping<'a>>> {
-    if !group::is_grouped(cfg.group) || cfg.method == quant::Method::None {
-        return Ok(None);
-    }
+/// Where a pass finds the group scales of its config: the tensor's
+/// [`GroupStore`] and which config it quantizes (`0` data, `1` gradient).
+type Store<'a> = Option<(&'a mut dyn GroupStore, usize)>;
+
+/// Whether `cfg` quantizes by groups.
+fn is_grouped_pass(cfg: &QuantConfig) -> bool {
+    group::is_grouped(cfg.group) && cfg.method != quant::Method::None
+}
+
+/// The grouping of `store` for `cfg`.
+fn grouping_of<'a>(cfg: &QuantConfig, store: Store<'a>) -> Result<Grouping<'a>> {
     match store {
-        Some(s) => s.grouping(which, cfg.group),
+        Some((s, which)) => match s.grouping(which, cfg.group)? {
+            Some(g) => Ok(g),
+            None => Err(Error::Unsupported { field: "group" }),
+        },
         None => Err(Error::Unsupported { field: "group" }),
     }
+}
+
+/// [`quantize_in_place`] / [`quantize_into`] for a grouped config (from
+/// `src` into `dst`, or in place in `dst`). Not inlined: its frame is on
+/// the stack only when a config is grouped (a 16 KB device counts it).
+#[inline(never)]
+fn grouped_f32(
+    cfg: &mut QuantConfig,
+    ctx: &Ctx,
+    id: u32,
+    (src, dst): (Option<&[f32]>, &mut [f32]),
+    sat: Option<&mut [bool]>,
+    store: Store<'_>,
+) -> Result<(Option<Format>, u64)> {
+    let mut g = grouping_of(cfg, store)?;
+    let mut next = pass_config(cfg, ctx);
+    let r = ctx.rounder(id, cfg.rounding);
+    let out = group::quantize_f32_grouped(&mut next, &mut g, &r, src, dst, sat)?;
+    (cfg.scale, cfg.multiplier) = (next.scale, next.multiplier);
+    Ok(out)
+}
+
+/// [`requantize_into`] for a grouped config. Not inlined (as
+/// [`grouped_f32`]).
+#[inline(never)]
+fn grouped_acc(
+    cfg: &mut QuantConfig,
+    ctx: &Ctx,
+    id: u32,
+    (acc, exp): (&[i64], i32),
+    dst: &mut [f32],
+    sat: Option<&mut [bool]>,
+    store: Store<'_>,
+) -> Result<(Option<Format>, u64)> {
+    let mut g = grouping_of(cfg, store)?;
+    let mut next = pass_config(cfg, ctx);
+    let r = ctx.rounder(id, cfg.rounding);
+    let out = group::requantize_grouped(&mut next, &mut g, &r, acc, exp, dst, sat)?;
+    (cfg.scale, cfg.multiplier) = (next.scale, next.multiplier);
+    Ok(out)
 }
 
 /// How one tensor's data and gradient are quantized, with its id and
@@ -564,8 +608,8 @@ impl Quantized {
         sat: &mut [bool],
         store: Option<&mut dyn GroupStore>,
     ) -> Result<Option<Format>> {
-        let g = grouping(&self.cfg, store, 0)?;
-        let (fmt, n) = quantize_in_place(&mut self.cfg, ctx, self.id, v, Some(sat), g)?;
+        let store = store.map(|s| (s, 0));
+        let (fmt, n) = quantize_in_place(&mut self.cfg, ctx, self.id, v, Some(sat), store)?;
         self.count(false, n, v.len());
         Ok(fmt)
     }
@@ -614,8 +658,9 @@ impl Quantized {
         sat: &mut [bool],
         store: Option<&mut dyn GroupStore>,
     ) -> Result<Option<Format>> {
-        let g = grouping(&self.cfg, store, 0)?;
-        let (fmt, n) = requantize_into(&mut self.cfg, ctx, self.id, (acc, exp), dst, Some(sat), g)?;
+        let store = store.map(|s| (s, 0));
+        let src = (acc, exp);
+        let (fmt, n) = requantize_into(&mut self.cfg, ctx, self.id, src, dst, Some(sat), store)?;
         self.count(false, n, acc.len());
         Ok(fmt)
     }
@@ -636,9 +681,9 @@ impl Quantized {
         g: &mut [f32],
         store: Option<&mut dyn GroupStore>,
     ) -> Result<Option<Format>> {
-        let grouped = grouping(&self.grad_cfg, store, 1)?;
+        let store = store.map(|s| (s, 1));
         let id = self.id | GRAD_ID;
-        let (fmt, n) = quantize_in_place(&mut self.grad_cfg, ctx, id, g, None, grouped)?;
+        let (fmt, n) = quantize_in_place(&mut self.grad_cfg, ctx, id, g, None, store)?;
         self.count(true, n, g.len());
         Ok(fmt)
     }
@@ -667,10 +712,9 @@ impl Quantized {
         dst: &mut [f32],
         store: Option<&mut dyn GroupStore>,
     ) -> Result<Option<Format>> {
-        let grouped = grouping(&self.grad_cfg, store, 1)?;
+        let store = store.map(|s| (s, 1));
         let id = self.id | GRAD_ID;
-        let (fmt, n) =
-            requantize_into(&mut self.grad_cfg, ctx, id, (acc, exp), dst, None, grouped)?;
+        let (fmt, n) = requantize_into(&mut self.grad_cfg, ctx, id, (acc, exp), dst, None, store)?;
         self.count(true, n, acc.len());
         Ok(fmt)
     }
@@ -704,18 +748,15 @@ fn quantize_in_place(
     id: u32,
     v: &mut [f32],
     sat: Option<&mut [bool]>,
-    grouping: Option<Grouping<'_>>,
+    store: Store<'_>,
 ) -> Result<(Option<Format>, u64)> {
     if let Some(s) = sat.as_deref() {
         check_len(v.len(), s.len())?;
     }
-    let mut next = pass_config(cfg, ctx);
-    if let Some(mut g) = grouping {
-        let r = ctx.rounder(id, cfg.rounding);
-        let out = group::quantize_f32_grouped(&mut next, &mut g, &r, None, v, sat)?;
-        (cfg.scale, cfg.multiplier) = (next.scale, next.multiplier);
-        return Ok(out);
+    if is_grouped_pass(cfg) {
+        return grouped_f32(cfg, ctx, id, (None, v), sat, store);
     }
+    let mut next = pass_config(cfg, ctx);
     if next.is_real() {
         return quantize_real(next, cfg, ctx, id, v, sat);
     }
@@ -782,17 +823,14 @@ fn quantize_into(
     src: &[f32],
     dst: &mut [f32],
     sat: &mut [bool],
-    grouping: Option<Grouping<'_>>,
+    store: Store<'_>,
 ) -> Result<(Option<Format>, u64)> {
     check_len(src.len(), dst.len())?;
     check_len(src.len(), sat.len())?;
-    let mut next = pass_config(cfg, ctx);
-    if let Some(mut g) = grouping {
-        let r = ctx.rounder(id, cfg.rounding);
-        let out = group::quantize_f32_grouped(&mut next, &mut g, &r, Some(src), dst, Some(sat))?;
-        (cfg.scale, cfg.multiplier) = (next.scale, next.multiplier);
-        return Ok(out);
+    if is_grouped_pass(cfg) {
+        return grouped_f32(cfg, ctx, id, (Some(src), dst), Some(sat), store);
     }
+    let mut next = pass_config(cfg, ctx);
     if next.is_real() {
         // Validate and choose before writing: `dst` changes only on success.
         let mut probe = next;
@@ -832,19 +870,16 @@ fn requantize_into(
     (acc, exp): (&[i64], i32),
     dst: &mut [f32],
     mut sat: Option<&mut [bool]>,
-    grouping: Option<Grouping<'_>>,
+    store: Store<'_>,
 ) -> Result<(Option<Format>, u64)> {
     check_len(acc.len(), dst.len())?;
     if let Some(s) = sat.as_deref() {
         check_len(acc.len(), s.len())?;
     }
-    let mut next = pass_config(cfg, ctx);
-    if let Some(mut g) = grouping {
-        let r = ctx.rounder(id, cfg.rounding);
-        let out = group::requantize_grouped(&mut next, &mut g, &r, acc, exp, dst, sat)?;
-        (cfg.scale, cfg.multiplier) = (next.scale, next.multiplier);
-        return Ok(out);
+    if is_grouped_pass(cfg) {
+        return grouped_acc(cfg, ctx, id, (acc, exp), dst, sat, store);
     }
+    let mut next = pass_config(cfg, ctx);
     if next.is_real() {
         let Some(rf) = next.update_real_codes(exp, acc)? else {
             return Ok((None, 0));
@@ -1056,17 +1091,15 @@ impl<S: Shape> Param<S> {
     pub fn refresh(&mut self, ctx: &Ctx) -> Result<()> {
         let (master, q) = (S::flat(&self.master), S::flat_mut(&mut self.q.v));
         let quant = &mut self.quant;
-        let res = grouping(&quant.cfg, Some(&mut self.groups), 0).and_then(|g| {
-            quantize_into(
-                &mut quant.cfg,
-                ctx,
-                quant.id,
-                master,
-                q,
-                S::flat_mut(&mut self.sat),
-                g,
-            )
-        });
+        let res = quantize_into(
+            &mut quant.cfg,
+            ctx,
+            quant.id,
+            master,
+            q,
+            S::flat_mut(&mut self.sat),
+            Some((&mut self.groups, 0)),
+        );
         let (fmt, n) = match res {
             Ok(r) => r,
             Err(e) => {
@@ -1201,8 +1234,7 @@ impl<S: Shape> Buffer<S> {
     /// As [`Quantized::quantize_data`]; nothing changes on error.
     pub fn quantize(&mut self, ctx: &Ctx) -> Result<()> {
         let v = S::flat_mut(&mut self.v);
-        let g = grouping(&self.quant.cfg, None, 0)?;
-        let (fmt, n) = quantize_in_place(&mut self.quant.cfg, ctx, self.quant.id, v, None, g)?;
+        let (fmt, n) = quantize_in_place(&mut self.quant.cfg, ctx, self.quant.id, v, None, None)?;
         if fmt.is_some() {
             self.quant.stats.data += n;
             self.quant.stats.data_total += S::LEN as u64;

@@ -264,9 +264,6 @@ fn group_max_int(q: &[i64], layout: &GroupLayout, g: usize) -> u64 {
 /// lengths disagree with the layout, [`Error::EmptyInput`],
 /// [`Error::NonFinite`] naming the first NaN or infinity. Nothing is
 /// written on error.
-// Not inlined: its frame is on the stack only when a config is grouped
-// (a 16 KB device measures its stack peak).
-#[inline(never)]
 pub fn quantize_f32_grouped(
     cfg: &mut QuantConfig,
     grouping: &mut Grouping<'_>,
@@ -374,9 +371,6 @@ pub fn quantize_f32_grouped(
 /// # Errors
 ///
 /// As [`quantize_f32_grouped`] (no non-finite input here).
-// Not inlined: its frame is on the stack only when a config is grouped
-// (a 16 KB device measures its stack peak).
-#[inline(never)]
 pub fn requantize_grouped(
     cfg: &mut QuantConfig,
     grouping: &mut Grouping<'_>,
