@@ -222,7 +222,8 @@ impl ModelSpec {
     pub fn apply_configs<L: Layer>(&self, model: &mut L) -> Result<(), String> {
         for (i, r) in self.configs.iter().enumerate() {
             let mut hits = 0;
-            model::walk(model, &mut |name, t| {
+            let mut bad = None;
+            model::walk(model, &mut |name, mut t| {
                 let hit = match &r.select {
                     Selector::All(all) => *all,
                     Selector::Kind(k) => t.kind == *k,
@@ -234,6 +235,37 @@ impl ModelSpec {
                     }
                 };
                 if hit {
+                    // A grouping the tensor does not have (a parameter
+                    // per batch item, a buffer, real-valued activation groups).
+                    for (which, part, c) in [(0, "data", r.data), (1, "grad", r.grad)] {
+                        let Some(c) = c.filter(|c| c.group != fixnn::Group::Tensor) else {
+                            continue;
+                        };
+                        let err = match t.groups.as_deref_mut() {
+                            Some(g) => g.check(which, &c).err(),
+                            None => Some(fixnn::Error::Unsupported { field: "group" }),
+                        };
+                        if let (Some(e), None) = (err, &bad) {
+                            let why = match (t.kind, c.group, e) {
+                                (model::Kind::Param, fixnn::Group::Batch, _) => {
+                                    "a parameter has no batch items (\"channel\" gives one scale per output channel)".to_string()
+                                }
+                                (model::Kind::Buffer, _, _) => {
+                                    "a buffer keeps no group scales (use group \"tensor\")".to_string()
+                                }
+                                (_, _, fixnn::Error::Unsupported { field: "multiplier" }) => {
+                                    "an activation's group scales are powers of two (real-valued groups, a multiplier, are for parameters)".to_string()
+                                }
+                                (_, _, e) => e.to_string(),
+                            };
+                            bad = Some(format!(
+                                "configs[{i}].{part}: group {:?} on {name} ({} of {}): {why}",
+                                c.group,
+                                kind_name(t.kind),
+                                t.layer_type
+                            ));
+                        }
+                    }
                     if let Some(d) = r.data {
                         t.quant.cfg = d;
                     }
@@ -243,6 +275,9 @@ impl ModelSpec {
                     hits += 1;
                 }
             });
+            if let Some(e) = bad {
+                return Err(e);
+            }
             if hits == 0 {
                 return Err(format!(
                     "configs[{i}].select: {:?} matches no tensor of {}",
@@ -251,5 +286,13 @@ impl ModelSpec {
             }
         }
         Ok(())
+    }
+}
+
+fn kind_name(k: model::Kind) -> &'static str {
+    match k {
+        model::Kind::Param => "a parameter",
+        model::Kind::Buffer => "a buffer",
+        model::Kind::Activation => "an activation",
     }
 }

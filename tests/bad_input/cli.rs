@@ -45,6 +45,27 @@ fn cli_train_refuses_bad_model_files_and_options() {
         ),
         ("empty.json", String::new(), vec!["empty.json"]),
         ("deep.json", deep(100_000), vec!["nested deeper than 32"]),
+        (
+            "group-batch.json",
+            mlp_spec(|v| v["configs"][0]["data"]["group"] = "batch".into()),
+            vec!["configs[0].data", "fc1.weight", "no batch items"],
+        ),
+        (
+            "group-real-act.json",
+            mlp_spec(|v| {
+                v["configs"][1]["data"]["group"] = "channel".into();
+                v["configs"][1]["data"]["multiplier"] = (1u32 << 30).into();
+            }),
+            vec!["configs[1].data", "fix0.activation", "powers of two"],
+        ),
+        (
+            "group-range.json",
+            mlp_spec(|v| {
+                v["configs"][0]["data"]["group"] = "channel".into();
+                v["configs"][0]["data"]["range"] = "three_sigma".into();
+            }),
+            vec!["configs[0].data", "range"],
+        ),
     ] {
         let p = write(name, &text);
         cli_refuses(
