@@ -509,42 +509,21 @@ fn grouping_of<'a>(cfg: &QuantConfig, store: Store<'a>) -> Result<Grouping<'a>> 
     }
 }
 
-/// [`quantize_in_place`] / [`quantize_into`] for a grouped config (from
-/// `src` into `dst`, or in place in `dst`). Not inlined: its frame is on
-/// the stack only when a config is grouped (a 16 KB device counts it).
+/// A grouped pass (see [`group`]): `run` quantizes with the pass's
+/// config (Auto acting as Fixed in eval mode), the tensor's grouping and
+/// rounder; the chosen scales are stored. Not inlined: its frame is on the
+/// stack only when a config is grouped (a 16 KB device counts it).
 #[inline(never)]
-fn grouped_f32(
+fn grouped(
     cfg: &mut QuantConfig,
     ctx: &Ctx,
     id: u32,
-    (src, dst): (Option<&[f32]>, &mut [f32]),
-    sat: Option<&mut [bool]>,
     store: Store<'_>,
+    run: impl FnOnce(&mut QuantConfig, &mut Grouping<'_>, &Rounder) -> Result<(Option<Format>, u64)>,
 ) -> Result<(Option<Format>, u64)> {
     let mut g = grouping_of(cfg, store)?;
     let mut next = pass_config(cfg, ctx);
-    let r = ctx.rounder(id, cfg.rounding);
-    let out = group::quantize_f32_grouped(&mut next, &mut g, &r, src, dst, sat)?;
-    (cfg.scale, cfg.multiplier) = (next.scale, next.multiplier);
-    Ok(out)
-}
-
-/// [`requantize_into`] for a grouped config. Not inlined (as
-/// [`grouped_f32`]).
-#[inline(never)]
-fn grouped_acc(
-    cfg: &mut QuantConfig,
-    ctx: &Ctx,
-    id: u32,
-    (acc, exp): (&[i64], i32),
-    dst: &mut [f32],
-    sat: Option<&mut [bool]>,
-    store: Store<'_>,
-) -> Result<(Option<Format>, u64)> {
-    let mut g = grouping_of(cfg, store)?;
-    let mut next = pass_config(cfg, ctx);
-    let r = ctx.rounder(id, cfg.rounding);
-    let out = group::requantize_grouped(&mut next, &mut g, &r, acc, exp, dst, sat)?;
+    let out = run(&mut next, &mut g, &ctx.rounder(id, cfg.rounding))?;
     (cfg.scale, cfg.multiplier) = (next.scale, next.multiplier);
     Ok(out)
 }
@@ -754,7 +733,9 @@ fn quantize_in_place(
         check_len(v.len(), s.len())?;
     }
     if is_grouped_pass(cfg) {
-        return grouped_f32(cfg, ctx, id, (None, v), sat, store);
+        return grouped(cfg, ctx, id, store, |c, g, r| {
+            group::quantize_f32_grouped(c, g, r, None, v, sat)
+        });
     }
     let mut next = pass_config(cfg, ctx);
     if next.is_real() {
@@ -828,7 +809,9 @@ fn quantize_into(
     check_len(src.len(), dst.len())?;
     check_len(src.len(), sat.len())?;
     if is_grouped_pass(cfg) {
-        return grouped_f32(cfg, ctx, id, (Some(src), dst), Some(sat), store);
+        return grouped(cfg, ctx, id, store, |c, g, r| {
+            group::quantize_f32_grouped(c, g, r, Some(src), dst, Some(sat))
+        });
     }
     let mut next = pass_config(cfg, ctx);
     if next.is_real() {
@@ -877,7 +860,9 @@ fn requantize_into(
         check_len(acc.len(), s.len())?;
     }
     if is_grouped_pass(cfg) {
-        return grouped_acc(cfg, ctx, id, (acc, exp), dst, sat, store);
+        return grouped(cfg, ctx, id, store, |c, g, r| {
+            group::requantize_grouped(c, g, r, acc, exp, dst, sat)
+        });
     }
     let mut next = pass_config(cfg, ctx);
     if next.is_real() {

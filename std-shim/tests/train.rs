@@ -187,28 +187,36 @@ fn resumed_run_equals_uninterrupted_run() {
     );
 }
 
-/// The MNIST MLP with the running range on every Auto config and 8-bit
-/// running gradients: the moving averages live in the checkpoint, so a
-/// resumed run continues them and ends with the same bytes.
-#[test]
-fn running_range_state_is_checkpointed_and_resumed() {
-    let dir = tmp("running-spec");
+/// A resumed run and an uninterrupted one of the MNIST MLP with every
+/// config rule changed by `edit`.
+struct Resumed {
+    /// The 2-epoch run's directory and output.
+    straight: PathBuf,
+    output: Output,
+    /// The run stopped after epoch 1 and resumed.
+    resumed: PathBuf,
+    /// The resumed run's checkpoint after epoch 1, and both runs' final one.
+    one: String,
+    two: String,
+}
+
+/// Train the edited model for 2 epochs straight, and for 1 then resumed to
+/// 2; assert the final checkpoints are the same bytes.
+fn resumed_equals_straight(name: &str, edit: impl Fn(&mut serde_json::Value)) -> Resumed {
+    let dir = tmp(&format!("{name}-spec"));
     std::fs::create_dir_all(&dir).unwrap();
     let spec = std::fs::read_to_string(model()).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&spec).unwrap();
     for rule in v["configs"].as_array_mut().unwrap() {
-        rule["data"]["range"] = "running".into();
-        rule["grad"] = serde_json::json!({
-            "method": "auto", "bits": 8, "scale": 0, "range": "running", "rounding": "stochastic"
-        });
+        edit(rule);
     }
-    let spec = dir.join("mlp-running.json");
+    let spec = dir.join(format!("mlp-{name}.json"));
     std::fs::write(&spec, v.to_string()).unwrap();
     let spec = spec.to_string_lossy().into_owned();
-    let a = tmp("running-straight");
+    let a = tmp(&format!("{name}-straight"));
     let o = train_model(&spec, &a, &["--epochs", "2"]);
     assert!(o.status.success(), "{:?}", text(&o));
-    let b = tmp("running-resumed");
+    let b = tmp(&format!("{name}-resumed"));
     assert!(train_model(&spec, &b, &["--epochs", "1"]).status.success());
     let one = std::fs::read_to_string(b.join("checkpoint.json")).unwrap();
     assert!(train_model(&spec, &b, &["--epochs", "2", "--resume"])
@@ -217,8 +225,29 @@ fn running_range_state_is_checkpointed_and_resumed() {
     let two = std::fs::read_to_string(a.join("checkpoint.json")).unwrap();
     assert!(
         two == std::fs::read_to_string(b.join("checkpoint.json")).unwrap(),
-        "resuming changed the result"
+        "{name}: resuming changed the result"
     );
+    Resumed {
+        straight: a,
+        output: o,
+        resumed: b,
+        one,
+        two,
+    }
+}
+
+/// The MNIST MLP with the running range on every Auto config and 8-bit
+/// running gradients: the moving averages live in the checkpoint, so a
+/// resumed run continues them and ends with the same bytes.
+#[test]
+fn running_range_state_is_checkpointed_and_resumed() {
+    let r = resumed_equals_straight("running", |rule| {
+        rule["data"]["range"] = "running".into();
+        rule["grad"] = serde_json::json!({
+            "method": "auto", "bits": 8, "scale": 0, "range": "running", "rounding": "stochastic"
+        });
+    });
+    let (one, two, b) = (r.one, r.two, r.resumed);
     // Every running data config carries a state (the first layer's
     // input gradient is never computed, so not every grad does), and the
     // states moved in epoch 2.
@@ -251,11 +280,7 @@ fn running_range_state_is_checkpointed_and_resumed() {
 /// activation scales) reproduces the accuracy the run printed.
 #[test]
 fn grouped_scales_are_checkpointed_resumed_and_evaluated() {
-    let dir = tmp("groups-spec");
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec = std::fs::read_to_string(model()).unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&spec).unwrap();
-    for rule in v["configs"].as_array_mut().unwrap() {
+    let r = resumed_equals_straight("groups", |rule| {
         rule["data"]["group"] = "channel".into();
         if rule["select"]["kind"] == "param" {
             rule["data"]["multiplier"] = (1u32 << 30).into();
@@ -263,24 +288,8 @@ fn grouped_scales_are_checkpointed_resumed_and_evaluated() {
                 "method": "auto", "bits": 8, "scale": 0, "group": "channel", "rounding": "stochastic"
             });
         }
-    }
-    let spec = dir.join("mlp-groups.json");
-    std::fs::write(&spec, v.to_string()).unwrap();
-    let spec = spec.to_string_lossy().into_owned();
-    let a = tmp("groups-straight");
-    let o = train_model(&spec, &a, &["--epochs", "2"]);
-    assert!(o.status.success(), "{:?}", text(&o));
-    let b = tmp("groups-resumed");
-    assert!(train_model(&spec, &b, &["--epochs", "1"]).status.success());
-    let one = std::fs::read_to_string(b.join("checkpoint.json")).unwrap();
-    assert!(train_model(&spec, &b, &["--epochs", "2", "--resume"])
-        .status
-        .success());
-    let two = std::fs::read_to_string(a.join("checkpoint.json")).unwrap();
-    assert!(
-        two == std::fs::read_to_string(b.join("checkpoint.json")).unwrap(),
-        "resuming changed the result"
-    );
+    });
+    let (one, two, a, o) = (r.one, r.two, r.straight, r.output);
     // Every grouped data config (3 Quant outputs, 2 weights, 2 biases) and
     // the weight and bias gradients of both layers have stored scales,
     // one per channel, and they moved in epoch 2.

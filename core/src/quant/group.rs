@@ -215,9 +215,27 @@ fn store_auto(
     Ok(())
 }
 
+/// The format of group `g` and, for a real-valued config, its real format.
+fn group_format(
+    cfg: &QuantConfig,
+    store: &GroupsMut<'_>,
+    g: usize,
+) -> Result<(Format, Option<RealFormat>)> {
+    let (s, m) = group_scale(cfg, store, g);
+    let f = Format::with_clamp(cfg.bits, s, cfg.clamp)?;
+    if cfg.multiplier == 0 {
+        return Ok((f, None));
+    }
+    Ok((f, Some(RealFormat::new(f, m)?)))
+}
+
 /// The format a grouped power-of-two tensor carries (see the module docs),
-/// or `None` when its codes would need more than 16 bits.
+/// or `None` when its codes would need more than 16 bits, and always for
+/// real-valued groups.
 fn carrying_format(cfg: &QuantConfig, store: &GroupsMut<'_>, groups: usize) -> Option<Format> {
+    if cfg.multiplier != 0 {
+        return None;
+    }
     let mut lo = i32::MAX;
     let mut hi = i32::MIN;
     for g in 0..groups {
@@ -314,13 +332,7 @@ pub fn quantize_f32_grouped(
     let store = &grouping.store;
     let mut n = 0;
     for g in 0..layout.groups {
-        let (s, m) = group_scale(cfg, store, g);
-        let f = Format::with_clamp(cfg.bits, s, cfg.clamp)?;
-        let rf = if real {
-            Some(RealFormat::new(f, m)?)
-        } else {
-            None
-        };
+        let (f, rf) = group_format(cfg, store, g)?;
         for r in layout.ranges(g) {
             let at = rounder.at(rounder.base.wrapping_add(r.start as u32));
             let sat_r = sat.as_deref_mut().and_then(|s| s.get_mut(r.clone()));
@@ -356,12 +368,7 @@ pub fn quantize_f32_grouped(
             };
         }
     }
-    let fmt = if real {
-        None
-    } else {
-        carrying_format(cfg, store, layout.groups)
-    };
-    Ok((fmt, n))
+    Ok((carrying_format(cfg, store, layout.groups), n))
 }
 
 /// Requantize accumulators `acc * 2^exp` into `dst` by a grouped config
@@ -408,13 +415,7 @@ pub fn requantize_grouped(
     let store = &grouping.store;
     let mut n = 0;
     for g in 0..layout.groups {
-        let (s, m) = group_scale(cfg, store, g);
-        let f = Format::with_clamp(cfg.bits, s, cfg.clamp)?;
-        let rf = if real {
-            Some(RealFormat::new(f, m)?)
-        } else {
-            None
-        };
+        let (f, rf) = group_format(cfg, store, g)?;
         for r in layout.ranges(g) {
             let at = rounder.at(rounder.base.wrapping_add(r.start as u32));
             for i in r.clone() {
@@ -436,12 +437,7 @@ pub fn requantize_grouped(
             }
         }
     }
-    let fmt = if real {
-        None
-    } else {
-        carrying_format(cfg, store, layout.groups)
-    };
-    Ok((fmt, n))
+    Ok((carrying_format(cfg, store, layout.groups), n))
 }
 
 /// Whether `group` is a grouping of elements (not [`Group::Tensor`]).
