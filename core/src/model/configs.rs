@@ -419,7 +419,7 @@ pub fn set_method<L: Layer>(
 /// The method of `cfg` as config tables print it: `none`, `fixed`, `auto`
 /// (with the default range method, Max) or `auto/<range>` with the range
 /// named as `fixnn quantize --range` names it: `auto/3sigma`,
-/// `auto/max10`, `auto/sweep`, `auto/running`.
+/// `auto/max10`, `auto/sweep`, `auto/running`, `auto/minmax`.
 pub const fn method_label(cfg: &QuantConfig) -> &'static str {
     match (cfg.method, cfg.range) {
         (Method::None, _) => "none",
@@ -429,6 +429,7 @@ pub const fn method_label(cfg: &QuantConfig) -> &'static str {
         (Method::Auto, RangeMethod::MaxTenPercent) => "auto/max10",
         (Method::Auto, RangeMethod::Sweep) => "auto/sweep",
         (Method::Auto, RangeMethod::Running) => "auto/running",
+        (Method::Auto, RangeMethod::MinMax) => "auto/minmax",
     }
 }
 
