@@ -258,6 +258,29 @@ const ROUNDINGS: [Rounding; 4] = [
     Rounding::Stochastic,
 ];
 
+/// Zero points (asymmetric ranges) on every fourth config by `turn`,
+/// outside the running slot and without a multiplier, up to 15 bits
+/// (hardware clamp: nics_fix_pt's has no zero point): Fixed gets one of
+/// `-2^(bits-1)`, `-2^(bits-2)`, `2^(bits-2)`, `2^(bits-1) - 1`, Auto
+/// chooses scale and zero point with `MinMax`.
+fn zero_point(c: &mut QuantConfig, slot: RangeMethod, turn: u32) {
+    if slot == RangeMethod::Running || c.is_real() || c.bits > 15 || turn % 4 != 1 {
+        return;
+    }
+    let half = 1i32 << (c.bits - 1);
+    match c.method {
+        Method::Fixed => {
+            c.clamp = Clamp::Hardware;
+            c.zero_point = [-half, -half / 2, half / 2, half - 1][(turn / 4 % 4) as usize];
+        }
+        Method::Auto => {
+            c.clamp = Clamp::Hardware;
+            c.range = RangeMethod::MinMax;
+        }
+        Method::None => {}
+    }
+}
+
 /// `mixconv` and `mixdense`: 6 runs of 3 steps each. Tensor `i` of run
 /// `r` gets method, bit width, range method and rounding by rotating
 /// tables with different strides, so that across the runs every tensor
@@ -267,7 +290,8 @@ const ROUNDINGS: [Rounding; 4] = [
 /// here: a blob that lost coverage is refused). The running-range configs
 /// of the odd runs start with a state (the device parses and continues
 /// it), the others empty; their averages evolve over the 3 steps.
-/// Real-valued scales go to every third config outside the running slot.
+/// Real-valued scales go to every third config outside the running slot;
+/// zero points to about a quarter of the others ([`zero_point`]).
 /// Runs 3-5 use a fixed-point master. Every run ends with an eval pass and
 /// a pass with per-call overrides (`fixnn_cases`' `override_pass`).
 fn mix_blob<C: Case<MIX_B, CLASSES>>() -> Vec<u8> {
@@ -320,6 +344,7 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                     if bits <= 15 && !(i + r + k).is_multiple_of(3) {
                         c.clamp = Clamp::Nics;
                     }
+                    zero_point(&mut c, slot, 2 * i + r + 3 * k);
                     c
                 };
                 let data = pick(0);
@@ -338,6 +363,9 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                         set.insert(format!("{:?}", c.rounding));
                         set.insert(format!("{:?}", c.range));
                         set.insert(format!("{:?}", c.clamp));
+                    }
+                    if c.zero_point != 0 {
+                        set.insert(format!("zero_point {:?}", c.method));
                     }
                     if c.method == Method::Auto {
                         set.insert(format!("Auto {:?}", c.range));
@@ -386,6 +414,7 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
         want.extend(ROUNDINGS.iter().map(|m| format!("{m:?}")));
         want.extend(["real Auto".to_string(), "real Fixed".to_string()]);
         want.extend([Clamp::Hardware, Clamp::Nics].map(|c| format!("{c:?}")));
+        want.extend(["zero_point Fixed", "Auto MinMax"].map(String::from));
         let missing: Vec<&String> = want.iter().filter(|w| !set.contains(*w)).collect();
         assert!(
             missing.is_empty(),

@@ -375,6 +375,11 @@ fn ceil_shift(a: u64, d: i32) -> i128 {
 
 /// The [`RangeMethod::MinMax`] rule of [`choose_min_max_f32`] on the
 /// smallest and largest element `(m, e)` (value `m * 2^e`); `bits` valid.
+///
+/// Not inlined: its `i128` temporaries would otherwise enlarge the stack
+/// frame of every caller of `update_scale_*`, MinMax or not (a real cost
+/// on a 16 KB Cortex-M0).
+#[inline(never)]
 fn min_max_rule(bits: u8, (lo, hi): ((i64, i32), (i64, i32))) -> (i8, i32) {
     // Only the negative part of the minimum and the positive part of the
     // maximum count: 0 is always in the range.
