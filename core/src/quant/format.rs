@@ -481,4 +481,38 @@ mod tests {
             Format::new(16, 3)
         );
     }
+
+    #[test]
+    fn zero_point_ranges() {
+        for bits in 2..=15u8 {
+            let half = 1i32 << (bits - 1);
+            for z in [-half, -1, 1, half - 1] {
+                let f = Format::new(bits, 0).unwrap().with_zero_point(z).unwrap();
+                // Registers -2^(bits-1) ..= 2^(bits-1) - 1 are codes shifted by z.
+                assert_eq!(f.stored_code(f.min_code()), -half);
+                assert_eq!(f.stored_code(f.max_code()), half - 1);
+                assert_eq!(f.code_bits(), bits + 1);
+                // Every code fits bits + 1 bits, and code 0 (value 0) exists.
+                assert!(f.min_code() >= -(1 << bits) && f.max_code() < (1 << bits));
+                assert!(f.min_code() <= 0 && f.max_code() >= 0);
+                assert_eq!(f.code_of_stored(f.stored_code(5)), 5);
+            }
+            for z in [-half - 1, half] {
+                let e = Format::new(bits, 0).unwrap().with_zero_point(z);
+                assert!(matches!(e, Err(Error::Invalid { .. })), "{bits} {z}");
+            }
+        }
+        assert_eq!(check_zero_point(16, Clamp::Hardware, 0), Ok(()));
+        assert!(check_zero_point(16, Clamp::Hardware, -1).is_err());
+        assert_eq!(
+            check_zero_point(1, Clamp::Hardware, 1),
+            Err(Error::BitsOutOfRange { bits: 1 })
+        );
+        assert_eq!(
+            check_zero_point(8, Clamp::Nics, -3),
+            Err(Error::Unsupported {
+                field: "zero_point"
+            })
+        );
+    }
 }

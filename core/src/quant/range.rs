@@ -600,4 +600,28 @@ mod tests {
         let s = choose_scale_f32(RangeMethod::MaxTenPercent, 8, Rounding::NearestEven, &z);
         assert_eq!(s, Ok(ZERO_DATA_SCALE)); // third largest is zero
     }
+
+    #[test]
+    fn ceil_shift_edges() {
+        assert_eq!(ceil_shift(0, 100), 0);
+        assert_eq!(ceil_shift(5, 2), 20);
+        assert_eq!(ceil_shift(5, -1), 3);
+        assert_eq!(ceil_shift(4, -2), 1);
+        assert_eq!(ceil_shift(u64::MAX, -63), 2);
+        assert_eq!(ceil_shift(u64::MAX, -64), 1);
+        assert_eq!(ceil_shift(1, -1000), 1);
+        assert!(ceil_shift(1, 1000) > 1 << 100);
+    }
+
+    #[test]
+    fn min_max_scale_through_choose() {
+        // choose_scale_* with MinMax gives the rule's scale.
+        let x = [0.0f32, 0.9, 0.3];
+        assert_eq!(
+            choose_scale_f32(RangeMethod::MinMax, 8, Rounding::NearestEven, &x),
+            Ok(choose_min_max_f32(8, &x).unwrap().0)
+        );
+        let s = choose_scale_codes(RangeMethod::MinMax, 4, Rounding::Floor, -2, &[-1i32, 9]);
+        assert_eq!(s, Ok(1));
+    }
 }
