@@ -647,6 +647,17 @@ mod tests {
     }
 
     #[test]
+    fn zero_point_json_reads_on_the_device_as_with_serde() {
+        let text = br#"{"method":"auto","bits":8,"scale":-1,"range":"min_max","zero_point":-104}"#;
+        let cfg = QuantConfig::from_json(text).unwrap();
+        assert_eq!((cfg.range, cfg.zero_point), (RangeMethod::MinMax, -104));
+        let (back, _): (QuantConfig, usize) =
+            serde_json_core::from_slice(text).expect("serde reads it too");
+        assert_eq!(back, cfg);
+        assert_eq!(cfg.format().unwrap().unwrap().min_code(), -24);
+    }
+
+    #[test]
     fn failed_auto_leaves_config_unchanged() {
         let mut cfg = QuantConfig::auto(8);
         cfg.scale = 5;
