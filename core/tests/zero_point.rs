@@ -734,3 +734,18 @@ fn state_saves_registers_and_loads_exactly() {
     assert!(apply_state(&mut other, &entries2).is_err());
     assert_eq!(other.weight.q.fmt, None);
 }
+
+/// The config table shows a zero point after the method.
+#[test]
+fn config_table_shows_the_zero_point() {
+    let mut l = Linear::<IN, OUT, B>::new(1);
+    l.weight.quant.cfg = fixed_zp(8, 0, 20);
+    l.bias.quant.cfg = auto_min_max(6);
+    l.bias.quant.cfg.zero_point = -3;
+    let mut t = String::new();
+    fixnn::model::write_table(&mut l, &mut t).unwrap();
+    let row = |name: &str| t.lines().find(|l| l.starts_with(name)).unwrap().to_string();
+    assert!(row("weight").contains("    8     0 fixed z20     "), "{t}");
+    assert!(row("bias").contains("    6     0 auto/minmax z-3"), "{t}");
+    assert!(row("output").contains("    8     0 none         "), "{t}");
+}

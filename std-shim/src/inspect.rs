@@ -35,6 +35,13 @@ fn row(
             c.scale,
             format!("{}*", method_label(c))
         ),
+        // A zero point follows the method as ` z<Z>`.
+        Some(c) if c.zero_point != 0 && c.method != fixnn::Method::None => format!(
+            "{:>5} {:>5} {:<12}",
+            c.bits,
+            c.scale,
+            format!("{} z{}", method_label(c), c.zero_point)
+        ),
         Some(c) => format!("{:>5} {:>5} {:<12}", c.bits, c.scale, method_label(c)),
         None => format!("{:>5} {:>5} {:<12}", "-", "-", "-"),
     };

@@ -456,10 +456,29 @@ fn kind_str(k: Kind) -> &'static str {
     }
 }
 
+/// A method cell of the config table: [`method_label`], then ` z<Z>` for
+/// a non-zero zero point, padded to the column width.
+struct MethodCell<'a>(&'a QuantConfig);
+
+impl fmt::Display for MethodCell<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.0;
+        if c.zero_point == 0 || c.method == Method::None {
+            return f.pad(method_label(c));
+        }
+        use fmt::Write as _;
+        // "auto/running" (12) + " z-2147483648" (13) fits 32 bytes.
+        let mut s: String<32> = String::new();
+        let _ = write!(s, "{} z{}", method_label(c), c.zero_point);
+        f.pad(&s)
+    }
+}
+
 /// Print the config table of `model` (nics_fix_pt's `print_fix_configs`):
 /// one row per tensor with its path, layer type, kind, data bits, scale and
-/// method ([`method_label`]: Auto names its range method unless it is Max),
-/// grad bits, scale and method, and the data saturation rate.
+/// method ([`method_label`]: Auto names its range method unless it is Max;
+/// ` z<Z>` follows for a zero point), grad bits, scale and method, and the
+/// data saturation rate.
 ///
 /// # Errors
 ///
@@ -489,10 +508,10 @@ pub fn write_table<L: Layer>(model: &mut L, w: &mut dyn fmt::Write) -> fmt::Resu
             kind_str(t.kind),
             d.bits,
             d.scale,
-            method_label(&d),
+            MethodCell(&d),
             g.bits,
             g.scale,
-            method_label(&g),
+            MethodCell(&g),
             rate
         );
     });
