@@ -21,12 +21,13 @@ fn cli_json(args: &[String]) -> serde_json::Value {
     serde_json::from_slice(&out).unwrap()
 }
 
-const RANGES: [(RangeMethod, &str); 5] = [
+const RANGES: [(RangeMethod, &str); 6] = [
     (RangeMethod::Max, "max"),
     (RangeMethod::ThreeSigma, "3sigma"),
     (RangeMethod::MaxTenPercent, "max10"),
     (RangeMethod::Sweep, "sweep"),
     (RangeMethod::Running, "running"),
+    (RangeMethod::MinMax, "minmax"),
 ];
 const ROUNDINGS: [(Rounding, &str); 4] = [
     (Rounding::NearestEven, "nearest-even"),
@@ -47,8 +48,17 @@ proptest! {
         ri in 0usize..RANGES.len(),
         oi in 0usize..4,
         seed in any::<u64>(),
+        zraw in any::<u32>(),
     ) {
         let (range, range_name) = RANGES[ri];
+        // Auto MinMax needs bits <= 15 (its zero point widens the codes).
+        let bits = if range == RangeMethod::MinMax && !fixed { bits.min(15) } else { bits };
+        // Fixed: a zero point anywhere in the register range (0 at 16 bits).
+        let zero_point = if fixed && bits <= 15 && zraw % 2 == 0 {
+            (zraw >> 1).rem_euclid(1 << bits) as i32 - (1 << (bits - 1))
+        } else {
+            0
+        };
         let (rounding, rounding_name) = ROUNDINGS[oi];
         let mut args: Vec<String> = vec![
             "--bits".into(), bits.to_string(),
@@ -57,6 +67,7 @@ proptest! {
             "--range".into(), range_name.into(),
             "--rounding".into(), rounding_name.into(),
             "--seed".into(), seed.to_string(),
+            "--zero-point".into(), zero_point.to_string(),
             "--".into(),
         ];
         // f32 Display is the shortest text that parses back to the same f32.
@@ -69,6 +80,7 @@ proptest! {
             scale,
             range,
             rounding,
+            zero_point,
             ..QuantConfig::NONE
         };
         let fmt: Format = cfg.update_scale_f32(&values).unwrap().unwrap();
@@ -80,8 +92,11 @@ proptest! {
         prop_assert_eq!(json["scale"].as_i64(), Some(fmt.scale() as i64));
         prop_assert_eq!(json["step"].as_f64().map(|s| s as f32), Some(fmt.step()));
         prop_assert_eq!(json["saturated"].as_u64(), Some(sat as u64));
+        prop_assert_eq!(json["zero_point"].as_i64().unwrap_or(0), fmt.zero_point() as i64);
+        // The CLI prints registers q = k + z; the core's codes are k.
         let cli_codes: Vec<i16> = serde_json::from_value(json["codes"].clone()).unwrap();
-        prop_assert_eq!(&cli_codes, &codes);
+        let registers: Vec<i16> = codes.iter().map(|&k| fmt.stored_code(k as i32) as i16).collect();
+        prop_assert_eq!(&cli_codes, &registers);
         let cli_values: Vec<f32> = json["values"].as_array().unwrap().iter()
             .map(|v| v.as_f64().unwrap() as f32).collect();
         let core_values: Vec<f32> = codes.iter().map(|&c| fmt.to_f32(c as i32)).collect();

@@ -754,6 +754,7 @@ fn quantize_in_place(
         }
     }
     cfg.scale = next.scale;
+    cfg.zero_point = next.zero_point;
     cfg.ema = next.ema;
     let r = ctx.rounder(id, cfg.rounding);
     let n = quant::quantize_values_in_place(v, f, &r, sat);
@@ -837,6 +838,7 @@ fn quantize_into(
         }
     }
     cfg.scale = next.scale;
+    cfg.zero_point = next.zero_point;
     cfg.ema = next.ema;
     let r = ctx.rounder(id, cfg.rounding);
     let n = quant::quantize_values_into(src, dst, f, &r, Some(sat));
@@ -893,6 +895,7 @@ fn requantize_into(
         return Ok((None, 0));
     };
     cfg.scale = next.scale;
+    cfg.zero_point = next.zero_point;
     cfg.ema = next.ema;
     let r = ctx.rounder(id, cfg.rounding);
     let mut n = 0;

@@ -225,6 +225,15 @@ fn refusals_name_the_problem() {
     let mut c = grouped(QuantConfig::auto(8), Group::Channel);
     c.range = RangeMethod::ThreeSigma;
     assert_eq!(c.validate(), Err(Error::Unsupported { field: "range" }));
+    // Groups and zero points do not combine (yet).
+    let mut z = grouped(QuantConfig::fixed(8, 0), Group::Channel);
+    z.zero_point = 3;
+    assert_eq!(
+        z.validate(),
+        Err(Error::Unsupported {
+            field: "zero_point"
+        })
+    );
     // A parameter has no batch dimension.
     let mut fc = Linear::<2, 2, 1>::new(0);
     let batch = grouped(QuantConfig::auto(8), Group::Batch);

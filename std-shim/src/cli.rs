@@ -193,6 +193,16 @@ pub struct QuantizeArgs {
     /// (nics_fix_pt's clamp at +2^S: codes up to 2^(B-1); B <= 15).
     #[arg(long, value_name = "C", value_enum, default_value = "hardware")]
     pub clamp: ClampArg,
+    /// Zero point Z of an asymmetric range, in [-2^(B-1), 2^(B-1) - 1]:
+    /// register value q means (q - Z) * step. Used by `fixed`; `auto`
+    /// chooses it with `--range minmax` (and uses 0 with the others).
+    #[arg(
+        long,
+        value_name = "Z",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub zero_point: i32,
     /// Seed of stochastic rounding (tensor id 0, step 0).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
@@ -235,6 +245,10 @@ pub enum RangeArg {
     /// Moving average of max |x| over steps with hysteresis; one call is
     /// its first observation, so the scale is max's.
     Running,
+    /// Asymmetric: the least scale whose 2^B codes, shifted by a zero
+    /// point, cover [min(x, 0), max(x, 0)]; chooses the zero point too.
+    #[value(name = "minmax")]
+    MinMax,
 }
 
 /// `--rounding` names.
@@ -268,6 +282,7 @@ impl From<RangeArg> for RangeMethod {
             RangeArg::MaxTenPercent => RangeMethod::MaxTenPercent,
             RangeArg::Sweep => RangeMethod::Sweep,
             RangeArg::Running => RangeMethod::Running,
+            RangeArg::MinMax => RangeMethod::MinMax,
         }
     }
 }

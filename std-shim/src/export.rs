@@ -40,6 +40,11 @@
 //!
 //! Version 1 (before packing) stored 2- to 4-bit codes as one `i8` each;
 //! [`parse_bin`] reads both versions.
+//!
+//! Tensors with a zero point (asymmetric ranges, `QuantConfig::zero_point`)
+//! are refused by both formats, with an error naming the tensor: neither
+//! layout has a field for the zero point yet, and codes without it would
+//! be read as the wrong values.
 
 use std::fmt::Write as _;
 
@@ -106,7 +111,8 @@ fn ident(path: &str) -> String {
 ///
 /// # Errors
 ///
-/// A code outside its format's range (a corrupt checkpoint).
+/// A code outside its format's range (a corrupt checkpoint), a tensor with
+/// a zero point.
 pub fn to_rust(c: &Checkpoint, source: &str) -> Result<String, String> {
     let mut s = String::new();
     let _ = writeln!(
@@ -123,6 +129,7 @@ pub fn to_rust(c: &Checkpoint, source: &str) -> Result<String, String> {
         "//! Real value = code * 2^(SCALE + 1 - BITS). Do not edit.\n"
     );
     for t in exported(c) {
+        refuse_zero_point(t)?;
         let id = ident(&t.name);
         let _ = writeln!(s, "/// `{}` ({:?} of a {} layer).", t.name, t.kind, t.layer);
         match (t.fmt, &t.codes, &t.values) {
@@ -194,13 +201,24 @@ pub fn to_rust(c: &Checkpoint, source: &str) -> Result<String, String> {
     Ok(s)
 }
 
+/// The error for a tensor with a zero point (see the module docs).
+fn refuse_zero_point(t: &StateTensor) -> Result<(), String> {
+    match t.fmt {
+        Some(f) if f.zero_point != 0 => Err(format!(
+            "{}: zero point {} (asymmetric range) has no export format yet; quantize it without a zero point to export",
+            t.name, f.zero_point
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The model as a binary blob (see the module docs for the layout).
 ///
 /// # Errors
 ///
-/// A name longer than 255 bytes, more than 65535 tensors, or a tensor
+/// A name longer than 255 bytes, more than 65535 tensors, a tensor
 /// with nics_fix_pt's clamp (its code `2^(bits-1)` does not fit the
-/// layout's `bits`-wide storage).
+/// layout's `bits`-wide storage) or with a zero point.
 pub fn to_bin(c: &Checkpoint) -> Result<Vec<u8>, String> {
     let tensors: Vec<&StateTensor> = exported(c).collect();
     tensors_to_bin(&tensors)
@@ -219,6 +237,7 @@ pub fn tensors_to_bin(tensors: &[&StateTensor]) -> Result<Vec<u8>, String> {
     b.extend_from_slice(&BIN_VERSION.to_le_bytes());
     b.extend_from_slice(&n.to_le_bytes());
     for &t in tensors {
+        refuse_zero_point(t)?;
         let name = t.name.as_bytes();
         let l = u8::try_from(name.len())
             .map_err(|_| format!("{}: name longer than 255 bytes", t.name))?;
@@ -392,6 +411,7 @@ mod tests {
                 bits,
                 scale,
                 clamp: fixnn::Clamp::Hardware,
+                zero_point: 0,
             }),
             codes: Some(codes.to_vec()),
             values: None,
@@ -470,6 +490,25 @@ mod tests {
             blob.extend_from_slice(&fnv1a64(&body).to_le_bytes());
             let e = parse_bin(&blob).unwrap_err();
             assert!(e.contains("a: packed codes"), "{e}");
+        }
+    }
+
+    /// A tensor with a zero point is refused by both formats, naming it;
+    /// the same tensor without one exports.
+    #[test]
+    fn zero_point_tensors_are_refused() {
+        for bits in [3, 8] {
+            let mut t = tensor("fc.weight", bits, 0, &[-1, 2]);
+            let ok = tensors_to_bin(&[&t]);
+            assert!(ok.is_ok(), "{ok:?}");
+            if let Some(f) = t.fmt.as_mut() {
+                f.zero_point = -2;
+            }
+            let e = tensors_to_bin(&[&t]).unwrap_err();
+            assert!(e.starts_with("fc.weight: zero point -2 "), "{e}");
+            assert!(e.contains("no export format"), "{e}");
+            // `to_rust` refuses through the same check.
+            assert_eq!(refuse_zero_point(&t), Err(e));
         }
     }
 }

@@ -27,6 +27,10 @@ impl From<std::io::Error> for Failure {
     }
 }
 
+fn is_zero(z: &i32) -> bool {
+    *z == 0
+}
+
 /// The result of quantizing a list of values, as printed with `--json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Quantized {
@@ -37,9 +41,14 @@ pub struct Quantized {
     /// Where codes saturate (printed in JSON only when `nics`).
     #[serde(skip_serializing_if = "fixnn::Clamp::is_hardware")]
     pub clamp: fixnn::Clamp,
+    /// Zero point (printed in JSON only when not 0): `codes` are register
+    /// values `q`, real value `(q - zero_point) * step`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub zero_point: i32,
     /// `2^(scale + 1 - bits)`.
     pub step: f32,
-    /// Integer codes; `null` for method `none`.
+    /// Integer codes as a register holds them (`k + zero_point` for the
+    /// core's code `k`); `null` for method `none`.
     pub codes: Option<Vec<i16>>,
     /// Real values of the codes (the inputs for method `none`).
     pub values: Vec<f32>,
@@ -69,6 +78,7 @@ pub fn quantize_values(
             bits: cfg.bits,
             scale: cfg.scale,
             clamp: cfg.clamp,
+            zero_point: 0,
             step,
             codes: None,
             values: values.to_vec(),
@@ -83,12 +93,18 @@ pub fn quantize_values(
         .map_err(|e| e.to_string())?;
     let mut dequantized = vec![0f32; values.len()];
     quant::dequantize(&codes, format, &mut dequantized).map_err(|e| e.to_string())?;
+    // Registers: k + z lies in the bits-wide range, so it fits i16.
+    let registers = codes
+        .iter()
+        .map(|&k| format.stored_code(k as i32) as i16)
+        .collect();
     Ok(Quantized {
         bits: format.bits(),
         scale: format.scale(),
         clamp: format.clamp(),
+        zero_point: format.zero_point(),
         step,
-        codes: Some(codes),
+        codes: Some(registers),
         values: dequantized,
         saturated,
         clamped: (0..values.len())
@@ -129,6 +145,7 @@ pub fn run(args: &QuantizeArgs, out: &mut dyn Write) -> Result<(), Failure> {
         range: args.range.into(),
         rounding: args.rounding.into(),
         clamp: args.clamp.into(),
+        zero_point: args.zero_point,
         ..QuantConfig::NONE
     };
     let q = quantize_values(&mut cfg, &values, args.seed).map_err(Failure::Input)?;
@@ -223,7 +240,12 @@ fn write_table(
         "format: {} bits, scale {}, step {} (2^{step_exp})",
         q.bits, q.scale, q.step
     )?;
-    if let Ok(f) = Format::with_clamp(q.bits, q.scale, q.clamp) {
+    if q.zero_point != 0 {
+        write!(out, ", zero point {}", q.zero_point)?;
+    }
+    if let Ok(f) =
+        Format::with_clamp(q.bits, q.scale, q.clamp).and_then(|f| f.with_zero_point(q.zero_point))
+    {
         write!(
             out,
             ", range [{}, {}]",

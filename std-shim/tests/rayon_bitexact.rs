@@ -35,6 +35,9 @@ enum Data {
     /// Declared quantized, but values that are no codes of the format
     /// (fractions, beyond the range, beyond `i16`).
     Garbage(u8, i8),
+    /// Exact codes of `Format::new(bits, scale)` with zero point `z`,
+    /// mostly the extreme codes (shifted ranges, `bits + 1`-bit codes).
+    ExtremeZp(u8, i8, i32),
 }
 
 impl Data {
@@ -45,6 +48,11 @@ impl Data {
             | Data::SparseQuant(b, s)
             | Data::Extreme(b, s)
             | Data::Garbage(b, s) => Some(Format::new(b, s).expect("valid test format")),
+            Data::ExtremeZp(b, s, z) => Some(
+                Format::new(b, s)
+                    .and_then(|f| f.with_zero_point(z))
+                    .expect("valid test format"),
+            ),
         }
     }
 }
@@ -104,11 +112,14 @@ fn values(d: &mut Draws, len: usize, data: Data) -> Vec<f32> {
                     sign * mant * 2f32.powi(exp)
                 }
                 Data::SparseQuant(..) if !r.is_multiple_of(5) => 0.0,
-                Data::Quant(..) | Data::SparseQuant(..) | Data::Extreme(..) => {
+                Data::Quant(..)
+                | Data::SparseQuant(..)
+                | Data::Extreme(..)
+                | Data::ExtremeZp(..) => {
                     let f = data.fmt().expect("quantized");
                     let (lo, hi) = (f.min_code() as i64, f.max_code() as i64);
                     let code = match data {
-                        Data::Extreme(..) if !r.is_multiple_of(4) => {
+                        Data::Extreme(..) | Data::ExtremeZp(..) if !r.is_multiple_of(4) => {
                             if r % 8 < 6 {
                                 lo
                             } else {
@@ -238,6 +249,13 @@ fn data_pairs(d: &mut Draws, extra: bool) -> Vec<(Data, Data)> {
             (Data::Quant(12, 2), Data::Garbage(6, -3)),
             (Data::FloatInf, Data::Float),
             (Data::Float, Data::FloatInf),
+            // Zero points: codes up to +-(2^15 - 1) at 15 bits.
+            (
+                Data::ExtremeZp(15, 0, -16384),
+                Data::ExtremeZp(15, 2, 16383),
+            ),
+            (Data::ExtremeZp(8, -1, -128), Data::ExtremeZp(7, 1, 63)),
+            (Data::ExtremeZp(3, 0, 2), Data::Quant(4, 0)),
         ]);
     }
     v

@@ -258,6 +258,29 @@ const ROUNDINGS: [Rounding; 4] = [
     Rounding::Stochastic,
 ];
 
+/// Zero points (asymmetric ranges) on every fourth config by `turn`,
+/// outside the running slot and without a multiplier, up to 15 bits
+/// (hardware clamp: nics_fix_pt's has no zero point): Fixed gets one of
+/// `-2^(bits-1)`, `-2^(bits-2)`, `2^(bits-2)`, `2^(bits-1) - 1`, Auto
+/// chooses scale and zero point with `MinMax`.
+fn zero_point(c: &mut QuantConfig, slot: RangeMethod, turn: u32) {
+    if slot == RangeMethod::Running || c.is_real() || c.bits > 15 || turn % 4 != 1 {
+        return;
+    }
+    let half = 1i32 << (c.bits - 1);
+    match c.method {
+        Method::Fixed => {
+            c.clamp = Clamp::Hardware;
+            c.zero_point = [-half, -half / 2, half / 2, half - 1][(turn / 4 % 4) as usize];
+        }
+        Method::Auto => {
+            c.clamp = Clamp::Hardware;
+            c.range = RangeMethod::MinMax;
+        }
+        Method::None => {}
+    }
+}
+
 /// `mixconv` and `mixdense`: 6 runs of 3 steps each. Tensor `i` of run
 /// `r` gets method, bit width, range method and rounding by rotating
 /// tables with different strides, so that across the runs every tensor
@@ -267,7 +290,8 @@ const ROUNDINGS: [Rounding; 4] = [
 /// here: a blob that lost coverage is refused). The running-range configs
 /// of the odd runs start with a state (the device parses and continues
 /// it), the others empty; their averages evolve over the 3 steps.
-/// Real-valued scales go to every third config outside the running slot,
+/// Real-valued scales go to every third config outside the running slot;
+/// zero points to about a quarter of the others ([`zero_point`]);
 /// per-channel and per-batch-item groups to every activation config that
 /// may have them (alternating) and two of three such parameter configs.
 /// Runs 3-5 use a fixed-point master. Every run ends with an eval pass and
@@ -325,6 +349,7 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                     if bits <= 15 && !(i + r + k).is_multiple_of(3) {
                         c.clamp = Clamp::Nics;
                     }
+                    zero_point(&mut c, slot, 2 * i + r + 3 * k);
                     // Per-group scales on configs that may have them
                     // (grouped Auto needs range Max; buffers have no group
                     // storage; never in the running slot, so that the
@@ -332,8 +357,11 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                     let auto_ok = c.method != Method::Auto || c.range == RangeMethod::Max;
                     // Activations keep power-of-two group scales only.
                     let real_ok = kind == Kind::Param || c.multiplier == 0;
+                    // Groups and zero points do not combine.
+                    let zp_ok = c.zero_point == 0;
                     if kind != Kind::Buffer
                         && real_ok
+                        && zp_ok
                         && slot != RangeMethod::Running
                         && auto_ok
                         && (kind == Kind::Activation || (i + 2 * r + k) % 3 != 2)
@@ -371,6 +399,9 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                         set.insert(format!("{:?}", c.rounding));
                         set.insert(format!("{:?}", c.range));
                         set.insert(format!("{:?}", c.clamp));
+                    }
+                    if c.zero_point != 0 {
+                        set.insert(format!("zero_point {:?}", c.method));
                     }
                     if c.method == Method::Auto {
                         set.insert(format!("Auto {:?}", c.range));
@@ -423,6 +454,7 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
             want.extend([Method::Auto, Method::Fixed].map(|m| format!("group {g:?} {m:?}")));
         }
         want.push("group real".to_string());
+        want.extend(["zero_point Fixed", "Auto MinMax"].map(String::from));
         let missing: Vec<&String> = want.iter().filter(|w| !set.contains(*w)).collect();
         assert!(
             missing.is_empty(),

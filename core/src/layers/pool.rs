@@ -323,7 +323,9 @@ impl<
 ///   step for nearest rounding, one step for floor and stochastic. `Auto`
 ///   chooses the scale from the averages truncated toward zero to
 ///   `2^-k` input steps, `k = ceil(log2 d) + 16`: exact for `Max` and
-///   `MaxTenPercent` (which depend only on `ceil(log2 |y|)`).
+///   `MaxTenPercent` (which depend only on `ceil(log2 |y|)`). `MinMax`
+///   covers the truncated extremes: an extreme less than `2^-k` input
+///   steps beyond a code of the chosen range may saturate by one step.
 /// * Quantized input, `None` output config: `s * step` converted to f32,
 ///   then divided by `d` in f32: error at most `2 u |y|` (`u = 2^-24`,
 ///   `d <= 2^24`).
@@ -449,6 +451,7 @@ impl<
             return self.out.quantize(ctx);
         };
         self.out.quant.cfg.scale = next.scale;
+        self.out.quant.cfg.zero_point = next.zero_point;
         self.out.quant.cfg.ema = next.ema;
         let r = ctx.rounder(self.out.quant.id, next.rounding);
         let (y, sat) = (flat4_mut(&mut self.out.t.v), flat4_mut(&mut self.out.sat));

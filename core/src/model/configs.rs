@@ -442,7 +442,7 @@ pub fn set_method<L: Layer>(
 /// The method of `cfg` as config tables print it: `none`, `fixed`, `auto`
 /// (with the default range method, Max) or `auto/<range>` with the range
 /// named as `fixnn quantize --range` names it: `auto/3sigma`,
-/// `auto/max10`, `auto/sweep`, `auto/running`.
+/// `auto/max10`, `auto/sweep`, `auto/running`, `auto/minmax`.
 pub const fn method_label(cfg: &QuantConfig) -> &'static str {
     match (cfg.method, cfg.range) {
         (Method::None, _) => "none",
@@ -452,19 +452,20 @@ pub const fn method_label(cfg: &QuantConfig) -> &'static str {
         (Method::Auto, RangeMethod::MaxTenPercent) => "auto/max10",
         (Method::Auto, RangeMethod::Sweep) => "auto/sweep",
         (Method::Auto, RangeMethod::Running) => "auto/running",
+        (Method::Auto, RangeMethod::MinMax) => "auto/minmax",
     }
 }
 
 /// A config's method as the tables print it: [`method_label`], then
-/// ` real` for a real-valued scale and ` ch` or ` batch` for a group
-/// (`auto real ch`: Auto with one real-valued scale per channel). Pads to
-/// the formatter's width.
+/// ` real` for a real-valued scale, ` ch` or ` batch` for a group
+/// (`auto real ch`: Auto with one real-valued scale per channel) and
+/// ` z<Z>` for a zero point. Pads to the formatter's width.
 pub struct ConfigLabel<'a>(pub &'a QuantConfig);
 
 impl fmt::Display for ConfigLabel<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = self.0;
-        let mut s: String<32> = String::new();
+        let mut s: String<40> = String::new();
         let mut parts = [method_label(c), "", ""];
         if c.method != Method::None {
             if c.multiplier != 0 {
@@ -479,6 +480,11 @@ impl fmt::Display for ConfigLabel<'_> {
         for p in parts {
             // At most 12 + 5 + 6 bytes: fits.
             let _ = s.push_str(p);
+        }
+        if c.zero_point != 0 && c.method != Method::None {
+            use fmt::Write as _;
+            // " z-32768" at most (validated configs): fits.
+            let _ = write!(s, " z{}", c.zero_point);
         }
         f.pad(&s)
     }
@@ -509,8 +515,9 @@ fn kind_str(k: Kind) -> &'static str {
 
 /// Print the config table of `model` (nics_fix_pt's `print_fix_configs`):
 /// one row per tensor with its path, layer type, kind, data bits, scale and
-/// method ([`method_label`]: Auto names its range method unless it is Max),
-/// grad bits, scale and method, and the data saturation rate.
+/// method ([`method_label`]: Auto names its range method unless it is Max;
+/// ` z<Z>` follows for a zero point), grad bits, scale and method, and the
+/// data saturation rate.
 ///
 /// # Errors
 ///

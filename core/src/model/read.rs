@@ -657,6 +657,7 @@ impl JsonEnum for RangeMethod {
         ("max_ten_percent", RangeMethod::MaxTenPercent),
         ("sweep", RangeMethod::Sweep),
         ("running", RangeMethod::Running),
+        ("min_max", RangeMethod::MinMax),
     ];
 }
 

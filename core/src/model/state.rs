@@ -44,7 +44,12 @@ pub const STATE_VERSION: u32 = 1;
 
 /// A format as saved: `{"bits":B,"scale":S}`, plus `"clamp":"nics"` for
 /// nics_fix_pt's clamp (omitted for the default `"hardware"`, so states
-/// without it read as before).
+/// without it read as before) and `"zero_point":Z` for an asymmetric
+/// range (omitted when 0, likewise).
+///
+/// With a zero point, the saved `codes` are what hardware stores: the
+/// register values `q = k + Z` in `[-2^(B-1), 2^(B-1) - 1]`, real value
+/// `(q - Z) * 2^(S + 1 - B)`; loading subtracts `Z` again (exact).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FormatJson {
@@ -55,6 +60,13 @@ pub struct FormatJson {
     /// Where the codes saturate.
     #[serde(default, skip_serializing_if = "Clamp::is_hardware")]
     pub clamp: Clamp,
+    /// Zero point of an asymmetric range (0: symmetric, not written).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub zero_point: i32,
+}
+
+fn is_zero(z: &i32) -> bool {
+    *z == 0
 }
 
 impl FormatJson {
@@ -62,9 +74,12 @@ impl FormatJson {
     ///
     /// # Errors
     ///
-    /// As [`Format::with_clamp`].
+    /// As [`Format::with_clamp`] and [`Format::with_zero_point`].
     pub const fn format(&self) -> Result<Format, Error> {
-        Format::with_clamp(self.bits, self.scale, self.clamp)
+        match Format::with_clamp(self.bits, self.scale, self.clamp) {
+            Ok(f) => f.with_zero_point(self.zero_point),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -74,6 +89,7 @@ impl From<Format> for FormatJson {
             bits: f.bits(),
             scale: f.scale(),
             clamp: f.clamp(),
+            zero_point: f.zero_point(),
         }
     }
 }
@@ -94,7 +110,7 @@ impl Serialize for Codes<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
         for &v in self.0 {
-            seq.serialize_element(&self.1.code_of(v))?;
+            seq.serialize_element(&self.1.stored_code(self.1.code_of(v)))?;
         }
         seq.end()
     }
@@ -322,7 +338,10 @@ fn check_entry(e: &StateEntry<'_>, len: usize, is_param: bool) -> Result<(), Err
         (Some(f), Some(c), None) => {
             let f = f.format()?;
             count(c.len())?;
-            if c.iter().any(|&q| q < f.min_code() || q > f.max_code()) {
+            // Saved codes are register values `k + z` (see `FormatJson`).
+            let z = f.zero_point() as i64;
+            let (lo, hi) = (f.min_code() as i64 + z, f.max_code() as i64 + z);
+            if c.iter().any(|&q| (q as i64) < lo || (q as i64) > hi) {
                 return Err(Error::Shape {
                     what: "a code is outside its format's range",
                 });
@@ -452,7 +471,8 @@ pub fn apply_state<L: Layer>(
         match (e.fmt.and_then(|f| f.format().ok()), e.codes, e.values) {
             (Some(f), Some(c), _) => {
                 for (v, &q) in t.values.iter_mut().zip(c) {
-                    *v = f.to_f32(q);
+                    // Checked in range above: `q - z` does not overflow.
+                    *v = f.to_f32(f.code_of_stored(q));
                 }
                 *t.fmt = Some(f);
             }

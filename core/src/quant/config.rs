@@ -42,6 +42,13 @@ pub enum RangeMethod {
     /// goes up at once and down only when the average falls below 3/4 of
     /// the next lower range. See [`crate::quant::running`].
     Running,
+    /// An asymmetric range: the smallest power-of-two step whose `2^bits`
+    /// codes, shifted by an integer zero point, cover `[min(x, 0), max(x, 0)]`;
+    /// Auto writes both `scale` and [`QuantConfig::zero_point`]. The exact
+    /// integer rule (ties, all-zero data) is
+    /// [`choose_min_max_f32`](crate::quant::range::choose_min_max_f32).
+    /// JSON `"min_max"`.
+    MinMax,
 }
 
 /// How a value between two codes becomes a code. Carried by every operation
@@ -145,8 +152,30 @@ pub enum Group {
 /// `group`, `ema` and `clamp` may be omitted (they default to 0, 0,
 /// `"tensor"`, 0 and `"hardware"`; `ema` and `clamp` are written only when
 /// not the default).
-/// `zero_point` is reserved for asymmetric ranges; `group` selects
-/// per-channel or per-batch-item scales ([`Group`]).
+/// `group` selects per-channel or per-batch-item scales ([`Group`]).
+///
+/// # Zero points (asymmetric ranges)
+///
+/// `zero_point = z` (in `[-2^(bits-1), 2^(bits-1) - 1]`, default 0): the
+/// TFLite asymmetric scheme with a power-of-two step. A register holds
+/// `q` in `[-2^(bits-1), 2^(bits-1) - 1]`, real value `(q - z) * step`,
+/// `step = 2^(scale + 1 - bits)`; 0 is exact (`q = z`). fixnn's tensors
+/// carry `k = q - z` (the value over the step), so values lie in
+/// `[(-2^(bits-1) - z) * step, (2^(bits-1) - 1 - z) * step]`, saturate
+/// there (zero gradient outside, as any clamp), and every layer computes
+/// on `k` in integers, forward and backward, exactly as with `z = 0`
+/// (see [`Format`]'s zero point). `k` needs `bits + 1` bits, so a zero
+/// point makes a format use the kernels and storage of `bits + 1`.
+///
+/// Method Fixed uses the stored `z`. Method Auto with
+/// [`RangeMethod::MinMax`] chooses `scale` and `z` from the data; Auto with
+/// any other range method writes `z = 0` (a symmetric range). Method None
+/// ignores `z` (it is still validated).
+///
+/// Refused by [`validate`](QuantConfig::validate): `z` outside the range
+/// above or `z != 0` with `bits = 16` ([`Error::Invalid`]); `z != 0` with
+/// [`Clamp::Nics`], and a zero point (or [`RangeMethod::MinMax`]) with a
+/// real-valued `multiplier` ([`Error::Unsupported`] naming `zero_point`).
 ///
 /// # Real-valued scales
 ///
@@ -200,7 +229,10 @@ pub struct QuantConfig {
     /// Rounding of every value that loses bits.
     #[serde(default)]
     pub rounding: Rounding,
-    /// Reserved: integer zero point of an asymmetric range. Must be 0.
+    /// Integer zero point of an asymmetric range: register value `q` means
+    /// `(q - zero_point) * step` (see the type's docs). Written by
+    /// [`Method::Auto`] together with `scale` (0 unless the range method is
+    /// [`RangeMethod::MinMax`]), read by [`Method::Fixed`].
     #[serde(default)]
     pub zero_point: i32,
     /// Integer multiplier of a real-valued scale, a Q31 fraction in
@@ -307,7 +339,15 @@ impl QuantConfig {
     ///
     /// * [`Error::BitsOutOfRange`] if `bits` is not in `2..=16` (checked for
     ///   `Method::None` too, so a saved config is valid whatever its method).
-    /// * [`Error::Unsupported`] naming `zero_point` if it is not 0.
+    /// * [`Error::Invalid`] if `zero_point` is not in
+    ///   `[-2^(bits-1), 2^(bits-1) - 1]`, or is not 0 with `bits = 16`
+    ///   ([`check_zero_point`](super::check_zero_point)).
+    /// * [`Error::Unsupported`] naming `zero_point` if it is not 0 with
+    ///   [`Clamp::Nics`], or with a real-valued `multiplier` (method not
+    ///   None); for Auto with [`RangeMethod::MinMax`] and [`Clamp::Nics`]
+    ///   or a `multiplier`.
+    /// * [`Error::Invalid`] for Auto with [`RangeMethod::MinMax`] and
+    ///   `bits = 16`.
     /// * [`Error::Invalid`] if `multiplier` is neither 0 nor in `[2^30, 2^31)`.
     /// * [`Error::Unsupported`] naming `range` for Auto with a multiplier and
     ///   a range method other than Max.
@@ -315,6 +355,8 @@ impl QuantConfig {
     ///   ([`running::is_valid`](super::running::is_valid)).
     /// * [`Error::Invalid`] for [`Clamp::Nics`] with `bits = 16` (its top
     ///   code `2^15` needs 17 bits).
+    /// * [`Error::Unsupported`] naming `zero_point` for a zero point with a
+    ///   [`Group`] other than `Tensor` (method not None).
     /// * [`Error::Unsupported`] naming `range` for Auto with a [`Group`]
     ///   other than `Tensor` and a range method other than Max.
     pub const fn validate(&self) -> Result<()> {
@@ -324,7 +366,27 @@ impl QuantConfig {
         if matches!(self.clamp, Clamp::Nics) && self.bits >= MAX_BITS {
             return Err(super::format::NICS_TOO_WIDE);
         }
-        if self.zero_point != 0 {
+        if let Err(e) = super::format::check_zero_point(self.bits, self.clamp, self.zero_point) {
+            return Err(e);
+        }
+        if matches!(self.method, Method::Auto) && matches!(self.range, RangeMethod::MinMax) {
+            if matches!(self.clamp, Clamp::Nics) {
+                return Err(Error::Unsupported {
+                    field: "zero_point",
+                });
+            }
+            if self.bits >= MAX_BITS {
+                return Err(Error::Invalid {
+                    what: "range min_max needs bits <= 15 (its zero point makes codes bits + 1 bits wide)",
+                });
+            }
+        }
+        if self.multiplier != 0
+            && !matches!(self.method, Method::None)
+            && (self.zero_point != 0
+                || (matches!(self.method, Method::Auto)
+                    && matches!(self.range, RangeMethod::MinMax)))
+        {
             return Err(Error::Unsupported {
                 field: "zero_point",
             });
@@ -347,6 +409,14 @@ impl QuantConfig {
             && !matches!(self.range, RangeMethod::Max)
         {
             return Err(Error::Unsupported { field: "range" });
+        }
+        if !matches!(self.group, Group::Tensor)
+            && !matches!(self.method, Method::None)
+            && self.zero_point != 0
+        {
+            return Err(Error::Unsupported {
+                field: "zero_point",
+            });
         }
         if !super::running::is_valid(self.ema) {
             return Err(Error::Invalid {
@@ -387,15 +457,18 @@ impl QuantConfig {
         match self.method {
             Method::None => Ok(None),
             // Validated above.
-            Method::Auto | Method::Fixed => {
-                Ok(Some(Format::validated(self.bits, self.scale, self.clamp)))
-            }
+            Method::Auto | Method::Fixed => Ok(Some(
+                Format::validated(self.bits, self.scale, self.clamp)
+                    .validated_zero(self.zero_point),
+            )),
         }
     }
 
     /// Apply the method to f32 data: Auto chooses the scale from `x` with
-    /// the range method and stores it in `self.scale`; Fixed keeps the
-    /// stored scale; None returns `Ok(None)`.
+    /// the range method and stores it in `self.scale` (and the zero point
+    /// in `self.zero_point`: chosen by [`RangeMethod::MinMax`], 0 for the
+    /// others); Fixed keeps the stored scale and zero point; None returns
+    /// `Ok(None)`.
     ///
     /// # Errors
     ///
@@ -410,9 +483,15 @@ impl QuantConfig {
             if self.range == RangeMethod::Running {
                 let obs = super::running::observe_f32(x)?;
                 self.step_running(obs);
+                self.zero_point = 0;
+            } else if self.range == RangeMethod::MinMax {
+                let (scale, z) = super::range::choose_min_max_f32(self.bits, x)?;
+                self.scale = scale;
+                self.zero_point = z;
             } else {
                 let f = Format::validated(self.bits, 0, self.clamp);
                 self.scale = super::range::choose_scale_f32_for(self.range, f, self.rounding, x)?;
+                self.zero_point = 0;
             }
         }
         self.format()
@@ -437,10 +516,16 @@ impl QuantConfig {
             if self.range == RangeMethod::Running {
                 let obs = super::running::observe_codes(exp, q)?;
                 self.step_running(obs);
+                self.zero_point = 0;
+            } else if self.range == RangeMethod::MinMax {
+                let (scale, z) = super::range::choose_min_max_codes(self.bits, exp, q)?;
+                self.scale = scale;
+                self.zero_point = z;
             } else {
                 let f = Format::validated(self.bits, 0, self.clamp);
                 self.scale =
                     super::range::choose_scale_codes_for(self.range, f, self.rounding, exp, q)?;
+                self.zero_point = 0;
             }
         }
         self.format()
@@ -570,13 +655,51 @@ mod tests {
         );
         let mut cfg = QuantConfig::fixed(8, 0);
         cfg.zero_point = 3;
+        assert_eq!(cfg.validate(), Ok(()));
+        for z in [128, -129, i32::MIN, i32::MAX] {
+            cfg.zero_point = z;
+            assert!(matches!(cfg.validate(), Err(Error::Invalid { .. })), "{z}");
+        }
+        cfg.zero_point = -128;
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.clamp = Clamp::Nics;
         assert_eq!(
             cfg.validate(),
             Err(Error::Unsupported {
                 field: "zero_point"
             })
         );
+        let mut wide = QuantConfig::fixed(16, 0);
+        wide.zero_point = 1;
+        assert!(matches!(wide.validate(), Err(Error::Invalid { .. })));
+        let mut real = QuantConfig::fixed_real(8, 0, 3 << 29);
+        real.zero_point = 1;
+        assert_eq!(
+            real.validate(),
+            Err(Error::Unsupported {
+                field: "zero_point"
+            })
+        );
+        let mut real_min_max = QuantConfig::auto_real(8);
+        real_min_max.range = RangeMethod::MinMax;
+        assert_eq!(
+            real_min_max.validate(),
+            Err(Error::Unsupported {
+                field: "zero_point"
+            })
+        );
         assert_eq!(QuantConfig::NONE.format(), Ok(None));
+    }
+
+    #[test]
+    fn zero_point_json_reads_on_the_device_as_with_serde() {
+        let text = br#"{"method":"auto","bits":8,"scale":-1,"range":"min_max","zero_point":-104}"#;
+        let cfg = QuantConfig::from_json(text).unwrap();
+        assert_eq!((cfg.range, cfg.zero_point), (RangeMethod::MinMax, -104));
+        let (back, _): (QuantConfig, usize) =
+            serde_json_core::from_slice(text).expect("serde reads it too");
+        assert_eq!(back, cfg);
+        assert_eq!(cfg.format().unwrap().unwrap().min_code(), -24);
     }
 
     #[test]

@@ -12,6 +12,22 @@ pub const MAX_BITS: u8 = 16;
 /// The format of a quantized tensor: `bits`-bit two's complement codes whose
 /// real value is `code * 2^(scale + 1 - bits)`.
 ///
+/// # Zero point
+///
+/// A format may carry an integer zero point `z` ([`Format::with_zero_point`],
+/// TFLite's asymmetric scheme with a power-of-two step): the register holds
+/// `q` in `[-2^(bits-1), 2^(bits-1) - 1]` and the real value is
+/// `(q - z) * step`. fixnn's tensors and kernels work on `k = q - z`, the
+/// value divided by the step, so that every layer's integer arithmetic is
+/// the same with or without a zero point (`sum (q_x - z_x)(q_w - z_w) =
+/// sum k_x k_w`, what hardware computes with zero-point correction). The
+/// codes of this type ([`min_code`](Format::min_code), [`max_code`](Format::max_code),
+/// [`to_f32`](Format::to_f32), [`code_of`](Format::code_of),
+/// [`saturate`](Format::saturate)) are therefore `k`, in the shifted range
+/// `[-2^(bits-1) - z, 2^(bits-1) - 1 - z]`, which needs `bits + 1` bits
+/// ([`code_bits`](Format::code_bits)) when `z != 0`. The register value is
+/// [`stored_code`](Format::stored_code)`(k) = k + z`.
+///
 /// `scale` is the exponent of the range: codes cover
 /// `[-2^scale, 2^scale - step]` with `step = 2^(scale + 1 - bits)`, or
 /// `[-2^scale, 2^scale]` with nics_fix_pt's clamp ([`Clamp::Nics`],
@@ -34,6 +50,9 @@ pub struct Format {
     bits: u8,
     scale: i8,
     clamp: Clamp,
+    /// Zero point, in `[-2^(bits-1), 2^(bits-1) - 1]`; 0 with [`Clamp::Nics`]
+    /// and for 16 bits.
+    zero: i16,
 }
 
 impl Format {
@@ -50,6 +69,7 @@ impl Format {
             bits,
             scale,
             clamp: Clamp::Hardware,
+            zero: 0,
         })
     }
 
@@ -79,13 +99,85 @@ impl Format {
         if matches!(clamp, Clamp::Nics) && bits >= MAX_BITS {
             return Err(NICS_TOO_WIDE);
         }
-        Ok(Format { bits, scale, clamp })
+        Ok(Format {
+            bits,
+            scale,
+            clamp,
+            zero: 0,
+        })
+    }
+
+    /// This format with the zero point `z`: codes `k` in
+    /// `[-2^(bits-1) - z, 2^(bits-1) - 1 - z]`, register value `q = k + z`,
+    /// real value `k * step = (q - z) * step` (see the type's docs).
+    ///
+    /// # Errors
+    ///
+    /// As [`check_zero_point`]: [`Error::Invalid`] if `z` is not in
+    /// `[-2^(bits-1), 2^(bits-1) - 1]`, or if `z != 0` with 16 bits (the
+    /// shifted codes need 17 bits); [`Error::Unsupported`] naming
+    /// `zero_point` for `z != 0` with [`Clamp::Nics`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fixnn::Format;
+    /// // 8 bits, step 2^-7, zero point -64: registers -128..=127 hold
+    /// // values (q + 64) / 128, from -0.5 to 1.4921875.
+    /// let f = Format::new(8, 0)?.with_zero_point(-64)?;
+    /// assert_eq!((f.min_code(), f.max_code(), f.code_bits()), (-64, 191, 9));
+    /// assert_eq!((f.to_f32(f.min_code()), f.to_f32(f.max_code())), (-0.5, 1.4921875));
+    /// assert_eq!((f.stored_code(-64), f.stored_code(191)), (-128, 127));
+    /// assert!(Format::new(8, 0)?.with_zero_point(128).is_err());
+    /// # Ok::<(), fixnn::Error>(())
+    /// ```
+    pub const fn with_zero_point(self, z: i32) -> Result<Self> {
+        if let Err(e) = check_zero_point(self.bits, self.clamp, z) {
+            return Err(e);
+        }
+        Ok(Format {
+            zero: z as i16,
+            ..self
+        })
+    }
+
+    /// [`with_zero_point`](Self::with_zero_point) for a zero point the
+    /// caller has validated ([`check_zero_point`]).
+    pub(crate) const fn validated_zero(self, z: i32) -> Self {
+        Format {
+            zero: z as i16,
+            ..self
+        }
+    }
+
+    /// The zero point `z`: the register value of real value 0 (0 unless
+    /// set with [`with_zero_point`](Self::with_zero_point)).
+    pub const fn zero_point(self) -> i32 {
+        self.zero as i32
+    }
+
+    /// The register value of code `k`: `k + z`, in
+    /// `[-2^(bits-1), 2^(bits-1) - 1]` for every code in
+    /// `min_code()..=max_code()` of a hardware-clamped format.
+    pub const fn stored_code(self, k: i32) -> i32 {
+        k + self.zero as i32
+    }
+
+    /// The code of register value `q`: `q - z` (inverse of
+    /// [`stored_code`](Self::stored_code)).
+    pub const fn code_of_stored(self, q: i32) -> i32 {
+        q - self.zero as i32
     }
 
     /// A format the caller has validated ([`QuantConfig::validate`](super::QuantConfig::validate)):
     /// no checks, no `Result` on the stack.
     pub(crate) const fn validated(bits: u8, scale: i8, clamp: Clamp) -> Self {
-        Format { bits, scale, clamp }
+        Format {
+            bits,
+            scale,
+            clamp,
+            zero: 0,
+        }
     }
 
     /// Where the codes saturate.
@@ -94,11 +186,12 @@ impl Format {
     }
 
     /// Width of the two's complement integers that hold every code:
-    /// `bits`, or `bits + 1` with [`Clamp::Nics`] (at most 16 either way).
+    /// `bits`, or `bits + 1` with [`Clamp::Nics`] or a non-zero zero point
+    /// (at most 16 either way).
     pub const fn code_bits(self) -> u8 {
         match self.clamp {
-            Clamp::Hardware => self.bits,
-            Clamp::Nics => self.bits + 1,
+            Clamp::Hardware if self.zero == 0 => self.bits,
+            Clamp::Hardware | Clamp::Nics => self.bits + 1,
         }
     }
 
@@ -117,16 +210,17 @@ impl Format {
         self.scale as i32 + 1 - self.bits as i32
     }
 
-    /// The smallest code, `-2^(bits-1)`.
+    /// The smallest code, `-2^(bits-1) - z` (`-2^(bits-1)` without a zero
+    /// point).
     pub const fn min_code(self) -> i32 {
-        -(1 << (self.bits - 1))
+        -(1 << (self.bits - 1)) - self.zero as i32
     }
 
-    /// The largest code: `2^(bits-1) - 1`, or `2^(bits-1)` with
-    /// [`Clamp::Nics`] (nics_fix_pt's `+2^scale`).
+    /// The largest code: `2^(bits-1) - 1 - z`, or `2^(bits-1)` with
+    /// [`Clamp::Nics`] (nics_fix_pt's `+2^scale`; no zero point there).
     pub const fn max_code(self) -> i32 {
         match self.clamp {
-            Clamp::Hardware => (1 << (self.bits - 1)) - 1,
+            Clamp::Hardware => (1 << (self.bits - 1)) - 1 - self.zero as i32,
             Clamp::Nics => 1 << (self.bits - 1),
         }
     }
@@ -192,6 +286,42 @@ impl Format {
     }
 }
 
+/// Check a zero point `z` for a `bits`-bit format with `clamp` (`bits` in
+/// `2..=16`).
+///
+/// # Errors
+///
+/// [`Error::Invalid`] if `z` is not in `[-2^(bits-1), 2^(bits-1) - 1]`, or
+/// if `z != 0` with `bits = 16` (codes `q - z` need 17 bits, more than any
+/// code storage or kernel holds); [`Error::Unsupported`] naming
+/// `zero_point` for `z != 0` with [`Clamp::Nics`] (nics_fix_pt has no
+/// zero point with its clamp).
+pub const fn check_zero_point(bits: u8, clamp: Clamp, z: i32) -> Result<()> {
+    if z == 0 {
+        return Ok(());
+    }
+    if bits < MIN_BITS || bits > MAX_BITS {
+        return Err(Error::BitsOutOfRange { bits });
+    }
+    let half = 1i32 << (bits - 1);
+    if z < -half || z >= half {
+        return Err(Error::Invalid {
+            what: "zero_point must be in [-2^(bits-1), 2^(bits-1) - 1]",
+        });
+    }
+    if bits >= MAX_BITS {
+        return Err(Error::Invalid {
+            what: "zero_point needs bits <= 15 (codes q - zero_point take bits + 1 bits)",
+        });
+    }
+    if matches!(clamp, Clamp::Nics) {
+        return Err(Error::Unsupported {
+            field: "zero_point",
+        });
+    }
+    Ok(())
+}
+
 /// The error of [`Clamp::Nics`] with 16 bits.
 pub(crate) const NICS_TOO_WIDE: Error = Error::Invalid {
     what: "clamp `nics` needs bits <= 15 (its top code 2^(bits-1) takes bits + 1 bits)",
@@ -220,7 +350,8 @@ mod sealed {
 }
 
 /// Storage type of integer codes: `i8` (formats up to 8 bits) or `i16` (up to
-/// 16); a [`Clamp::Nics`] format needs one bit more ([`Format::code_bits`]).
+/// 16); a [`Clamp::Nics`] format or one with a zero point needs one bit more
+/// ([`Format::code_bits`]).
 pub trait Code: Copy + Default + Into<i64> + sealed::Sealed {
     /// Width of the storage type in bits.
     const STORAGE_BITS: u8;
@@ -348,6 +479,40 @@ mod tests {
         assert_eq!(
             Format::with_clamp(16, 3, Clamp::Hardware),
             Format::new(16, 3)
+        );
+    }
+
+    #[test]
+    fn zero_point_ranges() {
+        for bits in 2..=15u8 {
+            let half = 1i32 << (bits - 1);
+            for z in [-half, -1, 1, half - 1] {
+                let f = Format::new(bits, 0).unwrap().with_zero_point(z).unwrap();
+                // Registers -2^(bits-1) ..= 2^(bits-1) - 1 are codes shifted by z.
+                assert_eq!(f.stored_code(f.min_code()), -half);
+                assert_eq!(f.stored_code(f.max_code()), half - 1);
+                assert_eq!(f.code_bits(), bits + 1);
+                // Every code fits bits + 1 bits, and code 0 (value 0) exists.
+                assert!(f.min_code() >= -(1 << bits) && f.max_code() < (1 << bits));
+                assert!(f.min_code() <= 0 && f.max_code() >= 0);
+                assert_eq!(f.code_of_stored(f.stored_code(5)), 5);
+            }
+            for z in [-half - 1, half] {
+                let e = Format::new(bits, 0).unwrap().with_zero_point(z);
+                assert!(matches!(e, Err(Error::Invalid { .. })), "{bits} {z}");
+            }
+        }
+        assert_eq!(check_zero_point(16, Clamp::Hardware, 0), Ok(()));
+        assert!(check_zero_point(16, Clamp::Hardware, -1).is_err());
+        assert_eq!(
+            check_zero_point(1, Clamp::Hardware, 1),
+            Err(Error::BitsOutOfRange { bits: 1 })
+        );
+        assert_eq!(
+            check_zero_point(8, Clamp::Nics, -3),
+            Err(Error::Unsupported {
+                field: "zero_point"
+            })
         );
     }
 }

@@ -36,7 +36,7 @@ pub mod running;
 mod slice;
 
 pub use config::{Clamp, Group, Method, QuantConfig, RangeMethod, Rounding};
-pub use format::{check_storage, pow2_f32, Code, Format, MAX_BITS, MIN_BITS};
+pub use format::{check_storage, check_zero_point, pow2_f32, Code, Format, MAX_BITS, MIN_BITS};
 pub use math::{ratio_to_f32, sqrt_f32};
 pub use multiplier::{
     multiply_by_quantized_multiplier, round_mul_shift, rounding_divide_by_pot,

@@ -169,8 +169,15 @@ impl<'a> PackedCodes<'a> {
     /// [`packed_len`]`(bits, len)` (`expected` is that length);
     /// [`Error::CodeOutOfRange`] for the first 3-bit nibble that is not a
     /// sign-extended 3-bit code (`code` is the nibble read as 4 bits);
-    /// [`Error::Invalid`] if an unused field of the last byte is not zero.
+    /// [`Error::Invalid`] if an unused field of the last byte is not zero;
+    /// [`Error::Unsupported`] naming `zero_point` if `fmt` has a zero point
+    /// (packed fields hold `bits`-bit codes of a symmetric range only).
     pub fn new(bytes: &'a [u8], fmt: Format, len: usize) -> Result<Self> {
+        if fmt.zero_point() != 0 {
+            return Err(Error::Unsupported {
+                field: "zero_point",
+            });
+        }
         let bits = fmt.bits();
         let need = packed_len(bits, len)?;
         if bytes.len() != need {

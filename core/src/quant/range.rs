@@ -17,6 +17,9 @@
 //!   each summed exactly on the grid 24 bits below the finest step; the least
 //!   error wins, ties keep the larger scale. Stochastic rounding is evaluated
 //!   as nearest-even (its expectation).
+//! * `MinMax` (asymmetric): the least scale whose `2^bits` codes, shifted
+//!   by an integer zero point, cover `[min(x, 0), max(x, 0)]`, and the zero
+//!   point nearest 0 that does; see [`choose_min_max_f32`].
 //! * `Running` keeps a moving average in the config
 //!   ([`QuantConfig::update_scale_f32`](crate::QuantConfig::update_scale_f32)
 //!   and [`super::running`]); the stateless functions here give it Max's
@@ -41,6 +44,8 @@ trait Samples {
     fn get(&self, i: usize) -> (i64, i32);
     /// A grid every element lies on, if there is one (integer input).
     fn native_exp(&self) -> Option<i32>;
+    /// The smallest and the largest element, as `(m, e)` pairs.
+    fn min_max(&self) -> ((i64, i32), (i64, i32));
     /// `ceil(log2(max |x|))`, `None` when every element is zero.
     fn max_ceil_log2(&self) -> Option<i32> {
         (0..self.len())
@@ -105,6 +110,14 @@ impl Samples for F32s<'_> {
     fn native_exp(&self) -> Option<i32> {
         None
     }
+    fn min_max(&self) -> ((i64, i32), (i64, i32)) {
+        // Finite values (checked on entry) compare exactly as f32.
+        let (lo, hi) = self.0.iter().fold((0f32, 0f32), |(lo, hi), &v| {
+            (if v < lo { v } else { lo }, if v > hi { v } else { hi })
+        });
+        let d = |v: f32| decompose_f32(v).unwrap_or((0, 0));
+        (d(lo), d(hi))
+    }
     fn max_ceil_log2(&self) -> Option<i32> {
         // ceil(log2 |x|) is monotonic in |x|: the largest |x| (found from
         // the bits on entry), then its bits.
@@ -128,6 +141,13 @@ impl<S: Copy + Into<i64>> Samples for Ints<'_, S> {
     }
     fn native_exp(&self) -> Option<i32> {
         Some(self.exp)
+    }
+    fn min_max(&self) -> ((i64, i32), (i64, i32)) {
+        let (lo, hi) = self.q.iter().fold((0i64, 0i64), |(lo, hi), &v| {
+            let v = v.into();
+            (lo.min(v), hi.max(v))
+        });
+        ((lo, self.exp), (hi, self.exp))
     }
     fn max_ceil_log2(&self) -> Option<i32> {
         let big = self.q.iter().map(|&v| v.into().unsigned_abs()).max()?;
@@ -238,7 +258,170 @@ fn choose<S: Samples>(range: RangeMethod, like: Format, rounding: Rounding, s: &
         RangeMethod::MaxTenPercent => ten_percent(s),
         RangeMethod::ThreeSigma => three_sigma(s, c),
         RangeMethod::Sweep => sweep(s, c, like, rounding),
+        RangeMethod::MinMax => min_max_rule(like.bits(), s.min_max()).0,
     })
+}
+
+/// Choose the scale and zero point of f32 data for a `bits`-bit format
+/// with [`RangeMethod::MinMax`] (an asymmetric range). Integer arithmetic
+/// on the f32 bits.
+///
+/// # Rule
+///
+/// With `lo = min(min x, 0)`, `hi = max(max x, 0)` (0 is always in the
+/// range, so it is exactly representable) and a scale `s` (step
+/// `2^t`, `t = s + 1 - bits`), let `L = ceil(-lo / 2^t)` and
+/// `H = ceil(hi / 2^t)`: the codes the data need are `-L..=H`. They fit
+/// the `2^bits` register values shifted by a zero point `z`
+/// (codes `-2^(bits-1) - z ..= 2^(bits-1) - 1 - z`) iff
+/// `L + H <= 2^bits - 1`, for every `z` in
+/// `[L - 2^(bits-1), 2^(bits-1) - 1 - H]`.
+///
+/// * The scale is the least `s` for which the codes fit (it is one of
+///   `c - 1`, `c`, `c + 1`, with `c = ceil(log2(max |x|))`), clamped to
+///   `-128..=127`.
+/// * The zero point is the one of that interval nearest 0 (0 itself when
+///   the data fit the symmetric range at that step, as symmetric data do),
+///   so there is no tie.
+/// * All-zero data: `(`[`ZERO_DATA_SCALE`]`, 0)`.
+/// * Data too large to fit even at scale 127 (`|x|` near `f32::MAX`):
+///   scale 127 and `z = floor((L - 2^(bits-1) + 2^(bits-1) - 1 - H) / 2)`
+///   clamped to the register range (the overflow is split between the two
+///   ends; the data saturate).
+///
+/// Every value `x` then rounds (any [`Rounding`]) to a code in range:
+/// nothing saturates unless the data are too large for scale 127.
+///
+/// # Errors
+///
+/// [`Error::EmptyInput`], [`Error::NonFinite`] naming the first NaN or
+/// infinity, [`Error::BitsOutOfRange`] for `bits` outside `2..=16`,
+/// [`Error::TooManyElements`] above `2^32` elements.
+///
+/// # Examples
+///
+/// ```
+/// use fixnn::quant::range::choose_min_max_f32;
+/// // ReLU-like data in [0, 0.9], 8 bits: step 2^-8, codes 0..=231 needed,
+/// // zero point -104 (registers -128..=127 hold codes -24..=231).
+/// assert_eq!(choose_min_max_f32(8, &[0.0, 0.9, 0.3])?, (-1, -104));
+/// // Symmetric data keep z = 0.
+/// assert_eq!(choose_min_max_f32(8, &[-1.0, 1.0])?, (1, 0));
+/// # Ok::<(), fixnn::Error>(())
+/// ```
+pub fn choose_min_max_f32(bits: u8, x: &[f32]) -> Result<(i8, i32)> {
+    Format::new(bits, 0)?;
+    check_count(x.len())?;
+    let big = max_abs_bits(x);
+    if big >= 0x7f80_0000 {
+        let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return Err(Error::NonFinite { index });
+    }
+    Ok(min_max_rule(bits, F32s(x, big).min_max()))
+}
+
+/// [`choose_min_max_f32`] for integer data `q * 2^exp` (codes or wide
+/// accumulators), by the same rule, on `min q` and `max q` exactly.
+///
+/// # Errors
+///
+/// [`Error::EmptyInput`], [`Error::BitsOutOfRange`],
+/// [`Error::TooManyElements`] as for [`choose_min_max_f32`].
+///
+/// # Examples
+///
+/// ```
+/// use fixnn::quant::range::choose_min_max_codes;
+/// // Values -1/4 .. 9/4 (codes -1..=9 at 2^-2), 4 bits: scale 1 (step
+/// // 2^-2; 11 of the 16 codes), z = -2 (registers -8..=7 hold codes -6..=9).
+/// assert_eq!(choose_min_max_codes(4, -2, &[-1i32, 9, 1])?, (1, -2));
+/// // Symmetric enough: -3/4 .. 5/4 fits -8..=7 at the same step, z = 0.
+/// assert_eq!(choose_min_max_codes(4, -2, &[-3i32, 5])?, (1, 0));
+/// # Ok::<(), fixnn::Error>(())
+/// ```
+pub fn choose_min_max_codes<S: Copy + Into<i64>>(bits: u8, exp: i32, q: &[S]) -> Result<(i8, i32)> {
+    Format::new(bits, 0)?;
+    check_count(q.len())?;
+    Ok(min_max_rule(bits, Ints { q, exp }.min_max()))
+}
+
+fn check_count(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::EmptyInput);
+    }
+    if n as u64 > u32::MAX as u64 {
+        return Err(Error::TooManyElements { len: n as u64 });
+    }
+    Ok(())
+}
+
+/// `ceil(a * 2^d)` for a magnitude `a`, saturating far above any code.
+fn ceil_shift(a: u64, d: i32) -> i128 {
+    if a == 0 {
+        0
+    } else if d >= 0 {
+        if d > 62 {
+            i128::MAX >> 2
+        } else {
+            (a as i128) << d
+        }
+    } else if d <= -64 {
+        1
+    } else {
+        let s = -d;
+        ((a as i128) + (1i128 << s) - 1) >> s
+    }
+}
+
+/// The [`RangeMethod::MinMax`] rule of [`choose_min_max_f32`] on the
+/// smallest and largest element `(m, e)` (value `m * 2^e`); `bits` valid.
+///
+/// Not inlined: its `i128` temporaries would otherwise enlarge the stack
+/// frame of every caller of `update_scale_*`, MinMax or not (a real cost
+/// on a 16 KB Cortex-M0).
+#[inline(never)]
+fn min_max_rule(bits: u8, (lo, hi): ((i64, i32), (i64, i32))) -> (i8, i32) {
+    // Only the negative part of the minimum and the positive part of the
+    // maximum count: 0 is always in the range.
+    let lo = if lo.0 < 0 {
+        (lo.0.unsigned_abs(), lo.1)
+    } else {
+        (0, 0)
+    };
+    let hi = if hi.0 > 0 {
+        (hi.0.unsigned_abs(), hi.1)
+    } else {
+        (0, 0)
+    };
+    let c = match (
+        ceil_log2_abs(lo.0 as i64, lo.1),
+        ceil_log2_abs(hi.0 as i64, hi.1),
+    ) {
+        (None, None) => return (ZERO_DATA_SCALE, 0),
+        (a, b) => a.max(b).unwrap_or(0),
+    };
+    let half = 1i128 << (bits - 1);
+    let codes = |s: i32| {
+        let t = s + 1 - bits as i32;
+        (ceil_shift(lo.0, lo.1 - t), ceil_shift(hi.0, hi.1 - t))
+    };
+    let mut scale = clamp_scale(c + 1) as i32;
+    for s in [c - 1, c] {
+        let s = clamp_scale(s) as i32;
+        let (l, h) = codes(s);
+        if l + h < 2 * half {
+            scale = s;
+            break;
+        }
+    }
+    let (l, h) = codes(scale);
+    let (zlo, zhi) = (l - half, half - 1 - h);
+    let z = if zlo <= zhi {
+        0i128.clamp(zlo, zhi)
+    } else {
+        ((zlo + zhi) >> 1).clamp(-half, half - 1)
+    };
+    (scale as i8, z as i32)
 }
 
 fn clamp_scale(s: i32) -> i8 {
@@ -416,5 +599,29 @@ mod tests {
         z[3] = 1.0;
         let s = choose_scale_f32(RangeMethod::MaxTenPercent, 8, Rounding::NearestEven, &z);
         assert_eq!(s, Ok(ZERO_DATA_SCALE)); // third largest is zero
+    }
+
+    #[test]
+    fn ceil_shift_edges() {
+        assert_eq!(ceil_shift(0, 100), 0);
+        assert_eq!(ceil_shift(5, 2), 20);
+        assert_eq!(ceil_shift(5, -1), 3);
+        assert_eq!(ceil_shift(4, -2), 1);
+        assert_eq!(ceil_shift(u64::MAX, -63), 2);
+        assert_eq!(ceil_shift(u64::MAX, -64), 1);
+        assert_eq!(ceil_shift(1, -1000), 1);
+        assert!(ceil_shift(1, 1000) > 1 << 100);
+    }
+
+    #[test]
+    fn min_max_scale_through_choose() {
+        // choose_scale_* with MinMax gives the rule's scale.
+        let x = [0.0f32, 0.9, 0.3];
+        assert_eq!(
+            choose_scale_f32(RangeMethod::MinMax, 8, Rounding::NearestEven, &x),
+            Ok(choose_min_max_f32(8, &x).unwrap().0)
+        );
+        let s = choose_scale_codes(RangeMethod::MinMax, 4, Rounding::Floor, -2, &[-1i32, 9]);
+        assert_eq!(s, Ok(1));
     }
 }

@@ -210,6 +210,11 @@ pub fn hash_record(r: &Record<'_>) -> u64 {
     if r.fmt.is_some_and(|f| f.clamp() == Clamp::Nics) {
         h.bytes(b"n");
     }
+    // So does a zero point (formats without one hash as before).
+    if let Some(f) = r.fmt.filter(|f| f.zero_point() != 0) {
+        h.bytes(b"z");
+        h.bytes(&f.zero_point().to_le_bytes());
+    }
     for c in [r.sat.data, r.sat.data_total, r.sat.grad, r.sat.grad_total] {
         h.bytes(&c.to_le_bytes());
     }
@@ -218,8 +223,9 @@ pub fn hash_record(r: &Record<'_>) -> u64 {
 
 /// The line that stands for a record:
 /// `R <run> <step> <phase> <name> <part> <len> <fmt> <hash>` with `fmt`
-/// `b<bits>s<scale>` (`b<bits>s<scale>n` with nics_fix_pt's clamp) or
-/// `none` and the hash in 16 hex digits.
+/// `b<bits>s<scale>` (`b<bits>s<scale>n` with nics_fix_pt's clamp,
+/// `b<bits>s<scale>z<zero point>` with a zero point) or `none` and the
+/// hash in 16 hex digits.
 ///
 /// # Errors
 ///
@@ -237,6 +243,9 @@ pub fn write_line(w: &mut dyn Write, r: &Record<'_>) -> fmt::Result {
     )?;
     match r.fmt {
         Some(f) if f.clamp() == Clamp::Nics => write!(w, "b{}s{}n", f.bits(), f.scale())?,
+        Some(f) if f.zero_point() != 0 => {
+            write!(w, "b{}s{}z{}", f.bits(), f.scale(), f.zero_point())?
+        }
         Some(f) => write!(w, "b{}s{}", f.bits(), f.scale())?,
         None => w.write_str("none")?,
     }

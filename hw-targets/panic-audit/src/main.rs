@@ -54,9 +54,12 @@ use fixnn_cases::Case;
 /// Room for any backend call of the audit.
 const BUF: usize = 256;
 
-/// A format from opaque bits (any `u8`, valid or not) and clamp.
+/// A format from opaque bits (any `u8`, valid or not), clamp and zero
+/// point (so the shifted code ranges are audited too).
 fn format(bits: u8, scale: i8) -> Option<Format> {
-    Format::with_clamp(black_box(bits), black_box(scale), black_box(Clamp::Nics)).ok()
+    Format::with_clamp(black_box(bits), black_box(scale), black_box(Clamp::Nics))
+        .and_then(|f| f.with_zero_point(black_box(0)))
+        .ok()
 }
 
 /// Every backend operation, on opaque geometries, buffers and formats
