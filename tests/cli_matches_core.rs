@@ -28,11 +28,12 @@ const RANGES: [(RangeMethod, &str); 5] = [
     (RangeMethod::Sweep, "sweep"),
     (RangeMethod::Running, "running"),
 ];
-const ROUNDINGS: [(Rounding, &str); 4] = [
+const ROUNDINGS: [(Rounding, &str); 5] = [
     (Rounding::NearestEven, "nearest-even"),
     (Rounding::NearestAway, "nearest-away"),
     (Rounding::Floor, "floor"),
     (Rounding::Stochastic, "stochastic"),
+    (Rounding::Tflite, "tflite"),
 ];
 
 proptest! {
@@ -45,7 +46,7 @@ proptest! {
         scale in any::<i8>(),
         fixed in any::<bool>(),
         ri in 0usize..RANGES.len(),
-        oi in 0usize..4,
+        oi in 0usize..ROUNDINGS.len(),
         seed in any::<u64>(),
     ) {
         let (range, range_name) = RANGES[ri];
