@@ -77,18 +77,6 @@ pub enum Rounding {
     Tflite,
 }
 
-impl Rounding {
-    /// The rounding applied where a value is rounded once:
-    /// [`Rounding::Tflite`] is [`Rounding::NearestAway`] there, every other
-    /// mode is itself.
-    pub const fn single(self) -> Rounding {
-        match self {
-            Rounding::Tflite => Rounding::NearestAway,
-            r => r,
-        }
-    }
-}
-
 /// Where codes saturate: the hardware's two's complement range (default)
 /// or nics_fix_pt's range, one code wider at the top.
 ///
