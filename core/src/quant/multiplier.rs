@@ -194,10 +194,11 @@ impl RealFormat {
     /// (`2^61 / M` is never a tie, so its rounding rule does not matter; a
     /// TFLite build that first rounds the real multiplier to a `double`
     /// could differ in the last bit of the multiplier when `2^61 / M` lies
-    /// within `2^-23` of a half-integer). `acc` outside `i32` is first clamped to
-    /// `[i32::MIN, i32::MAX]` (TFLite's int32 accumulator cannot hold it;
-    /// fixnn saturates where C++ would wrap), and such a clamp counts as
-    /// saturated even when the resulting code is inside the range.
+    /// within `2^-23` of a half-integer). `acc` outside `i32` is first
+    /// clamped to `[i32::MIN, i32::MAX]` (TFLite's int32 accumulator
+    /// cannot hold it; fixnn saturates where C++ would wrap), and such a
+    /// clamp counts as saturated even when the resulting code is inside
+    /// the range.
     pub fn round_acc(self, acc: i64, exp: i32, rounding: Rounding, draw: u32) -> (i32, bool) {
         let ms = self.mul_shift(exp);
         let (q, sat) = self.format.saturate(round_mul_shift(
@@ -290,6 +291,9 @@ impl RealFormat {
 /// assert_eq!(round_mul_shift(3, 1 << 30, 31, Rounding::NearestEven, 0), 2);
 /// assert_eq!(round_mul_shift(-3, 1 << 30, 31, Rounding::NearestAway, 0), -2);
 /// assert_eq!(round_mul_shift(-3, 1 << 30, 31, Rounding::Floor, 0), -2);
+/// // 1 * 2^30 / 2^32 = 0.25: TFLite's two roundings give 1.
+/// assert_eq!(round_mul_shift(1, 1 << 30, 32, Rounding::NearestAway, 0), 0);
+/// assert_eq!(round_mul_shift(1, 1 << 30, 32, Rounding::Tflite, 0), 1);
 /// ```
 pub fn round_mul_shift(
     acc: i64,
