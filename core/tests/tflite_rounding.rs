@@ -5,7 +5,7 @@
 //! is emulated here in f64 from the real multiplier, as TFLite does it.
 
 use fixnn::backend::RefBackend;
-use fixnn::layers::{Layer, Linear};
+use fixnn::layers::{Layer, Linear, Quant};
 use fixnn::quant::{
     multiply_by_quantized_multiplier as mbqm, requantize_one, requantize_ratio, round_f32,
     round_mul_shift, RealFormat,
@@ -258,6 +258,22 @@ fn everything_else_rounds_as_nearest_away() {
         }
     }
     assert_eq!(a, b);
+    // The vectorised slice path (a Quant layer, power-of-two format) too,
+    // on values with ties: equal to NearestAway, unlike NearestEven.
+    let layer = |rounding: Rounding| {
+        let mut q = Quant::<S2<1, 64>>::new(1);
+        let mut cfg = QuantConfig::fixed(6, 0); // step 2^-5
+        cfg.rounding = rounding;
+        q.out.quant.cfg = cfg;
+        let mut x = Tensor::<S2<1, 64>>::zeros();
+        for (i, v) in x.flat_mut().iter_mut().enumerate() {
+            *v = (i as f32 - 32.0) / 64.0; // half steps
+        }
+        q.forward(&RefBackend, &Ctx::train(1, 0), &x).unwrap();
+        q.output().flat().to_vec()
+    };
+    assert_eq!(layer(Rounding::Tflite), layer(Rounding::NearestAway));
+    assert_ne!(layer(Rounding::Tflite), layer(Rounding::NearestEven));
     // Ties away from zero, as C's round: 2.5 steps -> 3, -2.5 -> -3.
     assert_eq!(requantize_one(5, -8, f, Rounding::Tflite, 0), (3, false));
     assert_eq!(requantize_one(-5, -8, f, Rounding::Tflite, 0), (-3, false));

@@ -444,6 +444,7 @@ mod tests {
                     Rounding::NearestAway,
                     Rounding::Floor,
                     Rounding::Stochastic,
+                    Rounding::Tflite,
                 ] {
                     case += 1;
                     let len = (s.draw(case) % max_len) as usize;
