@@ -29,11 +29,12 @@ const RANGES: [(RangeMethod, &str); 6] = [
     (RangeMethod::Running, "running"),
     (RangeMethod::MinMax, "minmax"),
 ];
-const ROUNDINGS: [(Rounding, &str); 4] = [
+const ROUNDINGS: [(Rounding, &str); 5] = [
     (Rounding::NearestEven, "nearest-even"),
     (Rounding::NearestAway, "nearest-away"),
     (Rounding::Floor, "floor"),
     (Rounding::Stochastic, "stochastic"),
+    (Rounding::Tflite, "tflite"),
 ];
 
 proptest! {
@@ -46,7 +47,7 @@ proptest! {
         scale in any::<i8>(),
         fixed in any::<bool>(),
         ri in 0usize..RANGES.len(),
-        oi in 0usize..4,
+        oi in 0usize..ROUNDINGS.len(),
         seed in any::<u64>(),
         zraw in any::<u32>(),
     ) {

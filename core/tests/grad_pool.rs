@@ -353,7 +353,7 @@ fn run_avg<
                 assert_eq!(f.to_f32(q as i32), got);
                 let ok = match case.out.rounding {
                     Rounding::NearestEven => q == steps.round_ties_even().clamp(lo, hi),
-                    Rounding::NearestAway => q == steps.round().clamp(lo, hi),
+                    Rounding::NearestAway | Rounding::Tflite => q == steps.round().clamp(lo, hi),
                     Rounding::Floor => q == steps.floor().clamp(lo, hi),
                     Rounding::Stochastic => {
                         q == steps.floor().clamp(lo, hi) || q == steps.ceil().clamp(lo, hi)

@@ -262,6 +262,9 @@ pub enum RoundingArg {
     Floor,
     /// Stochastic, seeded.
     Stochastic,
+    /// TFLite's arithmetic: its double rounding when an accumulator is
+    /// requantized by a real-valued scale, nearest-away everywhere else.
+    Tflite,
 }
 
 impl From<MethodArg> for Method {
@@ -294,6 +297,7 @@ impl From<RoundingArg> for Rounding {
             RoundingArg::NearestAway => Rounding::NearestAway,
             RoundingArg::Floor => Rounding::Floor,
             RoundingArg::Stochastic => Rounding::Stochastic,
+            RoundingArg::Tflite => Rounding::Tflite,
         }
     }
 }

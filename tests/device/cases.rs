@@ -251,11 +251,14 @@ const RANGES: [RangeMethod; 5] = [
 fn seeded_ema(scale: i8) -> u32 {
     ((scale as i32 - 1 + 128) as u32) << 24 | 0xC0_0000
 }
-const ROUNDINGS: [Rounding; 4] = [
+const ROUNDINGS: [Rounding; 5] = [
     Rounding::NearestEven,
     Rounding::NearestAway,
     Rounding::Floor,
     Rounding::Stochastic,
+    // TFLite's double rounding where an accumulator meets a real-valued
+    // scale (coverage key "real Tflite"), nearest-away elsewhere.
+    Rounding::Tflite,
 ];
 
 /// Zero points (asymmetric ranges) on every fourth config by `turn`,
@@ -330,7 +333,7 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                         RangeMethod::Running => running,
                         other => other,
                     };
-                    let rounding = ROUNDINGS[((i + 2 * r + k) % 4) as usize];
+                    let rounding = ROUNDINGS[((i + 2 * r + k) as usize) % ROUNDINGS.len()];
                     let mut c = cfg(method, bits, scale, range, rounding);
                     if slot == RangeMethod::Running {
                         if range == RangeMethod::Running && r % 2 == 1 {
@@ -393,6 +396,9 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                     if c.is_real() {
                         set.insert(format!("real {:?}", c.method));
                         real_layers.insert(layer.clone());
+                        if c.rounding == Rounding::Tflite {
+                            set.insert("real Tflite".to_string());
+                        }
                     }
                     if c.method != Method::None {
                         set.insert(format!("bits {}", c.bits));
@@ -449,6 +455,7 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
         want.extend([false, true].map(|e| format!("Auto Running ema {e}")));
         want.extend(ROUNDINGS.iter().map(|m| format!("{m:?}")));
         want.extend(["real Auto".to_string(), "real Fixed".to_string()]);
+        want.push("real Tflite".to_string());
         want.extend([Clamp::Hardware, Clamp::Nics].map(|c| format!("{c:?}")));
         for g in [Group::Channel, Group::Batch] {
             want.extend([Method::Auto, Method::Fixed].map(|m| format!("group {g:?} {m:?}")));

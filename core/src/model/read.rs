@@ -667,6 +667,7 @@ impl JsonEnum for Rounding {
         ("nearest_away", Rounding::NearestAway),
         ("floor", Rounding::Floor),
         ("stochastic", Rounding::Stochastic),
+        ("tflite", Rounding::Tflite),
     ];
 }
 

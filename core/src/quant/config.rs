@@ -68,6 +68,20 @@ pub enum Rounding {
     /// generator, then floor: rounds up with probability equal to the dropped
     /// fraction. Reproducible from `(seed, tensor id, step, element index)`.
     Stochastic,
+    /// TFLite's int8 arithmetic, bit for bit (JSON `"tflite"`).
+    ///
+    /// * Requantizing an integer accumulator into a real-valued format
+    ///   ([`RealFormat::round_acc`](crate::quant::RealFormat::round_acc)):
+    ///   TFLite's `MultiplyByQuantizedMultiplier` with its double rounding
+    ///   (the accumulator clamped to `i32`, then
+    ///   `SaturatingRoundingDoublingHighMul` and `RoundingDivideByPOT`); see
+    ///   [`round_mul_shift`](crate::quant::round_mul_shift) for the exact
+    ///   rule (multiplier, shifts, `i32` clamp of the accumulator).
+    /// * Everywhere else (power-of-two requantization by shifts, f32 to
+    ///   code, f32 to real-valued code, averages, the range methods'
+    ///   error measure): exactly [`Rounding::NearestAway`], which is
+    ///   TFLite's rounding there (`RoundingDivideByPOT`, `std::round`).
+    Tflite,
 }
 
 /// Where codes saturate: the hardware's two's complement range (default)

@@ -31,7 +31,12 @@
 //!   `M_eff ~ 2^61 / M` and shifted right, the TFLite requantization; one
 //!   rounding by [`Rounding`] of the exact product `acc * M_eff`.
 //! * TFLite's own double rounding ([`saturating_rounding_doubling_high_mul`]
-//!   then [`rounding_divide_by_pot`]), for comparison with TFLite kernels.
+//!   then [`rounding_divide_by_pot`]), for comparison with TFLite kernels,
+//!   and selected for accumulators by [`Rounding::Tflite`]
+//!   ([`round_mul_shift`] documents the mapping of `(M_eff, shift)` onto
+//!   TFLite's `(quantized_multiplier, shift)`). Every other rounding site
+//!   (f32 to code included) treats [`Rounding::Tflite`] as
+//!   [`Rounding::NearestAway`].
 //! * Code to f32 ([`RealFormat::to_f32`]): `q * M` exactly in `i64`, then
 //!   [`acc_to_f32`](super::acc_to_f32) (one f32 rounding, nearest-even).
 
@@ -181,15 +186,30 @@ impl RealFormat {
     /// Requantize the accumulator `acc * 2^exp` into this format with
     /// [`mul_shift`](Self::mul_shift) and [`round_mul_shift`], then
     /// saturate. Returns `(code, saturated)`.
+    ///
+    /// With [`Rounding::Tflite`] this is TFLite's requantization (see
+    /// [`round_mul_shift`]) by the real multiplier
+    /// `2^(exp - step_exp + 31) / M`: TFLite's `QuantizeMultiplier` of that
+    /// exact value is `(M_eff, 31 - shift)` of [`mul_shift`](Self::mul_shift)
+    /// (`2^61 / M` is never a tie, so its rounding rule does not matter; a
+    /// TFLite build that first rounds the real multiplier to a `double`
+    /// could differ in the last bit of the multiplier when `2^61 / M` lies
+    /// within `2^-23` of a half-integer). `acc` outside `i32` is first
+    /// clamped to `[i32::MIN, i32::MAX]` (TFLite's int32 accumulator
+    /// cannot hold it; fixnn saturates where C++ would wrap), and such a
+    /// clamp counts as saturated even when the resulting code is inside
+    /// the range.
     pub fn round_acc(self, acc: i64, exp: i32, rounding: Rounding, draw: u32) -> (i32, bool) {
         let ms = self.mul_shift(exp);
-        self.format.saturate(round_mul_shift(
+        let (q, sat) = self.format.saturate(round_mul_shift(
             acc,
             ms.multiplier,
             ms.shift,
             rounding,
             draw,
-        ))
+        ));
+        let clamped = rounding == Rounding::Tflite && acc as i32 as i64 != acc;
+        (q, sat || clamped)
     }
 
     /// The format chosen for data whose largest magnitude is the exact
@@ -237,6 +257,31 @@ impl RealFormat {
 /// magnitude, far outside any code range, saturates to `±2^100`); shifts
 /// above 96 act as 96.
 ///
+/// # `Rounding::Tflite`
+///
+/// TFLite's `MultiplyByQuantizedMultiplier(x, quantized_multiplier,
+/// tflite_shift)` with its two roundings, where the pair is what TFLite's
+/// `QuantizeMultiplier` makes of the same real multiplier
+/// `multiplier * 2^-shift`: `quantized_multiplier = multiplier` (a Q31
+/// fraction, `multiplier * 2^-31`; values above `i32::MAX` act as
+/// `i32::MAX`) and `tflite_shift = 31 - shift` (positive: a left shift).
+/// Step by step:
+///
+/// 1. `x = acc` clamped to `[i32::MIN, i32::MAX]` (TFLite's accumulator is
+///    an `i32`);
+/// 2. if `tflite_shift < -31` the result is 0 (TFLite's `QuantizeMultiplier`
+///    flushes such a multiplier to 0);
+/// 3. otherwise [`multiply_by_quantized_multiplier`]`(x, multiplier,
+///    tflite_shift)`: `x * 2^left` (saturated to `i32`),
+///    [`saturating_rounding_doubling_high_mul`] (nearest, ties toward plus
+///    infinity), then [`rounding_divide_by_pot`] by `right` (nearest, ties
+///    away from zero).
+///
+/// The two roundings can differ from one rounding of the exact product:
+/// `acc = 1`, `multiplier = 2^30`, `shift = 32` is exactly `0.25`, which
+/// `NearestAway` rounds to 0, TFLite to 1 (`0.5 -> 1`, then `0.5 -> 1`).
+/// `draw` is unused.
+///
 /// # Examples
 ///
 /// ```
@@ -246,6 +291,9 @@ impl RealFormat {
 /// assert_eq!(round_mul_shift(3, 1 << 30, 31, Rounding::NearestEven, 0), 2);
 /// assert_eq!(round_mul_shift(-3, 1 << 30, 31, Rounding::NearestAway, 0), -2);
 /// assert_eq!(round_mul_shift(-3, 1 << 30, 31, Rounding::Floor, 0), -2);
+/// // 1 * 2^30 / 2^32 = 0.25: TFLite's two roundings give 1.
+/// assert_eq!(round_mul_shift(1, 1 << 30, 32, Rounding::NearestAway, 0), 0);
+/// assert_eq!(round_mul_shift(1, 1 << 30, 32, Rounding::Tflite, 0), 1);
 /// ```
 pub fn round_mul_shift(
     acc: i64,
@@ -254,6 +302,9 @@ pub fn round_mul_shift(
     rounding: Rounding,
     draw: u32,
 ) -> i128 {
+    if rounding == Rounding::Tflite {
+        return tflite_mul_shift(acc, multiplier, shift) as i128;
+    }
     let p = acc as i128 * multiplier as i128; // |p| < 2^95
     if p == 0 {
         return 0;
@@ -267,6 +318,30 @@ pub fn round_mul_shift(
         return p << left;
     }
     shift_right_round(p, shift.min(96) as u32, rounding, draw)
+}
+
+/// [`round_mul_shift`] with [`Rounding::Tflite`]: TFLite's requantization
+/// of `acc` by the real multiplier `multiplier * 2^-shift`.
+fn tflite_mul_shift(acc: i64, multiplier: u32, shift: i32) -> i32 {
+    let x = if acc > i32::MAX as i64 {
+        i32::MAX
+    } else if acc < i32::MIN as i64 {
+        i32::MIN
+    } else {
+        acc as i32
+    };
+    let m = if multiplier > i32::MAX as u32 {
+        i32::MAX
+    } else {
+        multiplier as i32
+    };
+    let t = 31 - shift as i64; // TFLite's shift, positive to the left
+    if t < -31 {
+        return 0;
+    }
+    // In [-31, 2^31 + 31]; left shifts above 31 act as 31 (saturating).
+    let t = if t > 31 { 31 } else { t as i32 };
+    multiply_by_quantized_multiplier(x, m, t)
 }
 
 /// TFLite's `SaturatingRoundingDoublingHighMul(a, b)`: the high 32 bits of

@@ -519,6 +519,8 @@ fn sweep<S: Samples>(s: &S, c: i32, like: Format, rounding: Rounding) -> i8 {
     let bits = like.bits();
     let rounding = match rounding {
         Rounding::Stochastic => Rounding::NearestEven,
+        // TFLite rounds single values half away from zero.
+        Rounding::Tflite => Rounding::NearestAway,
         r => r,
     };
     let top = clamp_scale(c) as i32;

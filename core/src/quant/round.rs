@@ -144,7 +144,8 @@ pub fn requantize_ratio(
         if right + d_bits > 96 {
             // den >= 2^96: |x| < 2^63 / 2^96 = 2^-33.
             let q = match (rounding, v < 0) {
-                (_, false) | (Rounding::NearestEven | Rounding::NearestAway, true) => 0,
+                (_, false)
+                | (Rounding::NearestEven | Rounding::NearestAway | Rounding::Tflite, true) => 0,
                 (Rounding::Floor, true) => -1,
                 (Rounding::Stochastic, true) => -((draw == 0) as i128),
             };
@@ -161,7 +162,7 @@ pub fn requantize_ratio(
         Rounding::Floor => false,
         Rounding::NearestEven => 2 * rem > den || (2 * rem == den && tie_up(floor & 1 == 1)),
         // A tie is floor + 0.5: away from zero is up iff that is positive.
-        Rounding::NearestAway => 2 * rem > den || (2 * rem == den && floor >= 0),
+        Rounding::NearestAway | Rounding::Tflite => 2 * rem > den || (2 * rem == den && floor >= 0),
         Rounding::Stochastic => {
             let frac32 = ((rem as u128) << 32).checked_div(den as u128).unwrap_or(0); // < 2^32
             frac32 + draw as u128 >= 1 << 32
@@ -182,7 +183,9 @@ fn shift_right_round_i64(v: i64, shift: u32, rounding: Rounding, draw: u32) -> O
         Rounding::NearestEven => {
             floor + (rem > half || (rem == half && tie_up(floor & 1 == 1))) as i64
         }
-        Rounding::NearestAway => floor + (rem > half || (rem == half && floor >= 0)) as i64,
+        Rounding::NearestAway | Rounding::Tflite => {
+            floor + (rem > half || (rem == half && floor >= 0)) as i64
+        }
         Rounding::Stochastic => {
             let r = if shift <= 32 {
                 (draw >> (32 - shift)) as i64
@@ -224,8 +227,8 @@ pub(crate) fn round_exact_f32(y: f32, rounding: Rounding) -> i32 {
     let r = y - t as f32; // the exact fraction, in (-1, 1)
     match rounding {
         Rounding::Floor => t - (r < 0.0) as i32,
-        Rounding::NearestAway => t + (r >= 0.5) as i32 - (r <= -0.5) as i32,
-        _ => {
+        Rounding::NearestAway | Rounding::Tflite => t + (r >= 0.5) as i32 - (r <= -0.5) as i32,
+        Rounding::NearestEven | Rounding::Stochastic => {
             // Nearest, ties to even.
             if r > 0.5 || (r == 0.5 && tie_up(t & 1 == 1)) {
                 t + 1
@@ -253,7 +256,7 @@ pub(crate) fn shift_right_round(v: i128, shift: u32, rounding: Rounding, draw: u
                 floor
             }
         }
-        Rounding::NearestAway => {
+        Rounding::NearestAway | Rounding::Tflite => {
             // A tie is floor + 0.5: away from zero is up iff that is positive.
             if rem > half || (rem == half && floor >= 0) {
                 floor + 1

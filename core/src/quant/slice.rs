@@ -182,7 +182,9 @@ fn run<I: Io>(io: &mut I, format: Format, rounder: &Rounder, sat: Option<&mut [b
     match rounder.rounding {
         Rounding::NearestEven if fast && !TIES_TO_ODD => io.map(sat, |x| nearest_even(x, c)),
         Rounding::NearestEven if fast => chunks::<I, NEAREST_EVEN>(io, c, format, rounder, sat),
-        Rounding::NearestAway if fast => chunks::<I, NEAREST_AWAY>(io, c, format, rounder, sat),
+        Rounding::NearestAway | Rounding::Tflite if fast => {
+            chunks::<I, NEAREST_AWAY>(io, c, format, rounder, sat)
+        }
         Rounding::Floor if fast => chunks::<I, FLOOR>(io, c, format, rounder, sat),
         _ => {
             let mut n = 0;
@@ -442,6 +444,7 @@ mod tests {
                     Rounding::NearestAway,
                     Rounding::Floor,
                     Rounding::Stochastic,
+                    Rounding::Tflite,
                 ] {
                     case += 1;
                     let len = (s.draw(case) % max_len) as usize;

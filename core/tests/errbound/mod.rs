@@ -124,7 +124,10 @@ pub fn rounding_error(fmt: Option<Format>, rounding: Rounding) -> f64 {
     match fmt {
         None => 0.0,
         Some(f) => match rounding {
-            Rounding::NearestEven | Rounding::NearestAway => f.step() as f64 / 2.0,
+            // Tflite rounds power-of-two formats as NearestAway.
+            Rounding::NearestEven | Rounding::NearestAway | Rounding::Tflite => {
+                f.step() as f64 / 2.0
+            }
             Rounding::Floor | Rounding::Stochastic => f.step() as f64,
         },
     }
