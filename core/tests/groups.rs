@@ -7,7 +7,7 @@ use fixnn::layers::{Conv2d, Layer, Linear, Quant};
 use fixnn::model::{
     apply_configs, with_overrides, LoadEntry, Override, OverrideError, SavedConfigs, Select,
 };
-use fixnn::quant::Stream;
+use fixnn::quant::{RealFormat, Stream};
 use fixnn::tensor::{Ctx, Tensor, S2, S4};
 use fixnn::{Error, Format, Group, QuantConfig, RangeMethod, Rounding};
 
@@ -119,22 +119,24 @@ fn real_valued_channel_scales() {
     fc.forward(&bk, &ctx, &x).unwrap();
     let g = &fc.weight.groups.0[0];
     assert_eq!(g.scale, [1, -3]);
-    // 0.1 is f32 0x3dcccccd: 0.8 * 2^-3, M = significand << 7.
-    assert_eq!(g.multiplier, [3 << 29, 0xcccccd << 7]);
-    // Row 0 step 1.5 / 8 = 0.1875: 1.5 -> 8 -> 7 (clamped: the range's
-    // top is one step above the top code), 0.3 -> 1.6 -> 2.  Row 1 step 0.1 / 8
-    // (in f32 terms: the code's value is rounded once to f32): 0.1 -> 8 -> 7
-    // (clamped), -0.05 -> -4.
-    let step1 = 0.1f32 / 8.0;
-    assert_eq!(fc.weight.q.v[0], [1.3125, 0.375]);
-    assert_eq!(fc.weight.q.v[1], [7.0 * step1, -4.0 * step1]);
+    // The hardware clamp puts each row's maximum on the top code 7: range
+    // max * 8 / 7. Row 0: M = ceil(0.75 * 2^31 * 8 / 7) = ceil(1840700269.7);
+    // row 1: 0.1 is f32 0x3dcccccd = 0.8 * 2^-3 (significand << 7 =
+    // 1717986944), M = ceil(1717986944 * 8 / 7) = ceil(1963413650.3).
+    assert_eq!(g.multiplier, [1_840_700_270, 1_963_413_651]);
+    // Row 0 step ~1.5 / 7: 1.5 -> 7, 0.3 -> 1.4 -> 1. Row 1 step ~0.1 / 7:
+    // 0.1 -> 7, -0.05 -> -3.4999... -> -3.
+    let r0 = RealFormat::new(Format::new(4, 1).unwrap(), 1_840_700_270).unwrap();
+    let r1 = RealFormat::new(Format::new(4, -3).unwrap(), 1_963_413_651).unwrap();
+    assert_eq!(fc.weight.q.v[0], [r0.to_f32(7), r0.to_f32(1)]);
+    assert_eq!(fc.weight.q.v[1], [r1.to_f32(7), r1.to_f32(-3)]);
+    assert_eq!(fc.weight.quant.stats.data, 0, "no maximum is clamped");
     assert_eq!(
         fc.weight.q.fmt, None,
         "real-valued groups are carried as f32"
     );
     assert_eq!(
-        fc.weight.quant.cfg.multiplier,
-        3 << 29,
+        fc.weight.quant.cfg.multiplier, 1_840_700_270,
         "largest range on record"
     );
 }

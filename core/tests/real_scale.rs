@@ -5,8 +5,9 @@
 
 use fixnn::backend::RefBackend;
 use fixnn::layers::{AvgPool2d, Conv2d, Layer, Linear, Quant};
+use fixnn::quant::RealFormat;
 use fixnn::tensor::{Ctx, Tensor, S2, S4};
-use fixnn::{Error, Format, QuantConfig};
+use fixnn::{Clamp, Error, Format, QuantConfig};
 
 /// 0.75 as a Q31 multiplier.
 const M075: u32 = 3 << 29;
@@ -41,7 +42,11 @@ fn quant_layer_auto_real_chooses_from_the_data() {
     let bk = RefBackend;
     let ctx = Ctx::train(1, 0);
     let mut q = Quant::<S2<1, 4>>::new(1);
-    q.out.quant.cfg = QuantConfig::auto_real(4);
+    // nics_fix_pt's clamp: its float_scale exactly.
+    q.out.quant.cfg = QuantConfig {
+        clamp: Clamp::Nics,
+        ..QuantConfig::auto_real(4)
+    };
     let mut x = Tensor::<S2<1, 4>>::zeros();
     x.flat_mut().copy_from_slice(&[0.3, -1.5, 0.9, 0.0]);
     q.forward(&bk, &ctx, &x).unwrap();
@@ -56,6 +61,25 @@ fn quant_layer_auto_real_chooses_from_the_data() {
     q.forward(&bk, &Ctx::eval(1), &x).unwrap();
     assert_eq!(q.out.quant.cfg.multiplier, M075);
     assert_eq!(q.output().flat()[1], -1.5);
+}
+
+#[test]
+fn hardware_clamp_auto_real_puts_the_maximum_on_the_top_code() {
+    let bk = RefBackend;
+    let mut q = Quant::<S2<1, 4>>::new(1);
+    q.out.quant.cfg = QuantConfig::auto_real(4);
+    let mut x = Tensor::<S2<1, 4>>::zeros();
+    x.flat_mut().copy_from_slice(&[0.3, -1.5, 0.9, 0.0]);
+    q.forward(&bk, &Ctx::train(1, 0), &x).unwrap();
+    // Range 1.5 * 8 / 7, M = ceil(0.75 * 2^31 * 8 / 7) = ceil(1840700269.7):
+    // step ~1.5 / 7, so 0.3 -> 1.4 -> 1, -1.5 -> -7 (not clamped), 0.9 -> 4.2 -> 4.
+    let cfg = q.out.quant.cfg;
+    assert_eq!((cfg.scale, cfg.multiplier), (1, 1_840_700_270));
+    let rf = RealFormat::new(Format::new(4, 1).unwrap(), 1_840_700_270).unwrap();
+    let want = [1, -7, 4, 0].map(|c| rf.to_f32(c));
+    assert_eq!(q.output().flat(), &want);
+    assert_eq!(q.out.sat, [[false; 4]]);
+    assert_eq!(q.out.quant.stats.data, 0);
 }
 
 #[test]
@@ -88,13 +112,15 @@ fn linear_requantizes_its_accumulator_by_multiplier_and_shift() {
     // dx = dy * w (f32, exact here).
     assert_eq!(l.input_grad().flat(), &[g * 0.5, g * -0.75]);
     // dw = dy * x = [0.0498046875, 0.02490234375]; Auto: max = 0.0498046875
-    // = 51 * 2^-10 = 0.796875 * 2^-4, so M = 0.796875 * 2^31 and the step is
-    // max / 128: the codes are 128 (clamped to 127) and 64.
+    // = 51 * 2^-10 = 0.796875 * 2^-4; with the hardware clamp the range is
+    // max * 128 / 127, M = ceil(51 * 2^25 * 128 / 127) = ceil(1724750646.4),
+    // so the step is just above max / 127: the codes are 127 (the maximum,
+    // not clamped) and 63 (63.4999...).
     let wq = l.weight.quant.grad_cfg;
-    assert_eq!((wq.scale, wq.multiplier), (-4, 51 << 25));
-    let step = 51.0f32 / 1024.0 / 128.0;
-    assert_eq!(l.weight.grad.flat(), &[127.0 * step, 64.0 * step]);
-    assert_eq!(l.weight.quant.stats.grad, 1);
+    assert_eq!((wq.scale, wq.multiplier), (-4, 1_724_750_647));
+    let rf = RealFormat::new(Format::new(8, -4).unwrap(), 1_724_750_647).unwrap();
+    assert_eq!(l.weight.grad.flat(), &[rf.to_f32(127), rf.to_f32(63)]);
+    assert_eq!(l.weight.quant.stats.grad, 0);
 }
 
 #[test]

@@ -248,7 +248,7 @@ pub fn restore_configs<L: Layer>(model: &mut L, saved: &[SavedConfigs]) -> usize
 
 /// Run `f` on `model` with `overrides` applied, then restore every
 /// overridden tensor's configs exactly (nics_fix_pt's `kwarg_cfg`; see the
-/// [module docs](self)). `saved` holds one slot per selected tensor.
+/// [`model`](crate::model) docs). `saved` holds one slot per selected tensor.
 ///
 /// Returns what `f` returns (a pass's own `Result` comes back inside:
 /// the configs are restored whether the pass failed or not).

@@ -199,10 +199,16 @@ pub enum Group {
 /// multiplier and a shift; the real value of `q` is
 /// `q * (M / 2^31) * 2^(scale + 1 - bits) = q * M * 2^(scale - bits - 30)`
 /// and the range is `(M / 2^31) * 2^scale` (see [`RealFormat`]). Method
-/// Auto then chooses `scale` and `M` together from the data as
+/// Auto then chooses `scale` and `M` together from `max |x|`
+/// ([`RealFormat::from_max_for`]; range Max only, as nics_fix_pt supports
+/// `float_scale` with no other range method): with [`Clamp::Nics`] as
 /// nics_fix_pt's `float_scale` with `RANGE_MAX` does (range = `max |x|`,
-/// step = `max |x| / 2^(bits - 1)`; nics_fix_pt supports `float_scale`
-/// with no other range method, and neither does fixnn), Fixed keeps both,
+/// step = `max |x| / 2^(bits - 1)`: the maximum is code `2^(bits-1)`, which
+/// that clamp keeps); with the hardware clamp the range is
+/// `max |x| * 2^(bits-1) / (2^(bits-1) - 1)` (rounded up), so that the
+/// maximum is the top code `2^(bits-1) - 1` (TFLite's symmetric scale
+/// `max / 127` at 8 bits) instead of being clamped, which would zero its
+/// gradient at every step. Fixed keeps both,
 /// None ignores both. Any `M` in the range asks Auto for a real-valued scale
 /// ([`QuantConfig::auto_real`] uses `2^30`).
 ///
@@ -576,7 +582,8 @@ impl QuantConfig {
 
     /// [`update_scale_f32`](Self::update_scale_f32) for a real-valued
     /// scale: Auto sets `scale` and `multiplier` from `max |x|` with
-    /// [`RealFormat::from_max`] (integer arithmetic on the f32 bits; all-zero
+    /// [`RealFormat::from_max_for`] (the config's clamp: `max |x|` is the top
+    /// code; integer arithmetic on the f32 bits; all-zero
     /// data gives nics_fix_pt's `eps`, the f32 nearest `1e-5`); Fixed keeps
     /// them; None returns `Ok(None)`.
     ///
@@ -597,7 +604,12 @@ impl QuantConfig {
                 return Err(Error::NonFinite { index });
             }
             let (m, e) = super::round::decompose_f32(f32::from_bits(big)).unwrap_or((0, 0));
-            self.set_real(RealFormat::from_max(self.bits, m.unsigned_abs(), e)?);
+            self.set_real(RealFormat::from_max_for(
+                self.bits,
+                self.clamp,
+                m.unsigned_abs(),
+                e,
+            )?);
         }
         self.real_format()
     }
@@ -620,7 +632,7 @@ impl QuantConfig {
             let Some(big) = q.iter().map(|&v| v.into().unsigned_abs()).max() else {
                 return Err(Error::EmptyInput);
             };
-            self.set_real(RealFormat::from_max(self.bits, big, exp)?);
+            self.set_real(RealFormat::from_max_for(self.bits, self.clamp, big, exp)?);
         }
         self.real_format()
     }
@@ -765,7 +777,21 @@ mod tests {
 
     #[test]
     fn auto_real_chooses_scale_and_multiplier() {
+        // The hardware clamp: max |x| = 1.5 is the top code 127, -1.5 is
+        // -127 (range 1.5 * 128 / 127, M = ceil(0.75 * 2^31 * 128 / 127)
+        // = ceil(1623294726.05)).
+        let mut hw = QuantConfig::auto_real(8);
+        let rf = hw.update_real_f32(&[0.3, -1.5, 0.9]).unwrap().unwrap();
+        assert_eq!((hw.scale, hw.multiplier), (1, 1_623_294_727));
+        assert_eq!(rf.round_f32(1.5, Rounding::NearestEven, 0), (127, false));
+        assert_eq!(rf.round_f32(-1.5, Rounding::NearestEven, 0), (-127, false));
+        // At 2 bits the top code is 1: range 2 * max.
+        let mut two = QuantConfig::auto_real(2);
+        two.update_real_f32(&[0.75]).unwrap();
+        assert_eq!((two.scale, two.multiplier), (1, 3 << 29));
+        // nics_fix_pt's clamp: its float_scale exactly.
         let mut cfg = QuantConfig::auto_real(8);
+        cfg.clamp = Clamp::Nics;
         // max |x| = 1.5: range 0.75 * 2^1, step 1.5 / 128.
         let rf = cfg.update_real_f32(&[0.3, -1.5, 0.9]).unwrap().unwrap();
         assert_eq!((cfg.scale, cfg.multiplier), (1, 3 << 29));

@@ -19,7 +19,7 @@
 //!
 //! * Auto (training) chooses each group's scale from the group's largest
 //!   magnitude, as [`RangeMethod::Max`] does for a whole tensor (the
-//!   real-valued scale as [`RealFormat::from_max`]); an all-zero group gets
+//!   real-valued scale as [`RealFormat::from_max_for`]); an all-zero group gets
 //!   [`ZERO_DATA_SCALE`](super::range::ZERO_DATA_SCALE) (power of two) or
 //!   nics_fix_pt's `eps` (real). Grouped Auto supports range `Max` only
 //!   ([`QuantConfig::validate`]). The config's own `scale` (and
@@ -315,12 +315,12 @@ pub fn quantize_f32_grouped(
     let real = cfg.multiplier != 0;
     if cfg.method == Method::Auto {
         let like = Format::with_clamp(cfg.bits, 0, cfg.clamp)?;
-        let (bits, rounding) = (cfg.bits, cfg.rounding);
+        let (bits, rounding, clamp) = (cfg.bits, cfg.rounding, cfg.clamp);
         store_auto(cfg, &mut grouping.store, layout.groups, |g| {
             let big = group_max_f32(x, &layout, g);
             if real {
                 let (m, e) = decompose_f32(f32::from_bits(big)).unwrap_or((0, 0));
-                let rf = RealFormat::from_max(bits, m.unsigned_abs(), e)?;
+                let rf = RealFormat::from_max_for(bits, clamp, m.unsigned_abs(), e)?;
                 Ok((rf.format().scale(), rf.multiplier()))
             } else {
                 let s =
@@ -398,11 +398,11 @@ pub fn requantize_grouped(
     let real = cfg.multiplier != 0;
     if cfg.method == Method::Auto {
         let like = Format::with_clamp(cfg.bits, 0, cfg.clamp)?;
-        let (bits, rounding) = (cfg.bits, cfg.rounding);
+        let (bits, rounding, clamp) = (cfg.bits, cfg.rounding, cfg.clamp);
         store_auto(cfg, &mut grouping.store, layout.groups, |g| {
             let big = group_max_int(acc, &layout, g);
             if real {
-                let rf = RealFormat::from_max(bits, big, exp)?;
+                let rf = RealFormat::from_max_for(bits, clamp, big, exp)?;
                 Ok((rf.format().scale(), rf.multiplier()))
             } else {
                 // 2^63 and 2^63 - 1 have the same ceil(log2).

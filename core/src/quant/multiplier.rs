@@ -42,7 +42,7 @@
 
 use core::num::NonZeroU32;
 
-use super::config::Rounding;
+use super::config::{Clamp, Rounding};
 use super::format::Format;
 use super::round::{decompose_f32, requantize_ratio, shift_right_round};
 use crate::error::{Error, Result};
@@ -220,10 +220,69 @@ impl RealFormat {
     /// representable one: `M = 2^30` at the bottom, `2^31 - 1` at the top).
     /// `m == 0` gives nics_fix_pt's `eps`, the f32 nearest `1e-5`.
     pub fn from_max(bits: u8, m: u64, e: i32) -> Result<Self> {
+        Self::from_max_nics(bits, m, e)
+    }
+
+    /// The format Auto chooses for data whose largest magnitude is the
+    /// exact `max = m * 2^e`, for codes that saturate as `clamp` says:
+    ///
+    /// * [`Clamp::Nics`]: nics_fix_pt's `float_scale` exactly
+    ///   ([`from_max`](Self::from_max)): range `max`, so `max` is code
+    ///   `2^(bits-1)`, which nics_fix_pt's clamp keeps.
+    /// * [`Clamp::Hardware`]: the range `max * 2^(bits-1) / (2^(bits-1) - 1)`
+    ///   (rounded up to the multiplier's precision), so that `max` is the
+    ///   top code `2^(bits-1) - 1` of the register instead of being clamped
+    ///   to it (which would zero its gradient every step): TFLite's
+    ///   symmetric scale `max / 127` at 8 bits. `-max` is code
+    ///   `-(2^(bits-1) - 1)`.
+    ///
+    /// The returned format carries `clamp`. `m == 0` gives nics_fix_pt's
+    /// `eps` (the f32 nearest `1e-5`) as the maximum.
+    ///
+    /// # Errors
+    ///
+    /// As [`Format::with_clamp`] (bits outside `2..=16`, 16 bits with the
+    /// nics clamp).
+    pub fn from_max_for(bits: u8, clamp: Clamp, m: u64, e: i32) -> Result<Self> {
+        let f = Format::with_clamp(bits, 0, clamp)?;
+        let rf = match clamp {
+            Clamp::Nics => Self::from_max_nics(bits, m, e)?,
+            Clamp::Hardware => {
+                let (m, e) = match m {
+                    0 => {
+                        let (m, e) = decompose_f32(1e-5).unwrap_or((1, -17));
+                        (m as u64, e)
+                    }
+                    _ => (m, e),
+                };
+                // ceil(m * 2^(bits-1) * 2^40 / t) * 2^(e - 40), t = 2^(bits-1) - 1:
+                // at most 64 + 15 + 40 bits, then rounded up to 63 bits.
+                let t = ((1u128 << (f.bits() - 1)) - 1).max(1);
+                let num = (m as u128) << (f.bits() as u32 - 1 + 40);
+                let mut r = num.div_ceil(t);
+                let mut e = e.saturating_sub(40);
+                let n = 128 - r.leading_zeros() as i32;
+                if n > 63 {
+                    let s = (n - 63) as u32;
+                    let up = (r & ((1u128 << s) - 1) != 0) as u128;
+                    r = (r >> s) + up;
+                    e = e.saturating_add(s as i32);
+                }
+                Self::from_max_nics(bits, r as u64, e)?
+            }
+        };
+        Self::new(
+            Format::validated(bits, rf.format.scale(), clamp),
+            rf.multiplier(),
+        )
+    }
+
+    /// [`from_max`](Self::from_max)'s rule.
+    fn from_max_nics(bits: u8, m: u64, e: i32) -> Result<Self> {
         if m == 0 {
             // nics_fix_pt: max(max|x|, 1e-5).
             let (m, e) = decompose_f32(1e-5).unwrap_or((1, -17));
-            return Self::from_max(bits, m as u64, e);
+            return Self::from_max_nics(bits, m as u64, e);
         }
         let n = 64 - m.leading_zeros() as i32; // m in [2^(n-1), 2^n)
         let scale = e.saturating_add(n);
@@ -426,6 +485,50 @@ pub const fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With the hardware clamp the maximum is the top code, unclamped, and
+    /// its negative the negated top code, for every width and a spread of
+    /// magnitudes; the nics clamp keeps nics_fix_pt's rule (the maximum is
+    /// code `2^(bits-1)`).
+    #[test]
+    fn from_max_for_puts_the_maximum_on_the_top_code() {
+        let mut bits_pattern = 0x3f80_0001u32;
+        for i in 0..600u32 {
+            // Pseudo-random f32 magnitudes from 2^-40 to 2^40.
+            bits_pattern = bits_pattern
+                .wrapping_mul(1_664_525)
+                .wrapping_add(1_013_904_223);
+            let exp = 87 + (bits_pattern >> 24) % 80;
+            let max = f32::from_bits(exp << 23 | (bits_pattern & 0x7f_ffff));
+            let bits = 2 + (i % 14) as u8;
+            let (m, e) = decompose_f32(max).unwrap();
+            let top = (1i32 << (bits - 1)) - 1;
+            let hw = RealFormat::from_max_for(bits, Clamp::Hardware, m as u64, e).unwrap();
+            assert_eq!(hw.format().clamp(), Clamp::Hardware);
+            for r in [
+                Rounding::NearestEven,
+                Rounding::Floor,
+                Rounding::NearestAway,
+            ] {
+                let up = hw.round_f32(max, r, 0);
+                let down = hw.round_f32(-max, r, 0);
+                if r == Rounding::Floor {
+                    // Floor may land one code lower (the range is rounded up).
+                    assert!(up.0 >= top - 1 && !up.1, "{max} {bits} {up:?}");
+                } else {
+                    assert_eq!(up, (top, false), "{max} {bits}");
+                    assert_eq!(down, (-top, false), "{max} {bits}");
+                }
+            }
+            let nics = RealFormat::from_max_for(bits, Clamp::Nics, m as u64, e).unwrap();
+            assert_eq!(nics.format().clamp(), Clamp::Nics);
+            assert_eq!(
+                nics.round_f32(max, Rounding::NearestEven, 0),
+                (top + 1, false),
+                "{max} {bits}"
+            );
+        }
+    }
 
     #[test]
     fn srdhm_golden() {
