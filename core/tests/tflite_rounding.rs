@@ -13,6 +13,9 @@ use fixnn::quant::{
 use fixnn::tensor::{Ctx, Tensor, S2};
 use fixnn::{Format, QuantConfig, Rounding};
 
+mod common;
+use common::Rng;
+
 /// 0.75 as a Q31 multiplier.
 const M075: u32 = 3 << 29;
 
@@ -38,21 +41,6 @@ fn quantize_multiplier(real: f64) -> (i32, i32) {
         return (0, 0);
     }
     (q as i32, shift)
-}
-
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % (hi - lo + 1) as u64) as i64
-    }
 }
 
 #[test]
