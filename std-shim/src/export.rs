@@ -3,20 +3,23 @@
 //!
 //! Only what inference on the device needs is exported: every parameter and
 //! buffer, as integer codes with their format (or f32 values for tensors at
-//! full precision). Real value = `code * 2^(scale + 1 - bits)`.
+//! full precision). Real value = `(code - zero_point) * 2^(scale + 1 - bits)`:
+//! codes are what a `bits`-bit register holds, and `zero_point` is 0 except
+//! for asymmetric ranges (`QuantConfig::zero_point`).
 //!
 //! # Binary layout (all integers little-endian)
 //!
 //! | bytes | field |
 //! | --- | --- |
 //! | 4 | magic `FXNN` |
-//! | 2 | version, 2 (1 is still read) |
+//! | 2 | version, 3 (1 and 2 are still read) |
 //! | 2 | tensor count `n` |
 //! | per tensor: 1 | name length `l` (at most 255) |
 //! | `l` | name, UTF-8 (`fc1.weight`) |
 //! | 1 | kind: 0 parameter, 1 buffer |
 //! | 1 | bits (2..=16), or 0 for f32 values |
 //! | 1 | scale (i8) |
+//! | 2 | zero point (i16; 0 for f32 values; absent before version 3) |
 //! | 4 | element count `c` |
 //! | see below | the codes or values |
 //! | 8 | FNV-1a 64 of every byte before it |
@@ -39,12 +42,12 @@
 //! `fixnn::layers::PackedLinear` / `PackedConv2d` on them.
 //!
 //! Version 1 (before packing) stored 2- to 4-bit codes as one `i8` each;
-//! [`parse_bin`] reads both versions.
+//! version 2 had no zero point; [`parse_bin`] reads all three.
 //!
-//! Tensors with a zero point (asymmetric ranges, `QuantConfig::zero_point`)
-//! are refused by both formats, with an error naming the tensor: neither
-//! layout has a field for the zero point yet, and codes without it would
-//! be read as the wrong values.
+//! A tensor with a zero point `z` stores its registers `q` (not `q - z`),
+//! so its codes fit `bits` like any other (packed at 2 to 4 bits: read the
+//! raw fields with `PackedCodes::new(bytes, Format::new(bits, scale)?, c)`
+//! and subtract `z`).
 
 use std::fmt::Write as _;
 
@@ -56,7 +59,7 @@ use crate::configs::StateTensor;
 /// `FXNN`.
 pub const MAGIC: &[u8; 4] = b"FXNN";
 /// Layout version written.
-pub const BIN_VERSION: u16 = 2;
+pub const BIN_VERSION: u16 = 3;
 
 /// How [`to_bin`] stores a tensor of `bits` bits (`None`: f32 values) and
 /// `n` elements: a description and the byte count.
@@ -126,12 +129,18 @@ pub fn to_rust(c: &Checkpoint, source: &str) -> Result<String, String> {
     );
     let _ = writeln!(
         s,
-        "//! Real value = code * 2^(SCALE + 1 - BITS). Do not edit.\n"
+        "//! Real value = (code - ZERO_POINT) * 2^(SCALE + 1 - BITS), ZERO_POINT 0 unless\n//! given. Do not edit.\n"
     );
     for t in exported(c) {
-        refuse_zero_point(t)?;
         let id = ident(&t.name);
         let _ = writeln!(s, "/// `{}` ({:?} of a {} layer).", t.name, t.kind, t.layer);
+        if let Some(f) = t.fmt.filter(|f| f.zero_point != 0) {
+            let _ = writeln!(
+                s,
+                "pub const {id}_ZERO_POINT: i32 = {};\n/// (The codes below are registers: real value = (code - {id}_ZERO_POINT) * step.)",
+                f.zero_point
+            );
+        }
         match (t.fmt, &t.codes, &t.values) {
             // (nics_fix_pt's clamp has one code more than a packed field holds.)
             (Some(f), Some(codes), _)
@@ -201,17 +210,6 @@ pub fn to_rust(c: &Checkpoint, source: &str) -> Result<String, String> {
     Ok(s)
 }
 
-/// The error for a tensor with a zero point (see the module docs).
-fn refuse_zero_point(t: &StateTensor) -> Result<(), String> {
-    match t.fmt {
-        Some(f) if f.zero_point != 0 => Err(format!(
-            "{}: zero point {} (asymmetric range) has no export format yet; quantize it without a zero point to export",
-            t.name, f.zero_point
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// The model as a binary blob (see the module docs for the layout).
 ///
 /// # Errors
@@ -237,7 +235,6 @@ pub fn tensors_to_bin(tensors: &[&StateTensor]) -> Result<Vec<u8>, String> {
     b.extend_from_slice(&BIN_VERSION.to_le_bytes());
     b.extend_from_slice(&n.to_le_bytes());
     for &t in tensors {
-        refuse_zero_point(t)?;
         let name = t.name.as_bytes();
         let l = u8::try_from(name.len())
             .map_err(|_| format!("{}: name longer than 255 bytes", t.name))?;
@@ -254,6 +251,9 @@ pub fn tensors_to_bin(tensors: &[&StateTensor]) -> Result<Vec<u8>, String> {
             (Some(f), Some(codes), _) => {
                 b.push(f.bits);
                 b.push(f.scale as u8);
+                let z = i16::try_from(f.zero_point)
+                    .map_err(|_| format!("{}: zero point {} out of i16", t.name, f.zero_point))?;
+                b.extend_from_slice(&z.to_le_bytes());
                 b.extend_from_slice(&(codes.len() as u32).to_le_bytes());
                 if (2..=4).contains(&f.bits) {
                     b.extend_from_slice(&pack_codes(codes, f.bits, &t.name)?);
@@ -270,6 +270,7 @@ pub fn tensors_to_bin(tensors: &[&StateTensor]) -> Result<Vec<u8>, String> {
             (_, _, Some(values)) => {
                 b.push(0);
                 b.push(0);
+                b.extend_from_slice(&0i16.to_le_bytes());
                 b.extend_from_slice(&(values.len() as u32).to_le_bytes());
                 for v in values {
                     b.extend_from_slice(&v.to_le_bytes());
@@ -292,6 +293,8 @@ pub struct BinTensor {
     pub kind: Kind,
     /// `Some((bits, scale))` for codes, `None` for f32 values.
     pub fmt: Option<(u8, i8)>,
+    /// Zero point of the codes (0 before version 3).
+    pub zero_point: i32,
     /// Codes (with a format).
     pub codes: Vec<i32>,
     /// Values (without).
@@ -315,9 +318,9 @@ pub fn parse_bin(b: &[u8]) -> Result<Vec<BinTensor>, String> {
         return Err("checksum mismatch (altered or truncated blob)".into());
     }
     let version = u16::from_le_bytes([body[4], body[5]]);
-    if version != 1 && version != BIN_VERSION {
+    if !(1..=BIN_VERSION).contains(&version) {
         return Err(format!(
-            "blob version {version}, expected 1 or {BIN_VERSION}"
+            "blob version {version}, expected 1 to {BIN_VERSION}"
         ));
     }
     let n = u16::from_le_bytes([body[6], body[7]]) as usize;
@@ -336,14 +339,29 @@ pub fn parse_bin(b: &[u8]) -> Result<Vec<BinTensor>, String> {
         let l = take(&mut at, 1)?[0] as usize;
         let name = String::from_utf8(take(&mut at, l)?.to_vec())
             .map_err(|_| format!("name at byte {at} is not UTF-8"))?;
-        let head = take(&mut at, 7)?;
+        let head = take(&mut at, if version >= 3 { 9 } else { 7 })?;
         let kind = match head[0] {
             0 => Kind::Param,
             1 => Kind::Buffer,
             k => return Err(format!("{name}: unknown kind {k}")),
         };
         let (bits, scale) = (head[1], head[2] as i8);
-        let count = u32::from_le_bytes([head[3], head[4], head[5], head[6]]) as usize;
+        let (zero_point, c) = match head {
+            [_, _, _, z0, z1, c @ ..] if version >= 3 => (i16::from_le_bytes([*z0, *z1]) as i32, c),
+            [_, _, _, c @ ..] => (0, c),
+            _ => return Err(format!("{name}: truncated header")),
+        };
+        let count = match c {
+            [a, b, c, d] => u32::from_le_bytes([*a, *b, *c, *d]) as usize,
+            _ => return Err(format!("{name}: truncated header")),
+        };
+        if zero_point != 0 {
+            if bits == 0 {
+                return Err(format!("{name}: a zero point on f32 values"));
+            }
+            let z = fixnn::Format::new(bits, scale).and_then(|f| f.with_zero_point(zero_point));
+            z.map_err(|e| format!("{name}: zero point {zero_point}: {e}"))?;
+        }
         let (fmt, codes, values) = match bits {
             0 => {
                 let raw = take(&mut at, count.checked_mul(4).ok_or("count overflows")?)?;
@@ -384,6 +402,7 @@ pub fn parse_bin(b: &[u8]) -> Result<Vec<BinTensor>, String> {
             name,
             kind,
             fmt,
+            zero_point,
             codes,
             values,
         });
@@ -429,15 +448,18 @@ mod tests {
         let t2 = tensor("a", 2, -1, &[1, -2, 0, -1, 1]);
         let t3 = tensor("b", 3, 0, &[-4, 3, -1]);
         let t4 = tensor("c", 4, 2, &[-8, 7, 3, -1]);
-        let t5 = tensor("d", 5, 1, &[-16, 15]);
+        let mut t5 = tensor("d", 5, 1, &[-16, 15]);
+        if let Some(f) = t5.fmt.as_mut() {
+            f.zero_point = -3; // registers -16, 15; values (q + 3) * step
+        }
         let blob = tensors_to_bin(&[&t2, &t3, &t4, &t5]).unwrap();
         #[rustfmt::skip]
         let want: &[u8] = &[
-            b'F', b'X', b'N', b'N', 2, 0, 4, 0,
-            1, b'a', 0, 2, 0xff, 5, 0, 0, 0, 0xC9, 0x01,
-            1, b'b', 0, 3, 0x00, 3, 0, 0, 0, 0x3C, 0x0F,
-            1, b'c', 0, 4, 0x02, 4, 0, 0, 0, 0x78, 0xF3,
-            1, b'd', 0, 5, 0x01, 2, 0, 0, 0, 0xF0, 0x0F,
+            b'F', b'X', b'N', b'N', 3, 0, 4, 0,
+            1, b'a', 0, 2, 0xff, 0, 0, 5, 0, 0, 0, 0xC9, 0x01,
+            1, b'b', 0, 3, 0x00, 0, 0, 3, 0, 0, 0, 0x3C, 0x0F,
+            1, b'c', 0, 4, 0x02, 0, 0, 4, 0, 0, 0, 0x78, 0xF3,
+            1, b'd', 0, 5, 0x01, 0xfd, 0xff, 2, 0, 0, 0, 0xF0, 0x0F,
         ];
         assert_eq!(&blob[..blob.len() - 8], want);
         assert_eq!(blob[want.len()..], fnv1a64(want).to_le_bytes());
@@ -453,6 +475,8 @@ mod tests {
             ]
         );
         assert_eq!(back[0].fmt, Some((2, -1)));
+        let z: Vec<i32> = back.iter().map(|t| t.zero_point).collect();
+        assert_eq!(z, [0, 0, 0, -3]);
         assert_eq!(storage(Some(2), 5), ("packed 4/byte", 2));
         assert_eq!(storage(Some(3), 3), ("packed 2/byte", 2));
         assert_eq!(storage(Some(8), 3), ("i8", 3));
@@ -473,6 +497,14 @@ mod tests {
         let mut blob = body.clone();
         blob.extend_from_slice(&fnv1a64(&body).to_le_bytes());
         assert!(parse_bin(&blob).is_err());
+        // Version 2 (packed, no zero point field) is still read.
+        let mut body = b"FXNN".to_vec();
+        body.extend_from_slice(&[2, 0, 1, 0]);
+        body.extend_from_slice(&[1, b'a', 0, 2, 0xff, 3, 0, 0, 0, 0x39]);
+        let mut blob = body.clone();
+        blob.extend_from_slice(&fnv1a64(&body).to_le_bytes());
+        let t = parse_bin(&blob).unwrap();
+        assert_eq!((t[0].codes.clone(), t[0].zero_point), (vec![1, -2, -1], 0));
     }
 
     /// Bad packed data is refused, naming the tensor.
@@ -484,8 +516,8 @@ mod tests {
         // A 3-bit nibble 0x4 (not a 3-bit code) and non-zero padding.
         for bad in [0x04u8, 0x10] {
             let mut body = b"FXNN".to_vec();
-            body.extend_from_slice(&[2, 0, 1, 0]);
-            body.extend_from_slice(&[1, b'a', 0, 3, 0, 1, 0, 0, 0, bad]);
+            body.extend_from_slice(&[3, 0, 1, 0]);
+            body.extend_from_slice(&[1, b'a', 0, 3, 0, 0, 0, 1, 0, 0, 0, bad]);
             let mut blob = body.clone();
             blob.extend_from_slice(&fnv1a64(&body).to_le_bytes());
             let e = parse_bin(&blob).unwrap_err();
@@ -493,22 +525,26 @@ mod tests {
         }
     }
 
-    /// A tensor with a zero point is refused by both formats, naming it;
-    /// the same tensor without one exports.
+    /// A tensor with a zero point exports its registers and `z`; a blob
+    /// with an impossible zero point is refused, naming the tensor.
     #[test]
-    fn zero_point_tensors_are_refused() {
-        for bits in [3, 8] {
-            let mut t = tensor("fc.weight", bits, 0, &[-1, 2]);
-            let ok = tensors_to_bin(&[&t]);
-            assert!(ok.is_ok(), "{ok:?}");
-            if let Some(f) = t.fmt.as_mut() {
-                f.zero_point = -2;
-            }
-            let e = tensors_to_bin(&[&t]).unwrap_err();
-            assert!(e.starts_with("fc.weight: zero point -2 "), "{e}");
-            assert!(e.contains("no export format"), "{e}");
-            // `to_rust` refuses through the same check.
-            assert_eq!(refuse_zero_point(&t), Err(e));
+    fn zero_points_are_exported() {
+        let mut t = tensor("fc.weight", 8, 0, &[-128, 127, 5]);
+        if let Some(f) = t.fmt.as_mut() {
+            f.zero_point = -2;
         }
+        let back = parse_bin(&tensors_to_bin(&[&t]).unwrap()).unwrap();
+        assert_eq!(
+            (back[0].codes.clone(), back[0].zero_point),
+            (vec![-128, 127, 5], -2)
+        );
+        // z = 200 does not fit 8 bits.
+        let mut body = b"FXNN".to_vec();
+        body.extend_from_slice(&[3, 0, 1, 0]);
+        body.extend_from_slice(&[1, b'w', 0, 8, 0, 200, 0, 1, 0, 0, 0, 7]);
+        let mut blob = body.clone();
+        blob.extend_from_slice(&fnv1a64(&body).to_le_bytes());
+        let e = parse_bin(&blob).unwrap_err();
+        assert!(e.starts_with("w: zero point 200"), "{e}");
     }
 }

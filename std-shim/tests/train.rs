@@ -476,7 +476,7 @@ fn four_bit_model_exports_packed_codes() {
     ]);
     assert!(o.status.success(), "{:?}", text(&o));
     let raw = std::fs::read(&bin).unwrap();
-    assert_eq!(&raw[4..6], &[2, 0], "blob version 2");
+    assert_eq!(&raw[4..6], &[3, 0], "blob version 3");
     let tensors = fixnn_std::export::parse_bin(&raw).unwrap();
     let c = fixnn_std::checkpoint::load(&ckpt).unwrap();
     let mut packed = 0;
@@ -488,9 +488,9 @@ fn four_bit_model_exports_packed_codes() {
     }
     // fc1 and fc2 weights and biases: 78400 + 100 + 1000 + 10 codes.
     assert_eq!(packed, 79_510);
-    // Header 8 + checksum 8; per tensor 1 + name + 7; codes packed two per
+    // Header 8 + checksum 8; per tensor 1 + name + 9; codes packed two per
     // byte (fc1.bias 100 codes -> 50 bytes, fc2.bias 10 -> 5).
-    let names: usize = tensors.iter().map(|t| 8 + t.name.len()).sum();
+    let names: usize = tensors.iter().map(|t| 10 + t.name.len()).sum();
     assert_eq!(raw.len(), 16 + names + 39_200 + 50 + 500 + 5);
     let rs = out.join("model.rs");
     let o = fixnn(&[
