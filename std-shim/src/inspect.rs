@@ -54,18 +54,27 @@ fn header(out: &mut String) {
     );
 }
 
+/// One exported tensor: name, kind, bits (`None` for f32), scale,
+/// elements, zero point.
+type Row = (String, Kind, Option<u8>, i8, usize, i32);
+
 /// Rows `name kind bits scale elements storage bytes` of exported tensors
 /// `(name, kind, bits or None for f32, scale, elements)`, and a total
 /// against one `i8`/`i16`/`f32` per element.
-fn storage_table(out: &mut String, rows: &[(String, Kind, Option<u8>, i8, usize)]) {
+fn storage_table(out: &mut String, rows: &[Row]) {
     let _ = writeln!(
         out,
         "{:<28} {:<10} {:>5} {:>5} {:>9} {:<14} {:>9}",
         "name", "kind", "bits", "scale", "elements", "storage", "bytes"
     );
     let (mut total, mut unpacked) = (0, 0);
-    for (name, k, bits, scale, n) in rows {
+    for (name, k, bits, scale, n, z) in rows {
         let (how, bytes) = crate::export::storage(*bits, *n);
+        // A zero point follows the storage: `i8 z-3`.
+        let how = match z {
+            0 => how.to_string(),
+            z => format!("{how} z{z}"),
+        };
         let b = bits.map_or("f32".to_string(), |b| b.to_string());
         let _ = writeln!(
             out,
@@ -111,7 +120,7 @@ fn inspect_bin(shown: &str, raw: &[u8]) -> Result<String, String> {
                 Some(2..=4) if version < 2 => Some(8),
                 b => b,
             };
-            (t.name.clone(), t.kind, bits, scale, n)
+            (t.name.clone(), t.kind, bits, scale, n, t.zero_point)
         })
         .collect();
     storage_table(&mut out, &rows);
@@ -197,7 +206,8 @@ pub fn inspect_with(
                     .or(t.values.as_ref().map(Vec::len))
                     .unwrap_or(0);
                 let (bits, scale) = t.fmt.map_or((None, 0), |f| (Some(f.bits), f.scale));
-                (t.name.clone(), t.kind, bits, scale, n)
+                let z = t.fmt.map_or(0, |f| f.zero_point);
+                (t.name.clone(), t.kind, bits, scale, n, z)
             })
             .collect();
         storage_table(&mut out, &rows);
@@ -259,4 +269,40 @@ pub fn inspect_with(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::configs::StateTensor;
+    use fixnn::model::FormatJson;
+
+    /// A blob's table shows each tensor's zero point after its storage.
+    #[test]
+    fn blob_table_shows_zero_points() {
+        let t = |name: &str, z: i32| StateTensor {
+            name: name.into(),
+            kind: Kind::Param,
+            layer: "Linear".into(),
+            fmt: Some(FormatJson {
+                bits: 8,
+                scale: 0,
+                clamp: fixnn::Clamp::Hardware,
+                zero_point: z,
+            }),
+            codes: Some(vec![1, -2, 3]),
+            values: None,
+            master: None,
+            momentum: None,
+        };
+        let (a, b) = (t("w", -3), t("b", 0));
+        let blob = crate::export::tensors_to_bin(&[&a, &b]).unwrap();
+        let text = inspect_bin("m.bin", &blob).unwrap();
+        let rows: Vec<&str> = text.lines().skip(2).take(2).collect();
+        assert!(rows[0].contains(" i8 z-3 "), "{text}");
+        assert!(
+            rows[1].contains(" i8 ") && !rows[1].contains(" z"),
+            "{text}"
+        );
+    }
 }
