@@ -163,8 +163,9 @@ impl core::error::Error for OverrideError {}
 /// # Errors
 ///
 /// [`OverrideError::Invalid`] for a config that fails
-/// [`QuantConfig::validate`] or is grouped (`Unsupported` naming `group`), [`OverrideError::NoMatch`] for an override
-/// that selects no tensor, [`OverrideError::TooMany`] if more tensors are
+/// [`QuantConfig::validate`] or is grouped (`Unsupported` naming `group`),
+/// [`OverrideError::NoMatch`] for an override that selects no tensor,
+/// [`OverrideError::TooMany`] if more tensors are
 /// selected than `saved` holds. Everything is checked first: on error the
 /// model is unchanged.
 pub fn apply_overrides<L: Layer>(
