@@ -493,11 +493,6 @@ impl<S: Shape> GroupStore for ActGroups<S> {
 /// [`GroupStore`] and which config it quantizes (`0` data, `1` gradient).
 type Store<'a> = Option<(&'a mut dyn GroupStore, usize)>;
 
-/// Whether `cfg` quantizes by groups.
-fn is_grouped_pass(cfg: &QuantConfig) -> bool {
-    group::is_grouped(cfg.group) && cfg.method != quant::Method::None
-}
-
 /// The grouping of `store` for `cfg`.
 fn grouping_of<'a>(cfg: &QuantConfig, store: Store<'a>) -> Result<Grouping<'a>> {
     match store {
@@ -732,7 +727,7 @@ fn quantize_in_place(
     if let Some(s) = sat.as_deref() {
         check_len(v.len(), s.len())?;
     }
-    if is_grouped_pass(cfg) {
+    if cfg.is_grouped() {
         return grouped(cfg, ctx, id, store, |c, g, r| {
             group::quantize_f32_grouped(c, g, r, None, v, sat)
         });
@@ -809,7 +804,7 @@ fn quantize_into(
 ) -> Result<(Option<Format>, u64)> {
     check_len(src.len(), dst.len())?;
     check_len(src.len(), sat.len())?;
-    if is_grouped_pass(cfg) {
+    if cfg.is_grouped() {
         return grouped(cfg, ctx, id, store, |c, g, r| {
             group::quantize_f32_grouped(c, g, r, Some(src), dst, Some(sat))
         });
@@ -861,7 +856,7 @@ fn requantize_into(
     if let Some(s) = sat.as_deref() {
         check_len(acc.len(), s.len())?;
     }
-    if is_grouped_pass(cfg) {
+    if cfg.is_grouped() {
         return grouped(cfg, ctx, id, store, |c, g, r| {
             group::requantize_grouped(c, g, r, acc, exp, dst, sat)
         });

@@ -238,14 +238,8 @@ impl ModelSpec {
                     // A grouping the tensor does not have (a parameter
                     // per batch item, a buffer, real-valued activation groups).
                     for (which, part, c) in [(0, "data", r.data), (1, "grad", r.grad)] {
-                        let Some(c) = c.filter(|c| c.group != fixnn::Group::Tensor) else {
-                            continue;
-                        };
-                        let err = match t.groups.as_deref_mut() {
-                            Some(g) => g.check(which, &c).err(),
-                            None => Some(fixnn::Error::Unsupported { field: "group" }),
-                        };
-                        if let (Some(e), None) = (err, &bad) {
+                        let Some(c) = c else { continue };
+                        if let (Err(e), None) = (t.check_group(which, &c), &bad) {
                             let why = match (t.kind, c.group, e) {
                                 (model::Kind::Param, fixnn::Group::Batch, _) => {
                                     "a parameter has no batch items (\"channel\" gives one scale per output channel)".to_string()

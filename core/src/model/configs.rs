@@ -300,14 +300,7 @@ pub fn apply_configs<L: Layer>(
                 }
                 // A grouping the tensor does not have (see `Group`).
                 for (which, cfg, part) in [(0, first.data, ".data"), (1, first.grad, ".grad")] {
-                    let Some(c) = cfg.filter(|c| c.group != Group::Tensor) else {
-                        continue;
-                    };
-                    let err = match t.groups.as_deref_mut() {
-                        Some(g) => g.check(which, c).err(),
-                        None => Some(Error::Unsupported { field: "group" }),
-                    };
-                    if let Some(err) = err {
+                    if let Some(Err(err)) = cfg.map(|c| t.check_group(which, c)) {
                         report.push_problem(name, part, ConfigProblem::Invalid(err));
                     }
                 }

@@ -33,7 +33,8 @@ pub use state::{
     apply_state, FormatJson, GroupEntry, StateEntry, StateView, STATE_FORMAT, STATE_VERSION,
 };
 
-use crate::quant::Format;
+use crate::error::Error;
+use crate::quant::{Format, Group, QuantConfig};
 use crate::tensor::{GroupStore, Quantized};
 
 /// What a named tensor is.
@@ -78,6 +79,28 @@ pub struct TensorMut<'a> {
     /// Where the per-group scales of grouped configs are kept (`None`: the
     /// tensor refuses grouped configs, e.g. a batch-norm buffer).
     pub groups: Option<&'a mut dyn GroupStore>,
+}
+
+impl TensorMut<'_> {
+    /// Whether this tensor can take `cfg` as its config `which` (`0` data,
+    /// `1` gradient) as far as groups go: a tensor-wide config always, a
+    /// grouped one when the tensor has that grouping
+    /// ([`GroupStore::check`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] naming `group` (a grouping the tensor does not
+    /// have, or no group storage at all) or `multiplier` (real-valued
+    /// groups on a tensor that keeps power-of-two group scales only).
+    pub fn check_group(&mut self, which: usize, cfg: &QuantConfig) -> Result<(), Error> {
+        if cfg.group == Group::Tensor {
+            return Ok(());
+        }
+        match self.groups.as_deref_mut() {
+            Some(g) => g.check(which, cfg),
+            None => Err(Error::Unsupported { field: "group" }),
+        }
+    }
 }
 
 /// Receives the tensors of a model, in a fixed order.

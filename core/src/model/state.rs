@@ -34,7 +34,7 @@ use super::configs::{walk, LoadReport};
 use super::{ConfigProblem, Kind};
 use crate::error::Error;
 use crate::layers::Layer;
-use crate::quant::{Clamp, Format, Method, QuantConfig, MULTIPLIER_END, MULTIPLIER_MIN};
+use crate::quant::{Clamp, Format, QuantConfig, MULTIPLIER_END, MULTIPLIER_MIN};
 use crate::tensor::GroupStore;
 
 /// The `format` field of a state document.
@@ -172,7 +172,7 @@ fn stored_groups<'t>(
     store: Option<&'t mut (dyn GroupStore + '_)>,
     which: usize,
 ) -> Option<(&'t [i8], &'t [u32])> {
-    if cfg.group == crate::quant::Group::Tensor || cfg.method == Method::None {
+    if !cfg.is_grouped() {
         return None;
     }
     let g = store?.grouping(which, cfg.group).ok()??;
@@ -268,7 +268,7 @@ fn check_group(
     store: Option<&mut (dyn GroupStore + '_)>,
     e: &GroupEntry<'_>,
 ) -> Result<(), Error> {
-    if cfg.group == crate::quant::Group::Tensor || cfg.method == Method::None {
+    if !cfg.is_grouped() {
         return Err(Error::Invalid {
             what: "group scales for a config that is not grouped",
         });

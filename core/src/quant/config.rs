@@ -347,6 +347,12 @@ impl QuantConfig {
         }
     }
 
+    /// Whether the config quantizes by groups: a [`Group`] other than
+    /// `Tensor` and a method other than None.
+    pub const fn is_grouped(&self) -> bool {
+        !matches!(self.group, Group::Tensor) && !matches!(self.method, Method::None)
+    }
+
     /// Whether the config has a real-valued scale (`multiplier != 0`) and
     /// quantizes (method not None).
     pub const fn is_real(&self) -> bool {

@@ -1,11 +1,12 @@
-//! Per-group scales: [`Group::Channel`] and [`Group::Batch`].
+//! Per-group scales: [`Group::Channel`](super::Group::Channel) and
+//! [`Group::Batch`](super::Group::Batch).
 //!
 //! A grouped config quantizes each group of elements with its own scale
 //! (and, with a real-valued scale, its own multiplier). Which elements form
-//! a group depends on the tensor (see [`Group`]); this module works on a
-//! [`GroupLayout`]: group `g` of a row-major buffer is the element ranges
-//! `[(o * groups + g) * inner, (o * groups + g + 1) * inner)` for `o` in
-//! `0..outer`. The groups along the first dimension have `outer = 1`, the
+//! a group depends on the tensor (see [`Group`](super::Group)); this module
+//! works on a [`GroupLayout`]: group `g` of a row-major buffer is the
+//! element ranges `[(o * groups + g) * inner, (o * groups + g + 1) * inner)`
+//! for `o` in `0..outer`. The groups along the first dimension have `outer = 1`, the
 //! channels of an NCHW tensor have `outer = N`, `inner = H * W`, so a
 //! channel is gathered across the batch (not a reshape of the buffer into
 //! rows, which mixes channels).
@@ -45,7 +46,7 @@
 
 use core::ops::Range;
 
-use super::config::{Group, Method, QuantConfig, RangeMethod};
+use super::config::{Method, QuantConfig, RangeMethod};
 use super::format::{Format, MAX_BITS};
 use super::multiplier::RealFormat;
 use super::range::{choose_scale_codes_for, choose_scale_f32_for, first_non_finite, max_abs_bits};
@@ -190,9 +191,11 @@ fn store_auto(
     groups: usize,
     mut choose: impl FnMut(usize) -> Result<(i8, u32)>,
 ) -> Result<()> {
-    // Choose every group first: nothing is stored on error.
-    for g in 0..groups {
-        choose(g)?;
+    // A choice fails only for a bad config, never for one group's data
+    // (non-finite input was refused before): trying the first group is
+    // enough for nothing to be stored on error.
+    if groups > 0 {
+        choose(0)?;
     }
     let mut top: Option<(i8, u32)> = None;
     for g in 0..groups {
@@ -438,9 +441,4 @@ pub fn requantize_grouped(
         }
     }
     Ok((carrying_format(cfg, store, layout.groups), n))
-}
-
-/// Whether `group` is a grouping of elements (not [`Group::Tensor`]).
-pub const fn is_grouped(group: Group) -> bool {
-    !matches!(group, Group::Tensor)
 }

@@ -212,17 +212,6 @@ impl RealFormat {
         (q, sat || clamped)
     }
 
-    /// The format chosen for data whose largest magnitude is the exact
-    /// `max = m * 2^e` (`m > 0`), as nics_fix_pt's `float_scale` with
-    /// `RANGE_MAX`: the range `(M / 2^31) * 2^scale` equals `max` (exactly
-    /// when `m` has at most 31 significant bits, else rounded up to 31 bits).
-    /// `scale` is clamped to `-128..=127` (a clamped range is the nearest
-    /// representable one: `M = 2^30` at the bottom, `2^31 - 1` at the top).
-    /// `m == 0` gives nics_fix_pt's `eps`, the f32 nearest `1e-5`.
-    pub fn from_max(bits: u8, m: u64, e: i32) -> Result<Self> {
-        Self::from_max_nics(bits, m, e)
-    }
-
     /// The format Auto chooses for data whose largest magnitude is the
     /// exact `max = m * 2^e`, for codes that saturate as `clamp` says:
     ///
@@ -246,7 +235,7 @@ impl RealFormat {
     pub fn from_max_for(bits: u8, clamp: Clamp, m: u64, e: i32) -> Result<Self> {
         let f = Format::with_clamp(bits, 0, clamp)?;
         let rf = match clamp {
-            Clamp::Nics => Self::from_max_nics(bits, m, e)?,
+            Clamp::Nics => Self::from_max(bits, m, e)?,
             Clamp::Hardware => {
                 let (m, e) = match m {
                     0 => {
@@ -268,7 +257,7 @@ impl RealFormat {
                     r = (r >> s) + up;
                     e = e.saturating_add(s as i32);
                 }
-                Self::from_max_nics(bits, r as u64, e)?
+                Self::from_max(bits, r as u64, e)?
             }
         };
         Self::new(
@@ -277,12 +266,18 @@ impl RealFormat {
         )
     }
 
-    /// [`from_max`](Self::from_max)'s rule.
-    fn from_max_nics(bits: u8, m: u64, e: i32) -> Result<Self> {
+    /// The format chosen for data whose largest magnitude is the exact
+    /// `max = m * 2^e` (`m > 0`), as nics_fix_pt's `float_scale` with
+    /// `RANGE_MAX`: the range `(M / 2^31) * 2^scale` equals `max` (exactly
+    /// when `m` has at most 31 significant bits, else rounded up to 31 bits).
+    /// `scale` is clamped to `-128..=127` (a clamped range is the nearest
+    /// representable one: `M = 2^30` at the bottom, `2^31 - 1` at the top).
+    /// `m == 0` gives nics_fix_pt's `eps`, the f32 nearest `1e-5`.
+    pub fn from_max(bits: u8, m: u64, e: i32) -> Result<Self> {
         if m == 0 {
             // nics_fix_pt: max(max|x|, 1e-5).
             let (m, e) = decompose_f32(1e-5).unwrap_or((1, -17));
-            return Self::from_max_nics(bits, m as u64, e);
+            return Self::from_max(bits, m as u64, e);
         }
         let n = 64 - m.leading_zeros() as i32; // m in [2^(n-1), 2^n)
         let scale = e.saturating_add(n);
