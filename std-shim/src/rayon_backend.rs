@@ -52,6 +52,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use fixnn::backend::{
@@ -210,6 +211,47 @@ impl RayonBackend {
             Some(pool) => pool.install(f),
             None => f(),
         }
+    }
+
+    /// [`RayonBackend::install`], with the pool's other threads kept
+    /// polling for work (`rayon::yield_now`) until `f` returns instead of
+    /// going to sleep between operations.
+    ///
+    /// A training step alternates short parallel products with sequential
+    /// passes; a sleeping thread takes tens of microseconds to wake (more in
+    /// a virtual machine), so the MNIST MLP's products, tens of microseconds
+    /// each, finished before the second thread joined, and two threads were
+    /// slower than one. Polling costs the other cores' time while `f` runs
+    /// sequential code, nothing else; the results are the same bits.
+    pub fn install_hot<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let Some(pool) = &self.pool else { return f() };
+        if pool.current_num_threads() < 2 {
+            return pool.install(f);
+        }
+        pool.install(|| {
+            let me = rayon::current_thread_index();
+            let done = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&done);
+            rayon::spawn_broadcast(move |b| {
+                if Some(b.index()) == me {
+                    return;
+                }
+                while !flag.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+            // Release the pollers even when `f` unwinds.
+            struct Release(Arc<AtomicBool>);
+            impl Drop for Release {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+            let _release = Release(done);
+            f()
+        })
     }
 
     /// Runs `f`, inside the own pool when the work is worth threads.

@@ -165,7 +165,7 @@ pub fn train(opts: TrainOptions) -> Result<Summary, String> {
     // On a thread of the backend's own pool, when it has one (its
     // threads have the same large stack), else on a thread of our own.
     big_stack(move || {
-        bk.clone().install(|| match spec.architecture.as_str() {
+        bk.clone().install_hot(|| match spec.architecture.as_str() {
             "lenet" => run::<LeNet>(spec, opts, out, train, test, bk),
             _ => run::<MnistMlp>(spec, opts, out, train, test, bk),
         })
