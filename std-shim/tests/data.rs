@@ -247,7 +247,13 @@ fn batches_from_real_mnist() {
 fn every_byte_value_normalises_exactly() {
     // All 256 byte values, then 7 more: whole vectors of 16 and a tail
     // (the vectorised path and the table each write some of the pixels).
-    let pixels: Vec<u8> = (0..=255u8).chain(0..7).collect();
+    // Then every value again in a scrambled order (167 is odd, so
+    // `167 i + 13` runs over all 256), so that the lanes of one vector come
+    // from every part of the table.
+    let pixels: Vec<u8> = (0..=255u8)
+        .chain(0..7)
+        .chain((0..256u32).map(|i| (167 * i + 13) as u8))
+        .collect();
     for d in [Dataset::Mnist, Dataset::FashionMnist] {
         let s = Split::new(d, pixels.clone(), vec![1], 1, pixels.len()).unwrap();
         let mut x = vec![f32::NAN; pixels.len()];
