@@ -222,7 +222,8 @@ impl RayonBackend {
     /// a virtual machine), so the MNIST MLP's products, tens of microseconds
     /// each, finished before the second thread joined, and two threads were
     /// slower than one. Polling costs the other cores' time while `f` runs
-    /// sequential code, nothing else; the results are the same bits.
+    /// sequential code, nothing else; the results are the same bits. No
+    /// thread polls any more when this returns (or unwinds).
     pub fn install_hot<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         let Some(pool) = &self.pool else { return f() };
         if pool.current_num_threads() < 2 {
@@ -242,11 +243,19 @@ impl RayonBackend {
                     }
                 }
             });
-            // Release the pollers even when `f` unwinds.
+            // Release the pollers, even when `f` unwinds, and wait until
+            // every broadcast job has ended (each holds a clone of the
+            // flag): no thread polls after this returns.
             struct Release(Arc<AtomicBool>);
             impl Drop for Release {
                 fn drop(&mut self) {
                     self.0.store(true, Ordering::Release);
+                    while Arc::strong_count(&self.0) > 1 {
+                        // Runs this thread's own broadcast job if pending.
+                        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                            std::hint::spin_loop();
+                        }
+                    }
                 }
             }
             let _release = Release(done);

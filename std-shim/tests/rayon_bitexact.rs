@@ -182,6 +182,29 @@ fn backends(k: Kernels) -> &'static [(&'static str, RayonBackend)] {
     })
 }
 
+/// Every backend of [`backends`] called from outside its pool, then the
+/// 2-thread one also from inside [`RayonBackend::install_hot`] (the
+/// training loop's way: on a pool thread while the other threads poll):
+/// `(name, backend, hot)`.
+fn runs(k: Kernels) -> impl Iterator<Item = (String, &'static RayonBackend, bool)> {
+    let all = backends(k);
+    let cold = all.iter().map(|(n, b)| (n.to_string(), b, false));
+    let hot = all
+        .iter()
+        .filter(|(n, _)| *n == "2 threads")
+        .map(|(n, b)| (format!("{n}, install_hot"), b, true));
+    cold.chain(hot)
+}
+
+/// `f()`, inside `b.install_hot` if `hot`.
+fn in_pool<R: Send>(b: &RayonBackend, hot: bool, f: impl FnOnce() -> R + Send) -> R {
+    if hot {
+        b.install_hot(f)
+    } else {
+        f()
+    }
+}
+
 /// Garbage that must be overwritten.
 const POISON: u32 = 0x7fa5_5a5a;
 
@@ -192,14 +215,14 @@ fn compare(
     what: &str,
     len: usize,
     int: bool,
-    call: impl Fn(&dyn Backend, AccOut<'_>) -> Result<()>,
+    call: impl Fn(&dyn Backend, AccOut<'_>) -> Result<()> + Sync,
 ) {
     if int {
         let mut want = vec![i64::MIN + 3; len];
         call(&RefBackend, AccOut::Int(&mut want)).expect("reference");
-        for (name, b) in backends(k) {
+        for (name, b, hot) in runs(k) {
             let mut got = vec![0x5a5a_5a5a_i64; len];
-            call(b, AccOut::Int(&mut got)).expect("rayon backend");
+            in_pool(b, hot, || call(b, AccOut::Int(&mut got))).expect("rayon backend");
             if let Some(i) = (0..len).find(|&i| got[i] != want[i]) {
                 panic!(
                     "{what}, {k:?}, {name}: element {i} of {len}: {} != reference {}",
@@ -210,9 +233,9 @@ fn compare(
     } else {
         let mut want = vec![f32::from_bits(POISON); len];
         call(&RefBackend, AccOut::Float(&mut want)).expect("reference");
-        for (name, b) in backends(k) {
+        for (name, b, hot) in runs(k) {
             let mut got = vec![f32::from_bits(POISON); len];
-            call(b, AccOut::Float(&mut got)).expect("rayon backend");
+            in_pool(b, hot, || call(b, AccOut::Float(&mut got))).expect("rayon backend");
             if let Some(i) = (0..len).find(|&i| got[i].to_bits() != want[i].to_bits()) {
                 panic!(
                     "{what}, {k:?}, {name}: element {i} of {len}: {:?} ({:#010x}) != reference {:?} ({:#010x})",
@@ -751,6 +774,24 @@ fn bad_lengths_are_errors_like_the_reference(k: Kernels) {
             AccOut::Float(&mut yf.clone()[..16]),
         )
     });
+}
+
+#[test]
+fn install_hot_releases_the_pool_even_when_its_work_panics() {
+    let b = RayonBackend::with_threads(2).expect("pool");
+    for round in 0..3 {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            b.install_hot(|| {
+                if round == 1 {
+                    panic!("work that fails");
+                }
+                round
+            })
+        }));
+        // The panic comes back to the caller; the pool (its other thread
+        // released from polling) takes the next round.
+        assert_eq!(r.ok(), (round != 1).then_some(round));
+    }
 }
 
 #[test]
