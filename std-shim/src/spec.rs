@@ -216,57 +216,47 @@ impl ModelSpec {
 
     /// Apply the config rules to `model`.
     ///
+    /// Every rule is checked before any is applied, so on error the model
+    /// keeps the configs it had.
+    ///
     /// # Errors
     ///
-    /// A rule that selects nothing (a misspelt name or type) is an error.
+    /// A rule that selects nothing (a misspelt name or type), or that
+    /// gives a tensor a grouping it cannot have (naming the rule, the
+    /// tensor and why).
     pub fn apply_configs<L: Layer>(&self, model: &mut L) -> Result<(), String> {
         for (i, r) in self.configs.iter().enumerate() {
             let mut hits = 0;
             let mut bad = None;
             model::walk(model, &mut |name, mut t| {
-                let hit = match &r.select {
-                    Selector::All(all) => *all,
-                    Selector::Kind(k) => t.kind == *k,
-                    Selector::Type(ty) => t.layer_type == ty,
-                    Selector::Name(p) => {
-                        name == p
-                            || (name.starts_with(p.as_str())
-                                && name.as_bytes().get(p.len()) == Some(&b'.'))
+                if !r.select.selects(name, &t) {
+                    return;
+                }
+                hits += 1;
+                // A grouping the tensor does not have (a parameter per
+                // batch item, a buffer, real-valued activation groups).
+                for (which, part, c) in [(0, "data", r.data), (1, "grad", r.grad)] {
+                    let Some(c) = c else { continue };
+                    if let (Err(e), None) = (t.check_group(which, &c), &bad) {
+                        let why = match (t.kind, c.group, e) {
+                            (model::Kind::Param, fixnn::Group::Batch, _) => {
+                                "a parameter has no batch items (\"channel\" gives one scale per output channel)".to_string()
+                            }
+                            (model::Kind::Buffer, _, _) => {
+                                "a buffer keeps no group scales (use group \"tensor\")".to_string()
+                            }
+                            (_, _, fixnn::Error::Unsupported { field: "multiplier" }) => {
+                                "an activation's group scales are powers of two (real-valued groups, a multiplier, are for parameters)".to_string()
+                            }
+                            (_, _, e) => e.to_string(),
+                        };
+                        bad = Some(format!(
+                            "configs[{i}].{part}: group {:?} on {name} ({} of {}): {why}",
+                            c.group,
+                            kind_name(t.kind),
+                            t.layer_type
+                        ));
                     }
-                };
-                if hit {
-                    // A grouping the tensor does not have (a parameter
-                    // per batch item, a buffer, real-valued activation groups).
-                    for (which, part, c) in [(0, "data", r.data), (1, "grad", r.grad)] {
-                        let Some(c) = c else { continue };
-                        if let (Err(e), None) = (t.check_group(which, &c), &bad) {
-                            let why = match (t.kind, c.group, e) {
-                                (model::Kind::Param, fixnn::Group::Batch, _) => {
-                                    "a parameter has no batch items (\"channel\" gives one scale per output channel)".to_string()
-                                }
-                                (model::Kind::Buffer, _, _) => {
-                                    "a buffer keeps no group scales (use group \"tensor\")".to_string()
-                                }
-                                (_, _, fixnn::Error::Unsupported { field: "multiplier" }) => {
-                                    "an activation's group scales are powers of two (real-valued groups, a multiplier, are for parameters)".to_string()
-                                }
-                                (_, _, e) => e.to_string(),
-                            };
-                            bad = Some(format!(
-                                "configs[{i}].{part}: group {:?} on {name} ({} of {}): {why}",
-                                c.group,
-                                kind_name(t.kind),
-                                t.layer_type
-                            ));
-                        }
-                    }
-                    if let Some(d) = r.data {
-                        t.quant.cfg = d;
-                    }
-                    if let Some(g) = r.grad {
-                        t.quant.grad_cfg = g;
-                    }
-                    hits += 1;
                 }
             });
             if let Some(e) = bad {
@@ -279,7 +269,34 @@ impl ModelSpec {
                 ));
             }
         }
+        for r in &self.configs {
+            model::walk(model, &mut |name, t| {
+                if r.select.selects(name, &t) {
+                    if let Some(d) = r.data {
+                        t.quant.cfg = d;
+                    }
+                    if let Some(g) = r.grad {
+                        t.quant.grad_cfg = g;
+                    }
+                }
+            });
+        }
         Ok(())
+    }
+}
+
+impl Selector {
+    /// Whether the rule selects tensor `t`, called `name`.
+    fn selects(&self, name: &str, t: &model::TensorMut<'_>) -> bool {
+        match self {
+            Selector::All(all) => *all,
+            Selector::Kind(k) => t.kind == *k,
+            Selector::Type(ty) => t.layer_type == ty,
+            Selector::Name(p) => {
+                name == p
+                    || (name.starts_with(p.as_str()) && name.as_bytes().get(p.len()) == Some(&b'.'))
+            }
+        }
     }
 }
 

@@ -100,3 +100,37 @@ fn group_entries_that_do_not_fit_are_refused() {
         assert_eq!(b.b.weight.master, [[0.0; 6]; 3]);
     }
 }
+
+#[test]
+fn a_model_file_with_a_bad_group_rule_leaves_every_config_unchanged() {
+    // Rule 0 is fine and would change every tensor; rule 1 asks a
+    // parameter for one scale per batch item, which it cannot have.
+    let mut spec: serde_json::Value =
+        serde_json::from_str(include_str!("../../examples/mnist-mlp.json")).unwrap();
+    spec["configs"] = serde_json::json!([
+        {"select": {"all": true}, "data": {"method": "auto", "bits": 5, "scale": 0}},
+        {"select": {"kind": "param"}, "data": {"method": "auto", "bits": 8, "scale": 0, "group": "batch"}}
+    ]);
+    let spec = fixnn_std::spec::ModelSpec::parse(&spec.to_string()).unwrap();
+    let mut n = net();
+    let e = spec.apply_configs(&mut n).unwrap_err();
+    assert!(
+        e.starts_with("configs[1].data: group Batch on 1.weight") && e.contains("no batch items"),
+        "{e}"
+    );
+    let fresh = net();
+    assert_eq!(n.a.out.quant.cfg, fresh.a.out.quant.cfg);
+    assert_eq!(n.b.weight.quant.cfg, fresh.b.weight.quant.cfg);
+    assert_eq!(n.b.bias.quant.cfg, fresh.b.bias.quant.cfg);
+    assert_eq!(n.b.out.quant.cfg, fresh.b.out.quant.cfg);
+    // Without the bad rule, rule 0 is applied to every tensor.
+    let mut ok: serde_json::Value =
+        serde_json::from_str(include_str!("../../examples/mnist-mlp.json")).unwrap();
+    ok["configs"] = serde_json::json!([
+        {"select": {"all": true}, "data": {"method": "auto", "bits": 5, "scale": 0}}
+    ]);
+    let ok = fixnn_std::spec::ModelSpec::parse(&ok.to_string()).unwrap();
+    ok.apply_configs(&mut n).unwrap();
+    assert_eq!(n.b.weight.quant.cfg.bits, 5);
+    assert_eq!(n.a.out.quant.cfg.bits, 5);
+}
