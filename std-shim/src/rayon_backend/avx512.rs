@@ -90,9 +90,17 @@ pub(super) fn int8(p: &Int8<'_>, par: bool, out: &mut [i64]) -> bool {
     let mut asum = Buf::<i32>::with_len(tiles * MR, 0);
     // SAFETY: `detect()` reported AVX-512 F, BW and VNNI (caller's contract);
     // the buffers hold `kw` words per row of every tile and panel.
-    let fits = unsafe {
-        pack_rows(p.a, p.ta, k, kw, MR, 0, &mut aq, Some(&mut asum))
-            && pack_rows(p.b, p.tb, k, kw, NP, 128, &mut bq, None)
+    let mut pack_a = || unsafe { pack_rows(p.a, p.ta, k, kw, MR, 0, &mut aq, Some(&mut asum)) };
+    let mut pack_b = || unsafe { pack_rows(p.b, p.tb, k, kw, NP, 128, &mut bq, None) };
+    // Both operands are packed on every call (the weights change every
+    // step): on two threads when the product is split. The calling thread
+    // packs B, the larger one in the MLP (the weights, which its optimizer
+    // step just wrote, so they are in its cache); another thread takes A.
+    let fits = if par {
+        let (b, a) = rayon::join(pack_b, pack_a);
+        a && b
+    } else {
+        pack_a() && pack_b()
     };
     if !fits {
         return false;
@@ -369,16 +377,29 @@ pub(super) fn f32_sparse(p: &F32Sparse<'_>, par: bool, out: &mut [f32]) {
         // satisfies `k * ldb + n <= b.len()` (checked above).
         unsafe { f32_rows(nr, terms, p.b, p.ldb, n, dst) }
     };
-    let per = if par {
-        m.div_ceil(rayon::current_num_threads().max(1) * 2)
-            .next_multiple_of(RG)
+    let threads = if par {
+        rayon::current_num_threads().max(1)
     } else {
-        m
+        1
     };
-    if par && per < m {
-        out.par_chunks_mut(per * n)
-            .enumerate()
-            .for_each(|(i, d)| rows(i * per, d));
+    if threads > 1 && groups > 1 {
+        // One piece per thread, of about equal work: a group costs its
+        // number of terms (dead outputs have none), so equal row counts
+        // left one thread waiting for the other.
+        let total: usize = counts.iter().map(|&c| c.max(1)).sum();
+        let mut pieces = Vec::with_capacity(threads);
+        let (mut rest, mut g0, mut acc) = (&mut out[..], 0, 0);
+        for (g, &c) in counts.iter().enumerate() {
+            acc += c.max(1);
+            let last = g + 1 == groups;
+            if last || acc * threads >= total * (pieces.len() + 1) {
+                let r1 = ((g + 1) * RG).min(m);
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut((r1 - g0 * RG) * n);
+                pieces.push((g0 * RG, head));
+                (rest, g0) = (tail, g + 1);
+            }
+        }
+        pieces.into_par_iter().for_each(|(r0, d)| rows(r0, d));
     } else {
         rows(0, out);
     }

@@ -64,8 +64,22 @@ impl<T: Pooled> Buf<T> {
     /// A buffer of `len` elements whose contents are unspecified (left
     /// from an earlier use, or `fill`): for callers that write every element.
     pub(super) fn with_len(len: usize, fill: T) -> Self {
+        // The kept buffer whose length fits best (the shortest at least
+        // `len` long, else the longest), so that the common case, a call
+        // of the same shape as an earlier one, writes no fill at all.
         let v = T::pool()
-            .try_with(|p| p.borrow_mut().pop())
+            .try_with(|p| {
+                let mut p = p.borrow_mut();
+                let best = (0..p.len()).min_by_key(|&i| {
+                    let l = p[i].len();
+                    if l >= len {
+                        (0, l)
+                    } else {
+                        (1, usize::MAX - l)
+                    }
+                })?;
+                Some(p.swap_remove(best))
+            })
             .ok()
             .flatten()
             .unwrap_or_default();
