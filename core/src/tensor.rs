@@ -881,9 +881,7 @@ fn requantize_into(
         return Ok((None, n));
     }
     let Some(f) = next.update_scale_codes(exp, acc)? else {
-        for (d, &a) in dst.iter_mut().zip(acc) {
-            *d = quant::acc_to_f32(a, exp);
-        }
+        crate::accel::accs_to_f32(dst, acc, exp);
         if let Some(s) = sat {
             s.fill(false);
         }
@@ -903,6 +901,27 @@ fn requantize_into(
         }
     }
     Ok((Some(f), n))
+}
+
+/// Set `g[i]` to 0 where `sat[i]` (the straight-through mask), split
+/// across threads when large (see [`crate::accel`]).
+fn zero_clamped_pass(g: &mut [f32], sat: &[bool]) {
+    crate::accel::split_pass(
+        g.len(),
+        (g, sat),
+        |(g, sat), _| crate::accel::zero_clamped(g, sat),
+        |(), ()| (),
+    );
+}
+
+/// The body of [`zero_clamped_pass`] on one part (compiled once per
+/// instruction set, see [`crate::accel`]).
+#[inline(always)]
+pub(crate) fn zero_clamped(g: &mut [f32], sat: &[bool]) {
+    // A select, not a conditional store: vectorises.
+    for (g, &s) in g.iter_mut().zip(sat) {
+        *g = if s { 0.0 } else { *g };
+    }
 }
 
 /// A layer's output: values kept for the backward pass, their configs, and
@@ -1004,10 +1023,7 @@ impl<S: Shape> Act<S> {
     ///
     /// As [`Quantized::quantize_grad`].
     pub fn prepare_grad(&mut self, ctx: &Ctx, dy: &mut Tensor<S>) -> Result<()> {
-        // A select, not a conditional store: vectorises.
-        for (g, &s) in dy.flat_mut().iter_mut().zip(S::flat(&self.sat)) {
-            *g = if s { 0.0 } else { *g };
-        }
+        zero_clamped_pass(dy.flat_mut(), S::flat(&self.sat));
         if self.quant.grad_cfg.method == quant::Method::None {
             return Ok(());
         }
@@ -1130,12 +1146,7 @@ impl<S: Shape> Param<S> {
     }
 
     fn mask_grad(&mut self) {
-        for (g, &s) in S::flat_mut(&mut self.grad.v)
-            .iter_mut()
-            .zip(S::flat(&self.sat))
-        {
-            *g = if s { 0.0 } else { *g };
-        }
+        zero_clamped_pass(S::flat_mut(&mut self.grad.v), S::flat(&self.sat));
     }
 
     /// This parameter as a named tensor of a layer of type `layer_type`.

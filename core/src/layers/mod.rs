@@ -33,7 +33,7 @@ mod linear;
 mod loss;
 mod packed;
 mod pool;
-mod product;
+pub(crate) mod product;
 
 pub use activation::{Flatten, Quant, Relu};
 pub use batchnorm::{BatchNorm, BatchNorm1d, BatchNorm2d, ChannelShape, ChannelStats};
