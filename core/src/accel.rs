@@ -44,7 +44,7 @@ pub type RunJobs = fn(jobs: &mut [&mut (dyn FnMut() + Send)]);
 pub type Threads = fn() -> usize;
 
 /// Fewest elements in one part of a split pass.
-pub const MIN_PART: usize = 32 * 1024;
+pub const MIN_PART: usize = 16 * 1024;
 
 /// Most parts a pass is split into.
 #[cfg(target_arch = "x86_64")]
@@ -334,6 +334,8 @@ passes! {
     fn zero_clamped(g: &mut [f32], sat: &[bool]) = crate::tensor::zero_clamped;
     /// Accumulators to f32, see `quant::acc_to_f32`.
     fn accs_to_f32(dst: &mut [f32], acc: &[i64], exp: i32) = crate::quant::accs_to_f32;
+    /// `d = exp(x - d)`, see `layers::loss`.
+    fn exp_of_differences(d: &mut [f32], x: &[f32]) = crate::layers::loss::exp_of_differences;
     /// `a = (a << up) + bias[channel]`, saturating, see `layers::product`.
     fn add_bias(acc: &mut [i64], bias: &[i64], spatial: usize, up: u32) =
         crate::layers::product::add_bias;
