@@ -171,6 +171,21 @@ fn v4_element_passes_equal_portable() {
         v4!(zero_clamped(&mut b, &sat));
         assert_eq!(bits(&a), bits(&b));
 
+        // exp of differences (the loss), against `exp_f32` element by element.
+        let small: Vec<f32> = values(case + 40_000, len, 0.05);
+        for d0 in [&y, &small] {
+            let (mut a, mut b) = (d0.clone(), d0.clone());
+            crate::layers::loss::exp_of_differences(&mut a, &x);
+            v4!(exp_of_differences(&mut b, &x));
+            assert_eq!(bits(&a), bits(&b));
+            let want: Vec<u32> = x
+                .iter()
+                .zip(d0.iter())
+                .map(|(&x, &d)| crate::layers::exp_f32(x - d).to_bits())
+                .collect();
+            assert_eq!(bits(&a), want);
+        }
+
         // Accumulators to f32, every exponent range.
         let acc: Vec<i64> = (0..len as u32)
             .map(|i| {

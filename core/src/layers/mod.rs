@@ -30,7 +30,7 @@ mod chain;
 mod conv;
 mod convbn;
 mod linear;
-mod loss;
+pub(crate) mod loss;
 mod packed;
 mod pool;
 pub(crate) mod product;
