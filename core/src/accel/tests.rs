@@ -235,6 +235,9 @@ fn v4_element_passes_equal_portable() {
     }
 }
 
+/// Held by the tests that install hooks (they would remove each other's).
+static HOOKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs the jobs one after the other, last first (a stand-in for threads
 /// that finish in any order).
 fn backwards(jobs: &mut [&mut (dyn FnMut() + Send)]) {
@@ -248,6 +251,7 @@ fn backwards(jobs: &mut [&mut (dyn FnMut() + Send)]) {
 fn split_passes_equal_whole_ones() {
     // Other tests running meanwhile get the hook and the x86-64-v4 copies
     // too: their results must not change either.
+    let _hooks = HOOKS.lock().unwrap_or_else(|e| e.into_inner());
     set_parallel(|| 3, backwards);
     if v4_here() {
         // SAFETY: the CPU has every feature (checked just above).
@@ -293,4 +297,41 @@ fn split_passes_equal_whole_ones() {
     }
     clear_parallel();
     disable_x86_64_v4();
+}
+
+/// Runs only the first job: the pass must finish the others itself.
+fn first_only(jobs: &mut [&mut (dyn FnMut() + Send)]) {
+    if let Some(j) = jobs.first_mut() {
+        j();
+    }
+}
+
+#[test]
+fn split_pass_runs_every_part_once() {
+    // Small enough for Miri: two parts of the cheapest passes.
+    let _hooks = HOOKS.lock().unwrap_or_else(|e| e.into_inner());
+    let len = 2 * MIN_PART + 70;
+    let x: Vec<f32> = (0..len).map(|i| i as f32 - 5000.0).collect();
+    let sat: Vec<bool> = (0..len).map(|i| i % 3 == 0).collect();
+    let mut want = x.clone();
+    crate::tensor::zero_clamped(&mut want, &sat);
+    for hook in [backwards as RunJobs, first_only] {
+        set_parallel(|| 2, hook);
+        let mut got = x.clone();
+        let offsets = split_pass(
+            len,
+            (&mut got[..], &sat[..]),
+            |(g, s), off| {
+                crate::tensor::zero_clamped(g, s);
+                // Which parts ran, as a bit per part start.
+                1u64 << (off / (len / 2))
+            },
+            |a, b| a | b,
+        );
+        assert_eq!(offsets, 0b11);
+        assert_eq!(bits(&got), bits(&want));
+        let m = split_pass(len, &x[..], |x, _| crate::quant::range::max_abs_bits_of(x), u32::max);
+        assert_eq!(m, (len as f32 - 5001.0).to_bits());
+    }
+    clear_parallel();
 }
