@@ -984,6 +984,43 @@ impl<S: Shape> Act<S> {
         Ok(())
     }
 
+    /// `self.t = x` followed by [`Act::finish_exact`] with `x`'s format, in
+    /// one pass when the data config quantizes (read `x`, write the
+    /// quantized values) instead of a copy and a pass over the copy: the
+    /// same values, clamps, counts and config updates. On error the values
+    /// are `x`'s, as after the copy.
+    ///
+    /// # Errors
+    ///
+    /// As [`Act::finish_exact`].
+    pub(crate) fn set_exact(&mut self, ctx: &Ctx, x: &Tensor<S>) -> Result<()> {
+        if self.quant.cfg.method == quant::Method::None {
+            self.t.v = x.v;
+            return self.finish_exact(ctx, x.fmt);
+        }
+        let res = quantize_into(
+            &mut self.quant.cfg,
+            ctx,
+            self.quant.id,
+            S::flat(&x.v),
+            S::flat_mut(&mut self.t.v),
+            S::flat_mut(&mut self.sat),
+            Some((&mut self.groups, 0)),
+        );
+        match res {
+            Ok((fmt, n)) => {
+                self.quant.count(false, n, S::LEN);
+                self.t.fmt = fmt;
+                Ok(())
+            }
+            Err(e) => {
+                // As the copy followed by a failed in-place quantization.
+                self.t.v = x.v;
+                Err(e)
+            }
+        }
+    }
+
     /// Finish values written into `self.t.v` that are exact in `fmt` (ReLU,
     /// max-pooling, flatten of a quantized input): with a `None` data config
     /// they keep `fmt`; otherwise they are requantized by the config.

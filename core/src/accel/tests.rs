@@ -330,7 +330,12 @@ fn split_pass_runs_every_part_once() {
         );
         assert_eq!(offsets, 0b11);
         assert_eq!(bits(&got), bits(&want));
-        let m = split_pass(len, &x[..], |x, _| crate::quant::range::max_abs_bits_of(x), u32::max);
+        let m = split_pass(
+            len,
+            &x[..],
+            |x, _| crate::quant::range::max_abs_bits_of(x),
+            u32::max,
+        );
         assert_eq!(m, (len as f32 - 5001.0).to_bits());
     }
     clear_parallel();
