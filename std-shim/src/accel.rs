@@ -1,6 +1,7 @@
 //! Turns on the core's faster element passes ([`fixnn::accel`]): the
 //! x86-64-v4 copies when this CPU has every feature they use, and a hook
-//! that splits large passes across the threads of the current rayon pool.
+//! that splits large passes across the threads of the rayon pool the pass
+//! runs in (`fixnn train` trains inside its backend's pool).
 //! The results are the same bits either way.
 
 /// Detect the CPU and install the hooks (process-wide; calling it again
@@ -8,17 +9,17 @@
 ///
 /// The environment variable `FIXNN_ACCEL` restricts them, to compare
 /// speeds: `off` (neither), `simd` (the x86-64-v4 copies only), `threads`
-/// (the thread hook only).
+/// (the thread hook only); unset or anything else, both.
 pub fn install() {
     let which = std::env::var("FIXNN_ACCEL").unwrap_or_default();
     #[cfg(target_arch = "x86_64")]
-    if matches!(which.as_str(), "" | "simd") && x86_64_v4() {
+    if !matches!(which.as_str(), "off" | "threads") && x86_64_v4() {
         // SAFETY: every feature the accelerated passes are compiled with
         // was detected on this CPU just above.
         unsafe { fixnn::accel::enable_x86_64_v4() };
     }
-    if matches!(which.as_str(), "" | "threads") {
-        fixnn::accel::set_parallel(rayon::current_num_threads, run_jobs);
+    if !matches!(which.as_str(), "off" | "simd") {
+        fixnn::accel::set_parallel(threads, run_jobs);
     }
 }
 
@@ -43,6 +44,16 @@ pub fn x86_64_v4() -> bool {
         && is_x86_feature_detected!("avx512cd")
         && is_x86_feature_detected!("avx512dq")
         && is_x86_feature_detected!("avx512vl")
+}
+
+/// The threads of the rayon pool the caller runs in; 1 outside every
+/// pool (a pass there stays on its thread instead of starting rayon's
+/// global pool behind `--threads`).
+fn threads() -> usize {
+    match rayon::current_thread_index() {
+        Some(_) => rayon::current_num_threads(),
+        None => 1,
+    }
 }
 
 /// Runs the jobs on the current rayon pool (halves by `rayon::join`).
