@@ -918,6 +918,11 @@ fn zero_clamped_pass(g: &mut [f32], sat: &[bool]) {
 /// instruction set, see [`crate::accel`]).
 #[inline(always)]
 pub(crate) fn zero_clamped(g: &mut [f32], sat: &[bool]) {
+    // Usually nothing was clamped: then reading the flags (a quarter of
+    // the bytes) is all it takes, since the select leaves `g` unchanged.
+    if !sat.iter().fold(false, |a, &s| a | s) {
+        return;
+    }
     // A select, not a conditional store: vectorises.
     for (g, &s) in g.iter_mut().zip(sat) {
         *g = if s { 0.0 } else { *g };

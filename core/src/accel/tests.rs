@@ -165,11 +165,22 @@ fn v4_element_passes_equal_portable() {
         }
 
         // The straight-through mask.
-        let sat: Vec<bool> = (0..len as u32).map(|i| s.draw(i + 1) & 1 == 1).collect();
-        let (mut a, mut b) = (x.clone(), x.clone());
-        crate::tensor::zero_clamped(&mut a, &sat);
-        v4!(zero_clamped(&mut b, &sat));
-        assert_eq!(bits(&a), bits(&b));
+        let some: Vec<bool> = (0..len as u32)
+            .map(|i| s.draw(i + 1).is_multiple_of(97))
+            .collect();
+        let half: Vec<bool> = (0..len as u32).map(|i| s.draw(i + 1) & 1 == 1).collect();
+        for sat in [some, half, std::vec![false; len]] {
+            let (mut a, mut b) = (x.clone(), x.clone());
+            crate::tensor::zero_clamped(&mut a, &sat);
+            v4!(zero_clamped(&mut b, &sat));
+            assert_eq!(bits(&a), bits(&b));
+            let want: Vec<u32> = x
+                .iter()
+                .zip(&sat)
+                .map(|(&v, &s)| if s { 0 } else { v.to_bits() })
+                .collect();
+            assert_eq!(bits(&a), want);
+        }
 
         // exp of differences (the loss), against `exp_f32` element by element.
         let small: Vec<f32> = values(case + 40_000, len, 0.05);
