@@ -115,7 +115,10 @@ trait Io {
     /// Apply `f` (a value to its quantized value and clamp flag) to every
     /// element, `L` at a time; return the number of clamps.
     #[inline(always)]
-    fn map(&mut self, mut sat: Option<&mut [bool]>, f: impl Fn(f32) -> (f32, bool)) -> u64 {
+    fn map(&mut self, sat: Option<&mut [bool]>, f: impl Fn(f32) -> (f32, bool)) -> u64 {
+        // No flags is an empty slice: the chunk and element checks below
+        // then never write, and the loop keeps the slice in registers.
+        let sat: &mut [bool] = sat.unwrap_or_default();
         let len = self.len();
         let mut n = 0u64;
         let mut i = 0;
@@ -130,7 +133,7 @@ trait Io {
             if let Some(d) = self.dst_chunk(i) {
                 *d = vals;
             }
-            if let Some(s) = sat.as_deref_mut().and_then(|s| chunk_mut(s, i)) {
+            if let Some(s) = chunk_mut(sat, i) {
                 for (s, &c) in s.iter_mut().zip(&flags) {
                     *s = c != 0;
                 }
@@ -144,7 +147,7 @@ trait Io {
             for d in self.dst(j, 1) {
                 *d = v;
             }
-            if let Some(s) = sat.as_deref_mut().and_then(|s| s.get_mut(j)) {
+            if let Some(s) = sat.get_mut(j) {
                 *s = c;
             }
             n += c as u64;
