@@ -34,6 +34,8 @@
 //!   config overrides.
 //! * [`optim`]: SGD on f32 master parameters.
 //! * [`error`]: the error type shared by every module.
+//! * [`accel`]: run-time selection of faster element passes on x86-64 and a
+//!   hook that splits large passes across threads (same results).
 //!
 //! With the `derive` feature (on by default), `#[derive(Model)]` makes a
 //! struct whose fields are layers one sequential layer whose tensors are
@@ -45,6 +47,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod accel;
 pub mod backend;
 pub mod error;
 pub mod kernels;

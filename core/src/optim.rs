@@ -80,11 +80,13 @@ impl Sgd {
                 what: "SGD lr, momentum and weight_decay must be finite",
             });
         }
-        for ((w, m), &g) in p.master.iter_mut().zip(p.momentum.iter_mut()).zip(p.grad) {
-            let d = g + self.weight_decay * *w;
-            *m = self.momentum * *m + d;
-            *w -= self.lr * *m;
-        }
+        let h = [self.lr, self.momentum, self.weight_decay];
+        crate::accel::split_pass(
+            p.master.len(),
+            (&mut *p.master, (&mut *p.momentum, p.grad)),
+            |(w, (m, g)), _| crate::accel::sgd(w, m, g, h),
+            |(), ()| (),
+        );
         let Some(fm) = self.fixed_master else {
             return Ok(());
         };
@@ -135,5 +137,29 @@ impl Sgd {
         };
         model.visit(&mut s);
         s.result
+    }
+}
+
+/// The f32 SGD step of [`Sgd::update`] on (a part of) one parameter, with
+/// `h = [lr, momentum, weight_decay]`: `d = g + weight_decay * w;
+/// m = momentum * m + d; w = w - lr * m`, element by element (compiled
+/// once per instruction set, see [`crate::accel`]).
+///
+/// A NaN result is stored as the quiet NaN `0x7fc0_0000`: which of two
+/// NaN operands an addition passes on depends on the order the compiler
+/// chose for its operands (it may commute them, differently for each
+/// instruction set), so without this the bits of a NaN master or
+/// momentum could differ between builds. Finite results are untouched.
+#[inline(always)]
+pub(crate) fn sgd_f32(w: &mut [f32], m: &mut [f32], g: &[f32], h: [f32; 3]) {
+    let [lr, momentum, weight_decay] = h;
+    let nan = f32::from_bits(0x7fc0_0000);
+    for ((w, m), &g) in w.iter_mut().zip(m.iter_mut()).zip(g) {
+        let d = g + weight_decay * *w;
+        let m2 = momentum * *m + d;
+        let m2 = if m2.is_nan() { nan } else { m2 };
+        let w2 = *w - lr * m2;
+        *m = m2;
+        *w = if w2.is_nan() { nan } else { w2 };
     }
 }

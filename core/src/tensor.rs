@@ -881,9 +881,7 @@ fn requantize_into(
         return Ok((None, n));
     }
     let Some(f) = next.update_scale_codes(exp, acc)? else {
-        for (d, &a) in dst.iter_mut().zip(acc) {
-            *d = quant::acc_to_f32(a, exp);
-        }
+        crate::accel::accs_to_f32(dst, acc, exp);
         if let Some(s) = sat {
             s.fill(false);
         }
@@ -903,6 +901,32 @@ fn requantize_into(
         }
     }
     Ok((Some(f), n))
+}
+
+/// Set `g[i]` to 0 where `sat[i]` (the straight-through mask), split
+/// across threads when large (see [`crate::accel`]).
+fn zero_clamped_pass(g: &mut [f32], sat: &[bool]) {
+    crate::accel::split_pass(
+        g.len(),
+        (g, sat),
+        |(g, sat), _| crate::accel::zero_clamped(g, sat),
+        |(), ()| (),
+    );
+}
+
+/// The body of [`zero_clamped_pass`] on one part (compiled once per
+/// instruction set, see [`crate::accel`]).
+#[inline(always)]
+pub(crate) fn zero_clamped(g: &mut [f32], sat: &[bool]) {
+    // Usually nothing was clamped: then reading the flags (a quarter of
+    // the bytes) is all it takes, since the select leaves `g` unchanged.
+    if !sat.iter().fold(false, |a, &s| a | s) {
+        return;
+    }
+    // A select, not a conditional store: vectorises.
+    for (g, &s) in g.iter_mut().zip(sat) {
+        *g = if s { 0.0 } else { *g };
+    }
 }
 
 /// A layer's output: values kept for the backward pass, their configs, and
@@ -965,6 +989,43 @@ impl<S: Shape> Act<S> {
         Ok(())
     }
 
+    /// `self.t = x` followed by [`Act::finish_exact`] with `x`'s format, in
+    /// one pass when the data config quantizes (read `x`, write the
+    /// quantized values) instead of a copy and a pass over the copy: the
+    /// same values, clamps, counts and config updates. On error the values
+    /// are `x`'s, as after the copy.
+    ///
+    /// # Errors
+    ///
+    /// As [`Act::finish_exact`].
+    pub(crate) fn set_exact(&mut self, ctx: &Ctx, x: &Tensor<S>) -> Result<()> {
+        if self.quant.cfg.method == quant::Method::None {
+            self.t.v = x.v;
+            return self.finish_exact(ctx, x.fmt);
+        }
+        let res = quantize_into(
+            &mut self.quant.cfg,
+            ctx,
+            self.quant.id,
+            S::flat(&x.v),
+            S::flat_mut(&mut self.t.v),
+            S::flat_mut(&mut self.sat),
+            Some((&mut self.groups, 0)),
+        );
+        match res {
+            Ok((fmt, n)) => {
+                self.quant.count(false, n, S::LEN);
+                self.t.fmt = fmt;
+                Ok(())
+            }
+            Err(e) => {
+                // As the copy followed by a failed in-place quantization.
+                self.t.v = x.v;
+                Err(e)
+            }
+        }
+    }
+
     /// Finish values written into `self.t.v` that are exact in `fmt` (ReLU,
     /// max-pooling, flatten of a quantized input): with a `None` data config
     /// they keep `fmt`; otherwise they are requantized by the config.
@@ -1004,10 +1065,7 @@ impl<S: Shape> Act<S> {
     ///
     /// As [`Quantized::quantize_grad`].
     pub fn prepare_grad(&mut self, ctx: &Ctx, dy: &mut Tensor<S>) -> Result<()> {
-        // A select, not a conditional store: vectorises.
-        for (g, &s) in dy.flat_mut().iter_mut().zip(S::flat(&self.sat)) {
-            *g = if s { 0.0 } else { *g };
-        }
+        zero_clamped_pass(dy.flat_mut(), S::flat(&self.sat));
         if self.quant.grad_cfg.method == quant::Method::None {
             return Ok(());
         }
@@ -1130,12 +1188,7 @@ impl<S: Shape> Param<S> {
     }
 
     fn mask_grad(&mut self) {
-        for (g, &s) in S::flat_mut(&mut self.grad.v)
-            .iter_mut()
-            .zip(S::flat(&self.sat))
-        {
-            *g = if s { 0.0 } else { *g };
-        }
+        zero_clamped_pass(S::flat_mut(&mut self.grad.v), S::flat(&self.sat));
     }
 
     /// This parameter as a named tensor of a layer of type `layer_type`.

@@ -4,6 +4,7 @@
 //! states as JSON files ([`configs`]), and the import of nics_fix_pt YAML
 //! configs ([`nics`]). The rayon backend, datasets and training come next.
 
+pub mod accel;
 pub mod arch;
 pub mod checkpoint;
 pub mod cli;

@@ -94,6 +94,7 @@ fn big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Resul
 const STACK: usize = 1 << 30;
 
 fn backend(threads: Option<usize>) -> Result<RayonBackend, String> {
+    crate::accel::install();
     match threads {
         Some(0) => Err("--threads must be at least 1".into()),
         // Training runs on a thread of this pool (`RayonBackend::install`).

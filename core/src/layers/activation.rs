@@ -104,8 +104,7 @@ impl<S: Shape> Layer for Quant<S> {
     const HAS_PARAMS: bool = false;
 
     fn forward<Bk: Backend>(&mut self, _bk: &Bk, ctx: &Ctx, x: &Tensor<S>) -> Result<()> {
-        self.out.t.flat_mut().copy_from_slice(x.flat());
-        self.out.finish_exact(ctx, x.fmt)
+        self.out.set_exact(ctx, x)
     }
 
     fn output(&self) -> &Tensor<S> {

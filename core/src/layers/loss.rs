@@ -49,6 +49,9 @@ pub fn softmax_cross_entropy<const B: usize, const N: usize>(
     let mut total = 0.0f32;
     let mut correct = 0;
     let inv_b = 1.0 / B as f32;
+    // Each row's maximum, spread over the row of `dlogits`, then
+    // `e = exp(x - m)` in one pass over every element (it vectorises; a
+    // row at a time it did not, rows being short).
     for ((row, drow), &label) in logits.v.iter().zip(dlogits.v.iter_mut()).zip(labels) {
         let mut m = row[0];
         let mut arg = 0;
@@ -59,10 +62,20 @@ pub fn softmax_cross_entropy<const B: usize, const N: usize>(
             }
         }
         correct += (arg == label) as usize;
+        drow.fill(m);
+    }
+    crate::accel::exp_of_differences(dlogits.flat_mut(), logits.flat());
+    for ((row, drow), &label) in logits.v.iter().zip(dlogits.v.iter_mut()).zip(labels) {
+        // The row's maximum, again (the same comparisons: the same value).
+        let mut m = row[0];
+        for &v in row {
+            if v > m {
+                m = v;
+            }
+        }
         let mut s = 0.0f32;
-        for (d, &v) in drow.iter_mut().zip(row) {
-            *d = exp_f32(v - m);
-            s += *d;
+        for &d in drow.iter() {
+            s += d;
         }
         for (i, d) in drow.iter_mut().enumerate() {
             let p = *d / s;
@@ -83,7 +96,17 @@ const LN2_HI: f32 = 0.693_145_75; // 0x3f317200: k * LN2_HI is exact for |k| < 2
 const LN2_LO: f32 = 1.428_606_8e-6;
 const LOG2_E: f32 = core::f32::consts::LOG2_E;
 
+/// `d[i] = exp_f32(x[i] - d[i])` for every element (up to the shorter
+/// length; compiled once per instruction set, see [`crate::accel`]).
+#[inline(always)]
+pub(crate) fn exp_of_differences(d: &mut [f32], x: &[f32]) {
+    for (d, &x) in d.iter_mut().zip(x) {
+        *d = exp_body(x - *d);
+    }
+}
+
 /// `2^k` for `k` in `-149..=127` (exact).
+#[inline(always)]
 fn pow2(k: i32) -> f32 {
     crate::quant::pow2_f32(k)
 }
@@ -95,6 +118,12 @@ fn pow2(k: i32) -> f32 {
 /// below `1e-8` relative) and an exact scaling by `2^k`. Returns 0 below
 /// `-103.3`, `+inf` above `88.73`, NaN for NaN.
 pub fn exp_f32(x: f32) -> f32 {
+    exp_body(x)
+}
+
+/// [`exp_f32`], inlined into the passes that vectorise it.
+#[inline(always)]
+fn exp_body(x: f32) -> f32 {
     if x.is_nan() {
         return x;
     }

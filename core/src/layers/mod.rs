@@ -30,10 +30,10 @@ mod chain;
 mod conv;
 mod convbn;
 mod linear;
-mod loss;
+pub(crate) mod loss;
 mod packed;
 mod pool;
-mod product;
+pub(crate) mod product;
 
 pub use activation::{Flatten, Quant, Relu};
 pub use batchnorm::{BatchNorm, BatchNorm1d, BatchNorm2d, ChannelShape, ChannelStats};

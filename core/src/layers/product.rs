@@ -90,16 +90,12 @@ pub(crate) fn forward<S: Shape, const C: usize>(
                 compute(AccOut::Int(acc))?;
                 let exp = sum_exp(e, bf.step_exp(), acc_bits(x.fmt, w.fmt, k));
                 let up = (e - exp) as u32;
-                // Chunk `i` gets the bias of channel `i % C`: channel by
-                // channel, so that each bias is aligned once.
-                for (c, &bv) in b.v.iter().enumerate() {
-                    let bias = align_to(bf.code_of(bv) as i64, bf.step_exp(), exp);
-                    for chunk in acc.chunks_mut(spatial).skip(c).step_by(C) {
-                        for a in chunk {
-                            *a = (*a << up).saturating_add(bias);
-                        }
-                    }
+                // Each bias aligned once.
+                let mut biases = [0i64; C];
+                for (a, &bv) in biases.iter_mut().zip(b.v.iter()) {
+                    *a = align_to(bf.code_of(bv) as i64, bf.step_exp(), exp);
                 }
+                crate::accel::add_bias(acc, &biases, spatial, up);
                 out.set_from_acc(ctx, acc, exp)
             }
             None => {
@@ -125,6 +121,33 @@ pub(crate) fn forward<S: Shape, const C: usize>(
                 }
             }
             out.quantize(ctx)
+        }
+    }
+}
+
+/// `a = (a << up).saturating_add(bias[c])` for every accumulator `a` of
+/// channel `c`: chunk `i` of `spatial` elements belongs to channel
+/// `i % bias.len()` (compiled once per instruction set, see
+/// [`crate::accel`]).
+#[inline(always)]
+pub(crate) fn add_bias(acc: &mut [i64], bias: &[i64], spatial: usize, up: u32) {
+    // Batch item by batch item (`spatial * C` elements): each channel's
+    // chunk in turn. Every element is computed on its own, so the order
+    // does not matter; this one vectorises for `spatial == 1` (linear
+    // layers), where chunk by chunk did not.
+    let spatial = spatial.max(1);
+    let item = spatial.saturating_mul(bias.len()).max(1);
+    for row in acc.chunks_mut(item) {
+        if spatial == 1 {
+            for (a, &b) in row.iter_mut().zip(bias) {
+                *a = (*a << up).saturating_add(b);
+            }
+        } else {
+            for (chunk, &b) in row.chunks_mut(spatial).zip(bias) {
+                for a in chunk {
+                    *a = (*a << up).saturating_add(b);
+                }
+            }
         }
     }
 }
@@ -211,9 +234,7 @@ pub(crate) fn input_grad(
     match product_exp(dy, w) {
         Some(e) => {
             compute(AccOut::Int(xacc))?;
-            for (d, &a) in dx.iter_mut().zip(xacc.iter()) {
-                *d = acc_to_f32(a, e);
-            }
+            crate::accel::accs_to_f32(dx, xacc, e);
             Ok(())
         }
         None => compute(AccOut::Float(dx)),

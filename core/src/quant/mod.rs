@@ -33,7 +33,7 @@ pub mod range;
 mod rng;
 mod round;
 pub mod running;
-mod slice;
+pub(crate) mod slice;
 
 pub use config::{Clamp, Group, Method, QuantConfig, RangeMethod, Rounding};
 pub use format::{check_storage, check_zero_point, pow2_f32, Code, Format, MAX_BITS, MIN_BITS};
@@ -366,6 +366,19 @@ pub fn acc_to_f32(acc: i64, exp: i32) -> f32 {
     // Split the scaling so that neither factor overflows on its own.
     let half = exp / 2;
     acc as f32 * pow2_f32(half) * pow2_f32(exp - half)
+}
+
+/// [`acc_to_f32`] of each of `acc` into `dst` (up to the shorter length),
+/// the powers of two computed once (compiled once per instruction set,
+/// see [`crate::accel`]).
+#[inline(always)]
+pub(crate) fn accs_to_f32(dst: &mut [f32], acc: &[i64], exp: i32) {
+    let half = exp / 2;
+    let (p, q) = (pow2_f32(half), pow2_f32(exp - half));
+    for (d, &a) in dst.iter_mut().zip(acc) {
+        // As `acc_to_f32`: 0 stays 0 whatever the exponent.
+        *d = if a == 0 { 0.0 } else { a as f32 * p * q };
+    }
 }
 
 pub(crate) use slice::{quantize_values_in_place, quantize_values_into};

@@ -62,8 +62,18 @@ trait Samples {
 struct F32s<'a>(&'a [f32], u32);
 
 /// The largest `bits & 0x7fff_ffff` of `x` (0 for empty `x`): at least
-/// `0x7f80_0000` iff some value is NaN or infinite. Vectorises.
+/// `0x7f80_0000` iff some value is NaN or infinite (`0x7fc0_0000` if
+/// some value is NaN). Vectorises; large slices are split across threads
+/// when a hook is installed ([`crate::accel`]: the maximum of the parts'
+/// maxima is the same).
 pub(crate) fn max_abs_bits(x: &[f32]) -> u32 {
+    crate::accel::split_pass(x.len(), x, |x, _| crate::accel::max_abs_bits(x), u32::max)
+}
+
+/// The body of [`max_abs_bits`] on one part (compiled once per
+/// instruction set, see [`crate::accel`]).
+#[inline(always)]
+pub(crate) fn max_abs_bits_of(x: &[f32]) -> u32 {
     // Float maxima of |x| (a finite |x| orders as its bits do; infinity
     // is the largest) plus a NaN flag: cheaper lane operations than
     // unsigned integer maxima on baseline x86-64.
@@ -82,7 +92,8 @@ pub(crate) fn max_abs_bits(x: &[f32]) -> u32 {
         .iter()
         .chain(rest)
         .fold(0u32, |b, v| b.max(v.to_bits() & 0x7fff_ffff));
-    if nan.iter().any(|&n| n) {
+    // A NaN anywhere gives one answer, wherever the parts start.
+    if nan.iter().chain(&[big > 0x7f80_0000]).any(|&n| n) {
         return 0x7fc0_0000;
     }
     big

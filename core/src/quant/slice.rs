@@ -24,6 +24,7 @@
 use super::config::Rounding;
 use super::format::{pow2_f32, Format};
 use super::Rounder;
+use crate::accel;
 
 /// Elements per chunk.
 const L: usize = 16;
@@ -34,7 +35,52 @@ const BIG: f32 = 65536.0;
 /// Replace each value of `v` by its quantized value in `format`; record
 /// clamps in `sat` if given; return how many were clamped. The values must
 /// be finite (checked by the callers).
+///
+/// Large slices are split across threads when a hook is installed (see
+/// [`crate::accel`]): each part's rounder starts at the part's global
+/// element index, so the result is the same.
 pub(crate) fn quantize_values_in_place(
+    v: &mut [f32],
+    format: Format,
+    rounder: &Rounder,
+    sat: Option<&mut [bool]>,
+) -> u64 {
+    accel::split_pass(
+        v.len(),
+        (v, sat),
+        |(v, sat), off| accel::quantize_in_place(v, format, &part(rounder, off), sat),
+        |a, b| a + b,
+    )
+}
+
+/// [`quantize_values_in_place`] reading from `src` and writing the
+/// quantized values to `dst` (the same length; checked by the callers).
+pub(crate) fn quantize_values_into(
+    src: &[f32],
+    dst: &mut [f32],
+    format: Format,
+    rounder: &Rounder,
+    sat: Option<&mut [bool]>,
+) -> u64 {
+    accel::split_pass(
+        src.len().min(dst.len()),
+        (src, (dst, sat)),
+        |(src, (dst, sat)), off| accel::quantize_into(src, dst, format, &part(rounder, off), sat),
+        |a, b| a + b,
+    )
+}
+
+/// `r` for the part of a slice that starts at element `off` (`round_f32`
+/// draws number `base + i` for element `i`, modulo `2^32`).
+#[inline(always)]
+fn part(r: &Rounder, off: usize) -> Rounder {
+    r.at(r.base.wrapping_add(off as u32))
+}
+
+/// The body of [`quantize_values_in_place`] on one part (compiled once
+/// per instruction set, see [`crate::accel`]).
+#[inline(always)]
+pub(crate) fn in_place_body(
     v: &mut [f32],
     format: Format,
     rounder: &Rounder,
@@ -43,9 +89,9 @@ pub(crate) fn quantize_values_in_place(
     run(&mut InPlace(v), format, rounder, sat)
 }
 
-/// [`quantize_values_in_place`] reading from `src` and writing the
-/// quantized values to `dst` (the same length; checked by the callers).
-pub(crate) fn quantize_values_into(
+/// The body of [`quantize_values_into`] on one part.
+#[inline(always)]
+pub(crate) fn into_body(
     src: &[f32],
     dst: &mut [f32],
     format: Format,
@@ -69,7 +115,10 @@ trait Io {
     /// Apply `f` (a value to its quantized value and clamp flag) to every
     /// element, `L` at a time; return the number of clamps.
     #[inline(always)]
-    fn map(&mut self, mut sat: Option<&mut [bool]>, f: impl Fn(f32) -> (f32, bool)) -> u64 {
+    fn map(&mut self, sat: Option<&mut [bool]>, f: impl Fn(f32) -> (f32, bool)) -> u64 {
+        // No flags is an empty slice: the chunk and element checks below
+        // then never write, and the loop keeps the slice in registers.
+        let sat: &mut [bool] = sat.unwrap_or_default();
         let len = self.len();
         let mut n = 0u64;
         let mut i = 0;
@@ -84,7 +133,7 @@ trait Io {
             if let Some(d) = self.dst_chunk(i) {
                 *d = vals;
             }
-            if let Some(s) = sat.as_deref_mut().and_then(|s| chunk_mut(s, i)) {
+            if let Some(s) = chunk_mut(sat, i) {
                 for (s, &c) in s.iter_mut().zip(&flags) {
                     *s = c != 0;
                 }
@@ -98,7 +147,7 @@ trait Io {
             for d in self.dst(j, 1) {
                 *d = v;
             }
-            if let Some(s) = sat.as_deref_mut().and_then(|s| s.get_mut(j)) {
+            if let Some(s) = sat.get_mut(j) {
                 *s = c;
             }
             n += c as u64;
@@ -111,6 +160,7 @@ struct InPlace<'a>(&'a mut [f32]);
 struct Into<'a>(&'a [f32], &'a mut [f32]);
 
 impl Io for InPlace<'_> {
+    #[inline(always)]
     fn len(&self) -> usize {
         self.0.len()
     }
@@ -129,6 +179,7 @@ impl Io for InPlace<'_> {
 }
 
 impl Io for Into<'_> {
+    #[inline(always)]
     fn len(&self) -> usize {
         self.0.len().min(self.1.len())
     }
@@ -170,6 +221,7 @@ struct K {
     hi: i32,
 }
 
+#[inline(always)]
 fn run<I: Io>(io: &mut I, format: Format, rounder: &Rounder, sat: Option<&mut [bool]>) -> u64 {
     let k = -format.step_exp();
     let c = K {
@@ -209,6 +261,7 @@ const NEAREST_EVEN: u8 = 0;
 const NEAREST_AWAY: u8 = 1;
 const FLOOR: u8 = 2;
 
+#[inline(always)]
 fn chunks<I: Io, const M: u8>(
     io: &mut I,
     c: K,
