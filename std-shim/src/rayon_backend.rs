@@ -76,6 +76,8 @@ use kernel::{Ctx, Elem, Isa, Out, KC, NR, NRD, PAR_MIN_MACS};
 #[derive(Clone)]
 pub struct RayonBackend {
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// An [`RayonBackend::install_hot`] runs on the pool (shared by clones).
+    hot: Arc<AtomicBool>,
     isa: Isa,
     /// The CPU runs the AVX-512 (F, BW, VNNI) kernels of `avx512`.
     avx512: bool,
@@ -104,6 +106,7 @@ impl RayonBackend {
     pub fn new() -> Self {
         RayonBackend {
             pool: None,
+            hot: Arc::default(),
             isa: Isa::detect(),
             avx512: avx512_detect(),
         }
@@ -145,6 +148,7 @@ impl RayonBackend {
             .map_err(|e| format!("cannot build a pool of {threads} threads: {e}"))?;
         Ok(RayonBackend {
             pool: Some(Arc::new(pool)),
+            hot: Arc::default(),
             isa: Isa::detect(),
             avx512: avx512_detect(),
         })
@@ -224,11 +228,33 @@ impl RayonBackend {
     /// slower than one. Polling costs the other cores' time while `f` runs
     /// sequential code, nothing else; the results are the same bits. No
     /// thread polls any more when this returns (or unwinds).
+    ///
+    /// One at a time per pool: while one runs, another (from a clone of
+    /// the backend on another thread, or nested in `f`) runs as
+    /// [`RayonBackend::install`]. Two sets of pollers on one pool could
+    /// deadlock: a thread can pick up the second set's poller while it
+    /// waits inside work the first `f` waits for, and that poller returns
+    /// only when the second `f` has, which may be waiting under the first.
     pub fn install_hot<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         let Some(pool) = &self.pool else { return f() };
         if pool.current_num_threads() < 2 {
             return pool.install(f);
         }
+        if self
+            .hot
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return pool.install(f);
+        }
+        // Cleared last, after the pollers have stopped (even on unwinding).
+        struct Cold<'a>(&'a AtomicBool);
+        impl Drop for Cold<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _cold = Cold(&self.hot);
         pool.install(|| {
             let me = rayon::current_thread_index();
             let done = Arc::new(AtomicBool::new(false));

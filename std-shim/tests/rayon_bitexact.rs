@@ -795,6 +795,45 @@ fn install_hot_releases_the_pool_even_when_its_work_panics() {
 }
 
 #[test]
+fn install_hot_from_two_threads_at_once_finishes() {
+    // Two callers share one pool, each running nested parallel work inside
+    // install_hot: the second runs as a plain install while the first is
+    // hot. (Two sets of pollers on one pool deadlocked here: a poller of
+    // one call, picked up inside work of the other, waited for its own
+    // call, which waited under the first.)
+    use rayon::prelude::*;
+    let b = RayonBackend::with_threads(2).expect("pool");
+    let work = |seed: u64| -> u64 {
+        (0..64u64)
+            .into_par_iter()
+            .map(|i| {
+                (0..512u64)
+                    .into_par_iter()
+                    .map(|j| (i * j) ^ seed)
+                    .sum::<u64>()
+            })
+            .sum()
+    };
+    let want: Vec<u64> = (0..200).map(work).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..2 {
+        let (b, tx) = (b.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let got: Vec<u64> = (0..200).map(|k| b.install_hot(|| work(k))).collect();
+            let _ = tx.send(got);
+        });
+    }
+    // A deadlock fails the test instead of hanging it (the calls take
+    // milliseconds; a minute is a verdict, not a speed limit).
+    for _ in 0..2 {
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("install_hot deadlocked: two callers on one pool");
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
 fn zero_threads_is_an_error() {
     assert!(RayonBackend::with_threads(0).is_err());
     assert_eq!(RayonBackend::with_threads(3).expect("pool").threads(), 3);
