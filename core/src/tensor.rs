@@ -588,6 +588,22 @@ impl Quantized {
         Ok(fmt)
     }
 
+    /// [`Quantized::data_in_place`] reading `src` and writing the
+    /// quantized values to `dst`; `dst` is unspecified on error.
+    pub(crate) fn data_into(
+        &mut self,
+        ctx: &Ctx,
+        src: &[f32],
+        dst: &mut [f32],
+        sat: &mut [bool],
+        store: Option<&mut dyn GroupStore>,
+    ) -> Result<Option<Format>> {
+        let store = store.map(|s| (s, 0));
+        let (fmt, n) = quantize_into(&mut self.cfg, ctx, self.id, src, dst, sat, store)?;
+        self.count(false, n, dst.len());
+        Ok(fmt)
+    }
+
     /// Count `n` clamps of `len` quantized elements (when the config quantizes).
     fn count(&mut self, grad: bool, n: u64, len: usize) {
         let (cfg, clamped, total) = if grad {
@@ -1003,18 +1019,15 @@ impl<S: Shape> Act<S> {
             self.t.v = x.v;
             return self.finish_exact(ctx, x.fmt);
         }
-        let res = quantize_into(
-            &mut self.quant.cfg,
+        let res = self.quant.data_into(
             ctx,
-            self.quant.id,
             S::flat(&x.v),
             S::flat_mut(&mut self.t.v),
             S::flat_mut(&mut self.sat),
-            Some((&mut self.groups, 0)),
+            Some(&mut self.groups),
         );
         match res {
-            Ok((fmt, n)) => {
-                self.quant.count(false, n, S::LEN);
+            Ok(fmt) => {
                 self.t.fmt = fmt;
                 Ok(())
             }
@@ -1130,28 +1143,24 @@ impl<S: Shape> Param<S> {
     ///
     /// As [`Quantized::quantize_data`]; the config is unchanged on error.
     pub fn refresh(&mut self, ctx: &Ctx) -> Result<()> {
-        let (master, q) = (S::flat(&self.master), S::flat_mut(&mut self.q.v));
-        let quant = &mut self.quant;
-        let res = quantize_into(
-            &mut quant.cfg,
+        let res = self.quant.data_into(
             ctx,
-            quant.id,
-            master,
-            q,
+            S::flat(&self.master),
+            S::flat_mut(&mut self.q.v),
             S::flat_mut(&mut self.sat),
-            Some((&mut self.groups, 0)),
+            Some(&mut self.groups),
         );
-        let (fmt, n) = match res {
-            Ok(r) => r,
+        match res {
+            Ok(fmt) => {
+                self.q.fmt = fmt;
+                Ok(())
+            }
             Err(e) => {
                 // As a copy followed by a failed in-place quantization.
                 self.q.v = self.master;
-                return Err(e);
+                Err(e)
             }
-        };
-        quant.count(false, n, S::LEN);
-        self.q.fmt = fmt;
-        Ok(())
+        }
     }
 
     /// Store the gradient from accumulators `acc * 2^exp`: quantized by the

@@ -52,7 +52,14 @@ pub fn softmax_cross_entropy<const B: usize, const N: usize>(
     // Each row's maximum, spread over the row of `dlogits`, then
     // `e = exp(x - m)` in one pass over every element (it vectorises; a
     // row at a time it did not, rows being short).
-    for ((row, drow), &label) in logits.v.iter().zip(dlogits.v.iter_mut()).zip(labels) {
+    let mut maxima = [0.0f32; B];
+    for (((row, drow), &label), max) in logits
+        .v
+        .iter()
+        .zip(dlogits.v.iter_mut())
+        .zip(labels)
+        .zip(maxima.iter_mut())
+    {
         let mut m = row[0];
         let mut arg = 0;
         for (i, &v) in row.iter().enumerate() {
@@ -63,16 +70,16 @@ pub fn softmax_cross_entropy<const B: usize, const N: usize>(
         }
         correct += (arg == label) as usize;
         drow.fill(m);
+        *max = m;
     }
     crate::accel::exp_of_differences(dlogits.flat_mut(), logits.flat());
-    for ((row, drow), &label) in logits.v.iter().zip(dlogits.v.iter_mut()).zip(labels) {
-        // The row's maximum, again (the same comparisons: the same value).
-        let mut m = row[0];
-        for &v in row {
-            if v > m {
-                m = v;
-            }
-        }
+    for (((row, drow), &label), &m) in logits
+        .v
+        .iter()
+        .zip(dlogits.v.iter_mut())
+        .zip(labels)
+        .zip(&maxima)
+    {
         let mut s = 0.0f32;
         for &d in drow.iter() {
             s += d;
