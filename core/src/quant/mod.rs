@@ -30,6 +30,7 @@ mod math;
 pub mod multiplier;
 pub mod packed;
 pub mod range;
+pub(crate) mod requant;
 mod rng;
 mod round;
 pub mod running;
