@@ -65,6 +65,73 @@ pub trait Rows {
     /// order (an odd count ends with the pair `(last, 0)`). A value that is
     /// not a code may be reported as any out-of-range number.
     fn row(&self, r: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32, i32));
+
+    /// Pack rows `r` and `r + 1` at `k0..k1` into `dst`, the pair's `2 *
+    /// used` words of a tile ([module layout](super): word `w` of row `r`
+    /// at `2 w`, of row `r + 1` at `2 w + 1`), zeros past `k1`; a row at
+    /// or past `rows` is all zeros. `false` if a code is outside
+    /// [`Rows::bits`] (or `dst` is too short).
+    ///
+    /// The default packs row by row through [`Rows::row`]; layouts that
+    /// can read runs of codes override it.
+    #[inline(always)]
+    fn pack_pair(
+        &self,
+        r: usize,
+        rows: usize,
+        k: (usize, usize),
+        used: usize,
+        dst: &mut [u32],
+    ) -> bool {
+        pack_pair_by_rows(self, r, rows, k, used, dst)
+    }
+}
+
+/// The default [`Rows::pack_pair`]: each row through [`Rows::row`].
+#[inline(always)]
+pub(crate) fn pack_pair_by_rows<R: Rows + ?Sized>(
+    src: &R,
+    r: usize,
+    rows: usize,
+    (k0, k1): (usize, usize),
+    used: usize,
+    dst: &mut [u32],
+) -> bool {
+    let half = 1i32 << (src.bits().clamp(1, 16) - 1);
+    let span = 2 * half as u32;
+    for (row, lane) in [(r, 0), (r + 1, 1)] {
+        let Some(d) = dst.get_mut(lane..) else {
+            return false;
+        };
+        let mut words_out = d.iter_mut().step_by(2).take(used);
+        if row >= rows {
+            words_out.for_each(|w| *w = 0);
+            continue;
+        }
+        // Codes arrive two by two; bits outside the range flag an error.
+        let (mut n, mut bad) = (0usize, 0u32);
+        src.row(row, k0, k1, &mut |lo, hi| {
+            bad |= u32::from((lo + half) as u32 >= span) | u32::from((hi + half) as u32 >= span);
+            if let Some(w) = words_out.next() {
+                *w = pack2(lo, hi);
+            }
+            n += 2;
+        });
+        if bad != 0 || n != (k1 - k0).next_multiple_of(2) {
+            return false;
+        }
+        words_out.for_each(|w| *w = 0);
+    }
+    true
+}
+
+/// Zero words `words..used` of both rows of a packed pair (`dst` holds
+/// `2 * used` words, interleaved).
+#[inline(always)]
+pub(crate) fn zero_tail(dst: &mut [u32], words: usize, used: usize) {
+    if let Some(t) = dst.get_mut(2 * words..2 * used) {
+        t.fill(0);
+    }
 }
 
 /// `out[i rs + j cs] = sum over k < k_len of A(i, k) B(j, k)` for
@@ -277,31 +344,14 @@ fn pack(
     src: &impl Rows,
 ) -> bool {
     let used = (k1 - k0).div_ceil(2).next_multiple_of(2);
-    let half = 1i32 << (src.bits().clamp(1, 16) - 1);
-    for r in 0..padded {
-        let base = (r / 2) * 2 * words + r % 2;
-        let Some(dst) = tile.get_mut(base..base + 2 * used - 1) else {
+    for p in 0..padded / 2 {
+        let base = 2 * p * words;
+        let Some(dst) = tile.get_mut(base..base + 2 * used) else {
             return false;
         };
-        if r >= rows {
-            dst.iter_mut().step_by(2).for_each(|d| *d = 0);
-            continue;
-        }
-        // Codes arrive two by two; bits outside the range flag an error.
-        let (mut n, mut bad) = (0usize, 0u32);
-        let mut words_out = dst.iter_mut().step_by(2);
-        let span = 2 * half as u32;
-        src.row(r, k0, k1, &mut |lo, hi| {
-            bad |= u32::from((lo + half) as u32 >= span) | u32::from((hi + half) as u32 >= span);
-            if let Some(d) = words_out.next() {
-                *d = pack2(lo, hi);
-            }
-            n += 2;
-        });
-        if bad != 0 || n != (k1 - k0).next_multiple_of(2) {
+        if !src.pack_pair(2 * p, rows, (k0, k1), used, dst) {
             return false;
         }
-        words_out.for_each(|d| *d = 0);
     }
     true
 }
