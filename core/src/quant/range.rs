@@ -611,9 +611,9 @@ mod tests {
                 let x: std::vec::Vec<f32> = (0..len as u32)
                     .map(|i| {
                         let d = s.draw(k * 1000 + i);
-                        if d % 41 == 0 {
+                        if d.is_multiple_of(41) {
                             special[(d >> 8) as usize % special.len()]
-                        } else if d % 3 == 0 {
+                        } else if d.is_multiple_of(3) {
                             f32::from_bits(d)
                         } else {
                             f32::from_bits(d & 0x3fff_ffff)

@@ -251,15 +251,20 @@ mod tests {
                     ] {
                         case += 1;
                         let mut f = Format::with_clamp(bits, scale, clamp).unwrap();
-                        if clamp == Clamp::Hardware && bits < 16 && case % 3 == 0 {
+                        if clamp == Clamp::Hardware && bits < 16 && case.is_multiple_of(3) {
                             f = f.with_zero_point(-(1 << (bits - 2))).unwrap();
                         }
                         let len = if miri { 40 } else { 300 };
                         // Shifts -2..=34 around the fast range.
                         let shift = case as i32 % 37 - 2;
                         let exp = f.step_exp() - shift;
-                        let acc =
-                            samples(&Stream::new(3, case, 0), len, case % 4 == 0, shift, bits);
+                        let acc = samples(
+                            &Stream::new(3, case, 0),
+                            len,
+                            case.is_multiple_of(4),
+                            shift,
+                            bits,
+                        );
                         let r = Rounder::new(rounding, Stream::new(1, case, 2)).at(s.draw(case));
                         let mut want = std::vec![0f32; len];
                         let mut want_sat = std::vec![false; len];
