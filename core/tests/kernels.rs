@@ -490,3 +490,49 @@ fn code_slices_of_every_width_give_the_reference_sums() {
     }
     assert_eq!(ran, 1200);
 }
+
+/// `CodeConv::code` (one multiply and a truncation) is `Format::code_of`
+/// for every f32 below `2^31` steps, codes or not: the bias gradient
+/// relies on it.
+#[test]
+fn code_conversion_equals_code_of_for_every_f32() {
+    use fixnn::kernels::CodeConv;
+    let mut r = Rng(0xc0de);
+    let (mut seen, mut checked) = (0, 0);
+    for case in 0..3000 {
+        let bits = 2 + r.below(15) as u8;
+        let scale = [-128, -127, -100, -20, -3, 0, 5, 30, 100, 120, 126, 127][case % 12];
+        let f = Format::new(bits, scale).unwrap();
+        let Some(conv) = CodeConv::new(f) else {
+            continue;
+        };
+        seen += 1;
+        for _ in 0..50 {
+            let x = r.next();
+            let v = match x % 6 {
+                0 => f32::from_bits(x as u32),
+                1 => f.to_f32((x >> 8) as i32 % 70_000),
+                2 => f32::from_bits((x as u32) & 0x807f_ffff), // subnormal
+                3 => [
+                    0.0,
+                    -0.0,
+                    f32::NAN,
+                    f32::INFINITY,
+                    f32::NEG_INFINITY,
+                    f32::MAX,
+                ][(x >> 8) as usize % 6],
+                _ => f.to_f32((x >> 8) as i32 % 300) * 1.000_001,
+            };
+            if conv.code_f32(v).abs() < 2_147_483_648.0 || v.is_nan() {
+                assert_eq!(
+                    conv.code(v),
+                    f.code_of(v),
+                    "{f:?} {v:e} ({:#x})",
+                    v.to_bits()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(seen > 2000 && checked > 50_000, "{seen} {checked}");
+}

@@ -6,6 +6,11 @@ use crate::quant::{pow2_f32, Format};
 /// Turns values that are exact codes of a [`Format`] into those codes, the
 /// way the reference backend reads them (`value * 2^-step_exp`, truncated
 /// toward zero; the packer refuses codes outside the format's range).
+///
+/// For every f32 `v` below `2^31` steps in magnitude (codes or not) this
+/// is [`Format::code_of`]`(v)`: `v`'s significand times a power of two is
+/// exact whenever it is at least 1 in magnitude, and below that both give
+/// 0. NaN gives 0 in both.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CodeConv {
     to_code: f32,
@@ -28,6 +33,13 @@ impl CodeConv {
     #[inline(always)]
     pub fn code(&self, v: f32) -> i32 {
         (v * self.to_code) as i32
+    }
+
+    /// `v * 2^-step_exp` as an f32 (exact when it is at least 1 in
+    /// magnitude and finite): the value in steps.
+    #[inline(always)]
+    pub fn code_f32(&self, v: f32) -> f32 {
+        v * self.to_code
     }
 
     /// Code width in bits ([`Format::code_bits`]: one more than the
@@ -162,6 +174,14 @@ pub fn gemm(
         return false;
     }
     for i in 0..m {
+        if cs == 1 {
+            // A row of the output is contiguous: one fill.
+            match out.get_mut(i * rs..i * rs + n) {
+                Some(row) => row.fill(0),
+                None => return false,
+            }
+            continue;
+        }
         for j in 0..n {
             match out.get_mut(i * rs + j * cs) {
                 Some(o) => *o = 0,

@@ -338,12 +338,23 @@ fn run_as<I: Io, const INT: bool>(
         _ => {
             let mut n = 0;
             let mut sat = sat;
+            let stochastic = rounder.rounding == Rounding::Stochastic;
+            let (lo, hi) = (format.min_code(), format.max_code());
             for i in 0..io.len() {
                 let Some(&x) = io.src().get(i) else { break };
                 // Zero is code 0 in every rounding (a stochastic draw
                 // added to it stays below one step): no draw needed.
+                let fast = match stochastic {
+                    true if x != 0.0 => stochastic_f32(x, format.step_exp(), || {
+                        rounder.stream.draw(rounder.base.wrapping_add(i as u32))
+                    }),
+                    _ => None,
+                };
                 let (q, clamped) = if x == 0.0 {
                     (0, false)
+                } else if let Some(q) = fast {
+                    let code = q.max(lo).min(hi);
+                    (code, code != q)
                 } else {
                     rounder.round_f32(i, x, format)
                 };
@@ -399,6 +410,32 @@ fn chunks<I: Io, const M: u8>(
         i += L;
     }
     n
+}
+
+/// Stochastic rounding of a normal `x` to a step of `2^step_exp`, in
+/// 32-bit integers, unsaturated: `x = m 2^e` (`|m| < 2^24`), `s = step_exp
+/// - e`; for `1 <= s <= 30` the reference's `(m + (draw >> (32 - s))) >>
+/// s` (the sum stays below `2^31`), for `-6 <= s <= 0` the exact `m <<
+/// -s`. `None` for other shifts and for zero, subnormal or non-finite `x`
+/// (the caller takes the exact path, and draws there).
+#[inline(always)]
+fn stochastic_f32(x: f32, step_exp: i32, draw: impl FnOnce() -> u32) -> Option<i32> {
+    let b = x.to_bits();
+    let field = ((b >> 23) & 0xff) as i32;
+    if field == 0 || field == 0xff {
+        return None;
+    }
+    let m = ((b & 0x7f_ffff) | 0x80_0000) as i32;
+    let m = if b >> 31 == 1 { -m } else { m };
+    let s = step_exp - (field - 150);
+    if (1..=30).contains(&s) {
+        let r = (draw() >> (32 - s)) as i32;
+        Some((m + r) >> s)
+    } else if (-6..=0).contains(&s) {
+        Some(m << -s)
+    } else {
+        None
+    }
 }
 
 /// `1.5 * 2^23`: added to an f32 of magnitude at most `2^22`, the sum's
@@ -607,6 +644,28 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn stochastic_integer_path_equals_requantize_one() {
+        let s = Stream::new(2, 3, 4);
+        let n = if cfg!(miri) { 3_000 } else { 300_000u32 };
+        let mut fast = 0;
+        for i in 0..n {
+            let (a, b, d) = (s.draw(i), s.draw(i ^ 0xabcd_ef01), s.draw(!i));
+            let f = Format::new(16, (b % 60) as i8 - 30).unwrap();
+            // Values from a tenth of a step to 2^20 steps, either sign.
+            let steps =
+                f32::from_bits(0x3f80_0000 | (a & 0x7f_ffff)) * pow2_f32((b >> 8) as i32 % 24 - 3);
+            let x = if a >> 31 == 1 { -steps } else { steps } * f.step();
+            let (m, e) = crate::quant::decompose_f32(x).unwrap();
+            let want = crate::quant::requantize_one(m, e, f, Rounding::Stochastic, d);
+            if let Some(q) = stochastic_f32(x, f.step_exp(), || d) {
+                assert_eq!(f.saturate(q as i128), want, "{x:e} {f:?} draw {d:#x}");
+                fast += 1;
+            }
+        }
+        assert!(fast > n / 2, "{fast}");
     }
 
     #[test]
