@@ -413,11 +413,11 @@ fn chunks<I: Io, const M: u8>(
 }
 
 /// Stochastic rounding of a normal `x` to a step of `2^step_exp`, in
-/// 32-bit integers, unsaturated: `x = m 2^e` (`|m| < 2^24`), `s = step_exp
-/// - e`; for `1 <= s <= 30` the reference's `(m + (draw >> (32 - s))) >>
-/// s` (the sum stays below `2^31`), for `-6 <= s <= 0` the exact `m <<
-/// -s`. `None` for other shifts and for zero, subnormal or non-finite `x`
-/// (the caller takes the exact path, and draws there).
+/// 32-bit integers, unsaturated: with `x = m 2^e` (`|m| < 2^24`) and the
+/// shift `s = step_exp - e`, the reference's `(m + (draw >> (32 - s))) >> s`
+/// for `1 <= s <= 30` (the sum stays below `2^31`), the exact `m << -s`
+/// for `-6 <= s <= 0`. `None` for other shifts and for zero, subnormal or
+/// non-finite `x` (the caller takes the exact path, and draws there).
 #[inline(always)]
 fn stochastic_f32(x: f32, step_exp: i32, draw: impl FnOnce() -> u32) -> Option<i32> {
     let b = x.to_bits();
