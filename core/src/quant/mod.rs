@@ -402,6 +402,8 @@ pub(crate) fn i64_to_f32_split(a: i64) -> f32 {
     a as f32
 }
 
+pub(crate) use slice::{quantize_values_in_place, quantize_values_into};
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -434,5 +436,3 @@ mod tests {
         }
     }
 }
-
-pub(crate) use slice::{quantize_values_in_place, quantize_values_into};
