@@ -173,6 +173,47 @@ pub fn gemm(
     if chunk == 0 {
         return false;
     }
+    if k_len == 0 || rows == 0 {
+        return zero_out(out, (m, n), (rs, cs));
+    }
+    let want = k_len.div_ceil(2).next_multiple_of(2);
+    let fit = (scratch.len() / rows) & !1;
+    let words = want.min(fit);
+    if words < 2 {
+        return false;
+    }
+    // In one `k` tile every output is stored once; in several, the tiles'
+    // sums are added to zeroed outputs.
+    let single = words == want;
+    if !single && !zero_out(out, (m, n), (rs, cs)) {
+        return false;
+    }
+    let (ta, tb) = scratch.split_at_mut(mp * words);
+    let tb = &mut tb[..np * words];
+    let mut k0 = 0;
+    while k0 < k_len {
+        let k1 = k_len.min(k0 + 2 * words);
+        // Rows `used` words apart (the last tile may be shorter).
+        let used = (k1 - k0).div_ceil(2).next_multiple_of(2);
+        if !pack(ta, m, mp, used, k0, k1, a) || !pack(tb, n, np, used, k0, k1, b) {
+            return false;
+        }
+        let done = if single {
+            packed::<true>(ta, tb, (m, n), (used, used, chunk), out, (rs, cs))
+        } else {
+            gemm_packed(ta, tb, (m, n), used, used, chunk, out, (rs, cs))
+        };
+        if !done {
+            return false;
+        }
+        k0 = k1;
+    }
+    true
+}
+
+/// Zero `out[i rs + j cs]` for `i < m`, `j < n`; `false` if one is past
+/// the end.
+fn zero_out(out: &mut [i64], (m, n): (usize, usize), (rs, cs): (usize, usize)) -> bool {
     for i in 0..m {
         if cs == 1 {
             // A row of the output is contiguous: one fill.
@@ -188,30 +229,6 @@ pub fn gemm(
                 None => return false,
             }
         }
-    }
-    if k_len == 0 || rows == 0 {
-        return true;
-    }
-    let want = k_len.div_ceil(2).next_multiple_of(2);
-    let fit = (scratch.len() / rows) & !1;
-    let words = want.min(fit);
-    if words < 2 {
-        return false;
-    }
-    let (ta, tb) = scratch.split_at_mut(mp * words);
-    let tb = &mut tb[..np * words];
-    let mut k0 = 0;
-    while k0 < k_len {
-        let k1 = k_len.min(k0 + 2 * words);
-        // Rows `used` words apart (the last tile may be shorter).
-        let used = (k1 - k0).div_ceil(2).next_multiple_of(2);
-        if !pack(ta, m, mp, used, k0, k1, a) || !pack(tb, n, np, used, k0, k1, b) {
-            return false;
-        }
-        if !gemm_packed(ta, tb, (m, n), used, used, chunk, out, (rs, cs)) {
-            return false;
-        }
-        k0 = k1;
     }
     true
 }
@@ -232,6 +249,21 @@ pub fn gemm_packed(
     words: usize,
     used: usize,
     chunk: usize,
+    out: &mut [i64],
+    (rs, cs): (usize, usize),
+) -> bool {
+    packed::<false>(ta, tb, (m, n), (words, used, chunk), out, (rs, cs))
+}
+
+/// [`gemm_packed`] that stores the sums (`SET`) instead of adding them:
+/// for a product in one `k` tile, whose outputs need no zeroing first.
+/// Every `out[i rs + j cs]` (`i < m`, `j < n`) is written exactly once.
+#[inline(always)]
+pub(crate) fn packed<const SET: bool>(
+    ta: &[u32],
+    tb: &[u32],
+    (m, n): (usize, usize),
+    (words, used, chunk): (usize, usize, usize),
     out: &mut [i64],
     (rs, cs): (usize, usize),
 ) -> bool {
@@ -257,27 +289,59 @@ pub fn gemm_packed(
                 let res = &mut buf[..4 * (q1 - q0)];
                 row_pair(rows_a, &tb[2 * q0 * words..2 * q1 * words], used, res);
                 if cs == 1 {
-                    // Rows of the output are contiguous: add slice by slice.
+                    // Rows of the output are contiguous: both rows of the
+                    // block in one pass when both exist and the columns
+                    // pair up, else slice by slice.
+                    let (j0, j1) = (2 * q0, (2 * q1).min(n));
+                    let (res4, _) = res.as_chunks::<4>();
+                    if i1 < m && j1 == 2 * q1 && rs >= j1 - j0 {
+                        let Some(rows) = out.get_mut(i0 * rs + j0..i1 * rs + j1) else {
+                            return false;
+                        };
+                        let (row0, rest) = rows.split_at_mut(j1 - j0);
+                        let row1 = rest.get_mut(rs - (j1 - j0)..).unwrap_or_default();
+                        let (p0, _) = row0.as_chunks_mut::<2>();
+                        let (p1, _) = row1.as_chunks_mut::<2>();
+                        for ((o0, o1), r) in p0.iter_mut().zip(p1).zip(res4) {
+                            let v = r.map(i64::from);
+                            if SET {
+                                *o0 = [v[0], v[1]];
+                                *o1 = [v[2], v[3]];
+                            } else {
+                                *o0 = [o0[0] + v[0], o0[1] + v[1]];
+                                *o1 = [o1[0] + v[2], o1[1] + v[3]];
+                            }
+                        }
+                        q0 = q1;
+                        continue;
+                    }
                     for (i, e) in [(i0, 0), (i1, 2)] {
                         if i >= m {
                             continue;
                         }
-                        let (j0, j1) = (2 * q0, (2 * q1).min(n));
                         let Some(row) = out.get_mut(i * rs + j0..i * rs + j1) else {
                             return false;
                         };
-                        for (o, r) in row.chunks_mut(2).zip(res.chunks_exact(4)) {
-                            o[0] += i64::from(r[e]);
-                            if let Some(o1) = o.get_mut(1) {
-                                *o1 += i64::from(r[e + 1]);
+                        let (pairs, last) = row.as_chunks_mut::<2>();
+                        let mut res = res4.iter();
+                        for (o, r) in pairs.iter_mut().zip(&mut res) {
+                            let v = [r[e], r[e + 1]].map(i64::from);
+                            if SET {
+                                *o = v;
+                            } else {
+                                o[0] += v[0];
+                                o[1] += v[1];
                             }
+                        }
+                        if let (Some(o), Some(r)) = (last.first_mut(), res.next()) {
+                            *o = i64::from(r[e]) + if SET { 0 } else { *o };
                         }
                     }
                     q0 = q1;
                     continue;
                 }
                 for (q, r) in (q0..q1).zip(res.chunks_exact(4)) {
-                    if !add(
+                    if !add::<SET>(
                         out,
                         (m, n),
                         (rs, cs),
@@ -291,7 +355,7 @@ pub fn gemm_packed(
                 for q in q0..q1 {
                     let rows_b = &tb[2 * q * words..2 * q * words + 2 * used];
                     let sum = sum_chunks(rows_a, rows_b, used, chunk);
-                    if !add(out, (m, n), (rs, cs), (i0, q), sum) {
+                    if !add::<SET>(out, (m, n), (rs, cs), (i0, q), sum) {
                         return false;
                     }
                 }
@@ -302,10 +366,11 @@ pub fn gemm_packed(
     true
 }
 
-/// Add the block of rows `i0, i0 + 1` and columns `2 q, 2 q + 1` (those
-/// inside `m x n`) to `out`; `false` if an index is past its end.
+/// Add (or store, `SET`) the block of rows `i0, i0 + 1` and columns `2 q,
+/// 2 q + 1` (those inside `m x n`) to `out`; `false` if an index is past
+/// its end.
 #[inline(always)]
-fn add(
+fn add<const SET: bool>(
     out: &mut [i64],
     (m, n): (usize, usize),
     (rs, cs): (usize, usize),
@@ -321,7 +386,7 @@ fn add(
     ] {
         if i < m && j < n {
             match out.get_mut(i * rs + j * cs) {
-                Some(o) => *o += v,
+                Some(o) => *o = v + if SET { 0 } else { *o },
                 None => return false,
             }
         }

@@ -40,6 +40,23 @@ pub trait Codes {
         (self.at(i), self.at(i.wrapping_add(1)))
     }
 
+    /// Pack the codes at `a..a + len` with those at `b..b + len`, one word
+    /// per position: `dst[i * step] = pack2(code(a + i), code(b + i))`
+    /// (words past `dst`'s end are not written). Returns the OR of the
+    /// codes' [`magnitude`]s (`u32::MAX` if a range is past the end).
+    ///
+    /// The default reads through [`Codes::at`].
+    #[inline(always)]
+    fn pack_zip(&self, a: usize, b: usize, len: usize, dst: &mut [u32], step: usize) -> u32 {
+        let mut m = 0u32;
+        for (i, d) in (0..len).zip(dst.iter_mut().step_by(step.max(1))) {
+            let (lo, hi) = (self.at(a.wrapping_add(i)), self.at(b.wrapping_add(i)));
+            m |= magnitude(lo) | magnitude(hi);
+            *d = pack2(lo, hi);
+        }
+        m
+    }
+
     /// Pack two columns of a strided matrix into a row pair of a tile:
     /// with `(j, k)` the code at `start + j + k * stride`, word `w` of
     /// `dst` is `pack2((0, 2w), (0, 2w + 1))` at `dst[2 w]` and `pack2((1,
@@ -217,6 +234,85 @@ fn pack_rest<T: Copy>(s: &[T], code: impl Fn(T) -> i32, dst: &mut [u32]) -> u32 
     m
 }
 
+/// [`Codes::pack_zip`] of `i8` codes four at a time from each run (as
+/// [`pack_run_i8`]: byte-wise sign extension, magnitudes or-ed byte-wise
+/// when `CHECK`).
+#[inline(always)]
+fn pack_zip_i8<const CHECK: bool>(
+    v: &[i8],
+    (a, b): (usize, usize),
+    len: usize,
+    dst: &mut [u32],
+    step: usize,
+) -> u32 {
+    let run = |s: usize| s.checked_add(len).and_then(|e| v.get(s..e));
+    let (Some(sa), Some(sb)) = (run(a), run(b)) else {
+        return u32::MAX;
+    };
+    let step = step.max(1);
+    let (qa, _) = sa.as_chunks::<4>();
+    let (qb, _) = sb.as_chunks::<4>();
+    // Whole quads while their four words fit in `dst`.
+    let full = qa.len().min(dst.len().saturating_add(step - 1) / step / 4);
+    let mut bytes = 0u32;
+    for (i, (x, y)) in qa.iter().zip(qb).take(full).enumerate() {
+        let (x, y) = (
+            u32::from_le_bytes(x.map(|c| c as u8)),
+            u32::from_le_bytes(y.map(|c| c as u8)),
+        );
+        if CHECK {
+            bytes |= x ^ (((x >> 7) & 0x0101_0101) * 0xff);
+            bytes |= y ^ (((y >> 7) & 0x0101_0101) * 0xff);
+        }
+        let base = 4 * i * step;
+        for (j, sh) in [24u32, 16, 8, 0].into_iter().enumerate() {
+            let (lo, hi) = ((x << sh) as i32 >> 24, (y << sh) as i32 >> 24);
+            if let Some(d) = dst.get_mut(base + j * step) {
+                *d = pack2(lo, hi);
+            }
+        }
+    }
+    let rest = 4 * full;
+    let tail = dst.get_mut(rest * step..).unwrap_or_default();
+    let (ra, rb) = (
+        sa.get(rest..).unwrap_or_default(),
+        sb.get(rest..).unwrap_or_default(),
+    );
+    let mut m = 0u32;
+    for ((&x, &y), d) in ra.iter().zip(rb).zip(tail.iter_mut().step_by(step)) {
+        let (lo, hi) = (i32::from(x), i32::from(y));
+        m |= magnitude(lo) | magnitude(hi);
+        *d = pack2(lo, hi);
+    }
+    if !CHECK {
+        return 0;
+    }
+    m | ((bytes | bytes >> 8 | bytes >> 16 | bytes >> 24) & 0xff)
+}
+
+/// [`Codes::pack_zip`] over a slice.
+#[inline(always)]
+fn pack_zip_slice<T: Copy>(
+    v: &[T],
+    (a, b): (usize, usize),
+    len: usize,
+    code: impl Fn(T) -> i32,
+    dst: &mut [u32],
+    step: usize,
+) -> u32 {
+    let run = |s: usize| s.checked_add(len).and_then(|e| v.get(s..e));
+    let (Some(sa), Some(sb)) = (run(a), run(b)) else {
+        return u32::MAX;
+    };
+    let mut m = 0u32;
+    for ((&x, &y), d) in sa.iter().zip(sb).zip(dst.iter_mut().step_by(step.max(1))) {
+        let (lo, hi) = (code(x), code(y));
+        m |= magnitude(lo) | magnitude(hi);
+        *d = pack2(lo, hi);
+    }
+    m
+}
+
 /// [`Codes::pack_cols`] over a slice: rows `k`, `k + 1` of the two
 /// columns read as one chunk of `2 stride` codes per word pair.
 #[inline(always)]
@@ -327,6 +423,14 @@ impl Codes for CodeSlice<'_, i8> {
     fn pack_cols(&self, start: usize, stride: usize, count: usize, dst: &mut [u32]) -> u32 {
         pack_cols_slice(self.v, start, stride, count, i32::from, dst)
     }
+    #[inline(always)]
+    fn pack_zip(&self, a: usize, b: usize, len: usize, dst: &mut [u32], step: usize) -> u32 {
+        if self.bits >= 8 {
+            pack_zip_i8::<false>(self.v, (a, b), len, dst, step)
+        } else {
+            pack_zip_i8::<true>(self.v, (a, b), len, dst, step)
+        }
+    }
     fn bits(&self) -> u32 {
         self.bits
     }
@@ -355,6 +459,10 @@ impl Codes for CodeSlice<'_, i16> {
     #[inline(always)]
     fn pack_cols(&self, start: usize, stride: usize, count: usize, dst: &mut [u32]) -> u32 {
         pack_cols_slice(self.v, start, stride, count, i32::from, dst)
+    }
+    #[inline(always)]
+    fn pack_zip(&self, a: usize, b: usize, len: usize, dst: &mut [u32], step: usize) -> u32 {
+        pack_zip_slice(self.v, (a, b), len, i32::from, dst, step)
     }
     fn bits(&self) -> u32 {
         self.bits
@@ -399,6 +507,11 @@ impl Codes for F32Codes<'_> {
     fn pack_cols(&self, start: usize, stride: usize, count: usize, dst: &mut [u32]) -> u32 {
         let conv = self.conv;
         pack_cols_slice(self.v, start, stride, count, move |x| conv.code(x), dst)
+    }
+    #[inline(always)]
+    fn pack_zip(&self, a: usize, b: usize, len: usize, dst: &mut [u32], step: usize) -> u32 {
+        let conv = self.conv;
+        pack_zip_slice(self.v, (a, b), len, move |x| conv.code(x), dst, step)
     }
     fn bits(&self) -> u32 {
         self.conv.bits()
@@ -697,6 +810,10 @@ pub fn conv2d(
         .is_err()
     {
         return false;
+    }
+    // Even channels per group: whole words of channel pairs.
+    if let Some(done) = super::im2col::conv2d_pairs(scratch, g, x, w, y) {
+        return done;
     }
     let (cpg, opg) = (g.cpg(), g.opg());
     let (kk, ohw) = (cpg * g.kh * g.kw, g.oh * g.ow);

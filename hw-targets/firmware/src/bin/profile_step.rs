@@ -70,6 +70,56 @@ fn run<C: Case<B, K>, const B: usize, const K: usize>(
     profile::dump();
 }
 
+/// `times` forward convolutions of the kernel benchmark's shape (`1 x 8 x
+/// 16 x 16`, 16 output channels, 3x3, padding 1) on `i8` codes.
+fn conv(times: u32, scratch: &mut [u32]) {
+    use fixnn_firmware::fixnn::backend::ConvGeom;
+    use fixnn_firmware::fixnn::kernels::{self, CodeSlice};
+    static mut X: [i8; 2048] = [0; 2048];
+    static mut W: [i8; 1152] = [0; 1152];
+    static mut Y: [i64; 4096] = [0; 4096];
+    // SAFETY: the only references to these statics, made once.
+    #[allow(unsafe_code)]
+    let (x, w, y) = unsafe {
+        (
+            &mut *core::ptr::addr_of_mut!(X),
+            &mut *core::ptr::addr_of_mut!(W),
+            &mut *core::ptr::addr_of_mut!(Y),
+        )
+    };
+    for (i, v) in x.iter_mut().chain(w.iter_mut()).enumerate() {
+        *v = (i as u32).wrapping_mul(2_654_435_761).wrapping_shr(24) as u8 as i8;
+    }
+    let g = ConvGeom {
+        batch: 1,
+        cin: 8,
+        h: 16,
+        w: 16,
+        cout: 16,
+        kh: 3,
+        kw: 3,
+        oh: 16,
+        ow: 16,
+        stride: (1, 1),
+        pad: (1, 1),
+        dil: (1, 1),
+        groups: 1,
+    };
+    profile::tag(1);
+    profile::set(true);
+    for _ in 0..times {
+        let ok = kernels::conv2d(
+            scratch,
+            g,
+            &CodeSlice { v: &x[..], bits: 8 },
+            &CodeSlice { v: &w[..], bits: 8 },
+            &mut y[..],
+        );
+        core::hint::black_box(ok);
+    }
+    profile::dump();
+}
+
 #[cortex_m_rt::entry]
 fn main() -> ! {
     fw::init();
@@ -82,6 +132,7 @@ fn main() -> ! {
     let r: u32 = a.next().and_then(|s| s.parse().ok()).unwrap_or(1);
     match case {
         "cnn" => run::<Cnn, CNN_B, CLASSES>(CNN, r, 20, scratch),
+        "conv" => conv(r.max(1), scratch),
         _ => run::<Mlp, MLP_B, 10>(MLP, r, 3, scratch),
     }
     let _ = writeln!(Out, "END");
