@@ -907,15 +907,7 @@ fn requantize_into(
     cfg.zero_point = next.zero_point;
     cfg.ema = next.ema;
     let r = ctx.rounder(id, cfg.rounding);
-    let mut n = 0;
-    for (i, (d, &a)) in dst.iter_mut().zip(acc).enumerate() {
-        let (q, clamped) = r.round(i, a, exp, f);
-        *d = f.to_f32(q);
-        n += clamped as u64;
-        if let Some(s) = sat.as_deref_mut().and_then(|s| s.get_mut(i)) {
-            *s = clamped;
-        }
-    }
+    let n = quant::requant::requantize_values_into(acc, exp, f, &r, dst, sat);
     Ok((Some(f), n))
 }
 

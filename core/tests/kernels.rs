@@ -352,3 +352,187 @@ fn int8_and_int16_code_slices_give_the_reference_sums() {
     ));
     assert_eq!(got, want);
 }
+
+/// The six products on `i8` and `i16` code slices (the packers that read
+/// runs of codes, several at a time, and pairs of rows side by side)
+/// against the reference backend, whole outputs; a code outside its
+/// declared width anywhere in an operand is refused, not wrapped.
+#[test]
+fn code_slices_of_every_width_give_the_reference_sums() {
+    use fixnn::kernels::{self as k, CodeSlice, Codes};
+    fn narrow<T: TryFrom<i32>>(f: Format, v: &[f32]) -> Vec<T> {
+        v.iter()
+            .map(|&x| T::try_from(f.code_of(x)).ok().unwrap())
+            .collect()
+    }
+    let mut r = Rng(0x5eed_1e55);
+    let mut scratch = vec![0u32; 8192];
+    let mut ran = 0;
+    for case in 0..400 {
+        let (fa, fb) = (fmt_hw(&mut r, 8), fmt_hw(&mut r, 8));
+        let wide = case % 3 == 0;
+        let extreme = case % 9 == 0;
+        let lin = case % 2 == 0;
+        let (lg, cg) = (
+            LinearGeom {
+                batch: 1 + r.below(9),
+                inp: 1 + r.below(40),
+                out: 1 + r.below(9),
+            },
+            {
+                let groups = 1 + r.below(2);
+                let (kh, kw) = (1 + r.below(3), 1 + r.below(3));
+                let pad = (r.below(2), r.below(2));
+                let (h, w) = (kh + r.below(5), kw + r.below(5));
+                ConvGeom {
+                    batch: 1 + r.below(2),
+                    cin: groups * (1 + r.below(4)),
+                    h,
+                    w,
+                    cout: groups * (1 + r.below(3)),
+                    kh,
+                    kw,
+                    oh: h + 2 * pad.0 - kh + 1,
+                    ow: w + 2 * pad.1 - kw + 1,
+                    stride: (1, 1),
+                    pad,
+                    dil: (1, 1),
+                    groups,
+                }
+            },
+        );
+        let lens = if lin { lg.lens() } else { cg.lens() }.unwrap();
+        let [nx, nw, ny] = lens;
+        // For each pass: operands (a, b) and the output length.
+        for pass in 0..3 {
+            let (na, nb, no) = [(nx, nw, ny), (ny, nw, nx), (ny, nx, nw)][pass];
+            let a = codes(&mut r, fa, na, extreme);
+            let b = codes(&mut r, fb, nb, extreme);
+            let (oa, ob) = (
+                Operand {
+                    v: &a,
+                    fmt: Some(fa),
+                },
+                Operand {
+                    v: &b,
+                    fmt: Some(fb),
+                },
+            );
+            let mut want = vec![0i64; no];
+            let o = AccOut::Int(&mut want);
+            match (lin, pass) {
+                (true, 0) => RefBackend.linear(lg, oa, ob, o),
+                (true, 1) => RefBackend.linear_input_grad(lg, oa, ob, o),
+                (true, _) => RefBackend.linear_weight_grad(lg, oa, ob, o),
+                (false, 0) => RefBackend.conv2d(cg, oa, ob, o),
+                (false, 1) => RefBackend.conv2d_input_grad(cg, oa, ob, o),
+                (false, _) => RefBackend.conv2d_weight_grad(cg, oa, ob, o),
+            }
+            .unwrap();
+            // i8 or i16 slices of the same codes.
+            macro_rules! with {
+                ($ta:ty, $tb:ty) => {{
+                    let ca: Vec<$ta> = narrow(fa, &a);
+                    let cb: Vec<$tb> = narrow(fb, &b);
+                    let sa = CodeSlice {
+                        v: &ca,
+                        bits: u32::from(fa.bits()),
+                    };
+                    let sb = CodeSlice {
+                        v: &cb,
+                        bits: u32::from(fb.bits()),
+                    };
+                    let op = |s: &mut [u32], sa: &CodeSlice<'_, $ta>, got: &mut [i64]| -> bool {
+                        match (lin, pass) {
+                            (true, 0) => k::linear(s, lg, sa, &sb, got),
+                            (true, 1) => k::linear_input_grad(s, lg, sa, &sb, got),
+                            (true, _) => k::linear_weight_grad(s, lg, sa, &sb, got),
+                            (false, 0) => k::conv2d(s, cg, sa, &sb, got),
+                            (false, 1) => k::conv2d_input_grad(s, cg, sa, &sb, got),
+                            (false, _) => k::conv2d_weight_grad(s, cg, sa, &sb, got),
+                        }
+                    };
+                    let mut got = vec![i64::MIN; no];
+                    assert!(
+                        op(&mut scratch, &sa, &mut got),
+                        "{lin} {pass} {lg:?} {cg:?}"
+                    );
+                    assert_eq!(got, want, "{lin} {pass} {lg:?} {cg:?} {fa:?} {fb:?}");
+                    ran += 1;
+                    // One code just outside `fa`'s width, anywhere. (Not
+                    // for a padded convolution's input gradient: output
+                    // gradients that only reach the padding are never read.)
+                    if fa.bits() < 8 && !ca.is_empty() && (lin || pass != 1) {
+                        let mut bad = ca.clone();
+                        let i = r.below(bad.len());
+                        let top = 1i32 << (fa.bits() - 1);
+                        bad[i] = <$ta>::try_from(if r.below(2) == 0 { top } else { -top - 1 })
+                            .ok()
+                            .unwrap();
+                        let sbad = CodeSlice {
+                            v: &bad,
+                            bits: u32::from(fa.bits()),
+                        };
+                        assert_eq!(sbad.len(), ca.len());
+                        assert!(
+                            !op(&mut scratch, &sbad, &mut got),
+                            "bad code at {i} accepted: {lin} {pass} {lg:?} {cg:?} {fa:?} {wide}"
+                        );
+                    }
+                }};
+            }
+            if wide {
+                with!(i16, i8);
+            } else {
+                with!(i8, i8);
+            }
+        }
+    }
+    assert_eq!(ran, 1200);
+}
+
+/// `CodeConv::code` (one multiply and a truncation) is `Format::code_of`
+/// for every f32 below `2^31` steps, codes or not: the bias gradient
+/// relies on it.
+#[test]
+fn code_conversion_equals_code_of_for_every_f32() {
+    use fixnn::kernels::CodeConv;
+    let mut r = Rng(0xc0de);
+    let (mut seen, mut checked) = (0, 0);
+    for case in 0..3000 {
+        let bits = 2 + r.below(15) as u8;
+        let scale = [-128, -127, -100, -20, -3, 0, 5, 30, 100, 120, 126, 127][case % 12];
+        let f = Format::new(bits, scale).unwrap();
+        let Some(conv) = CodeConv::new(f) else {
+            continue;
+        };
+        seen += 1;
+        for _ in 0..50 {
+            let x = r.next();
+            let v = match x % 6 {
+                0 => f32::from_bits(x as u32),
+                1 => f.to_f32((x >> 8) as i32 % 70_000),
+                2 => f32::from_bits((x as u32) & 0x807f_ffff), // subnormal
+                3 => [
+                    0.0,
+                    -0.0,
+                    f32::NAN,
+                    f32::INFINITY,
+                    f32::NEG_INFINITY,
+                    f32::MAX,
+                ][(x >> 8) as usize % 6],
+                _ => f.to_f32((x >> 8) as i32 % 300) * 1.000_001,
+            };
+            if conv.code_f32(v).abs() < 2_147_483_648.0 || v.is_nan() {
+                assert_eq!(
+                    conv.code(v),
+                    f.code_of(v),
+                    "{f:?} {v:e} ({:#x})",
+                    v.to_bits()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(seen > 2000 && checked > 50_000, "{seen} {checked}");
+}

@@ -23,7 +23,9 @@ use crate::error::Result;
 /// round_up_2(out)) * 2` words at least and runs in one `k` tile with
 /// `(round_up_2(batch) + round_up_2(out)) * round_up_4(inp) / 2` words; a
 /// convolution's forward pass needs as much for `oh * ow` rows and `cout /
-/// groups` rows of `cin / groups * kh * kw`.
+/// groups` rows of `cin / groups * kh * kw`; with an even `cin / groups`
+/// (the channel-pair lowering) also `(h + 2 pad_h) (w + 2 pad_w) cin /
+/// groups / 2` words for the padded input, else it packs code by code.
 #[derive(Debug)]
 pub struct DspBackend<'s> {
     scratch: RefCell<&'s mut [u32]>,

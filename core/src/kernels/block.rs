@@ -68,7 +68,11 @@ pub fn row_pair(a: &[u32], b: &[u32], words: usize, out: &mut [i32]) {
             && words <= a.len() / 2
             && pairs <= b.len() / (2 * words)
         {
-            dsp::row_pair(a, b, words, pairs, out);
+            if words.is_multiple_of(4) {
+                dsp::row_pair4(a, b, words, pairs, out);
+            } else {
+                dsp::row_pair(a, b, words, pairs, out);
+            }
             return;
         }
     }
@@ -110,6 +114,85 @@ mod dsp {
                 "movs {c10}, #0",
                 "movs {c11}, #0",
                 "2:",
+                "ldrd {t0}, {t1}, [{pa}], #8",
+                "ldrd {b0}, {b1}, [{pb}], #8",
+                "smlad {c00}, {t0}, {b0}, {c00}",
+                "smlad {c01}, {t0}, {b1}, {c01}",
+                "smlad {c10}, {t1}, {b0}, {c10}",
+                "smlad {c11}, {t1}, {b1}, {c11}",
+                "ldrd {t0}, {t1}, [{pa}], #8",
+                "ldrd {b0}, {b1}, [{pb}], #8",
+                "smlad {c00}, {t0}, {b0}, {c00}",
+                "smlad {c01}, {t0}, {b1}, {c01}",
+                "smlad {c10}, {t1}, {b0}, {c10}",
+                "smlad {c11}, {t1}, {b1}, {c11}",
+                "cmp {pa}, {aend}",
+                "bne 2b",
+                "strd {c00}, {c01}, [{out}], #8",
+                "strd {c10}, {c11}, [{out}], #8",
+                "ldr {t0}, [sp]",
+                "subs {pa}, {pa}, {t0}",
+                "cmp {pb}, {pbend}",
+                "bne 3b",
+                "pop {{{t0}}}",
+                pa = inout(reg) pa => _,
+                aend = in(reg) aend,
+                pb = inout(reg) pb => _,
+                pbend = in(reg) pbend,
+                out = inout(reg) out.as_mut_ptr() => _,
+                t0 = inout(reg) bytes => _,
+                t1 = out(reg) _,
+                b0 = out(reg) _,
+                b1 = out(reg) _,
+                c00 = out(reg) _,
+                c01 = out(reg) _,
+                c10 = out(reg) _,
+                c11 = out(reg) _,
+            );
+        }
+    }
+
+    /// [`row_pair`] with four words per row per iteration (`words` a
+    /// multiple of 4): 8 `LDRD`, 16 `SMLAD`, `CMP`, `BNE` for 32
+    /// multiply-accumulates (0.81 instructions per MAC, against 0.875).
+    ///
+    /// Caller: as [`row_pair`], and `words` a multiple of 4.
+    #[inline]
+    pub(super) fn row_pair4(a: &[u32], b: &[u32], words: usize, pairs: usize, out: &mut [i32]) {
+        let bytes = 8 * words;
+        // SAFETY: as `row_pair`: reads 2 words u32 of `a` per pair (rewound
+        // by `bytes` after each) and the `pairs` consecutive pairs of `b`,
+        // 2 words words each, four words of each row per iteration (words
+        // is a multiple of 4, so the loop ends exactly at `aend`): all
+        // within the slices (checked by the caller); LDRD needs word
+        // alignment, which u32 slices have. Writes 4 i32 per pair to `out`
+        // (within it). Pushes one word (`bytes`) at the start and pops it
+        // at the end; calls nothing.
+        unsafe {
+            let pa = a.as_ptr();
+            let aend = pa.add(2 * words);
+            let pb = b.as_ptr();
+            let pbend = pb.add(2 * words * pairs);
+            core::arch::asm!(
+                "push {{{t0}}}",
+                "3:",
+                "movs {c00}, #0",
+                "movs {c01}, #0",
+                "movs {c10}, #0",
+                "movs {c11}, #0",
+                "2:",
+                "ldrd {t0}, {t1}, [{pa}], #8",
+                "ldrd {b0}, {b1}, [{pb}], #8",
+                "smlad {c00}, {t0}, {b0}, {c00}",
+                "smlad {c01}, {t0}, {b1}, {c01}",
+                "smlad {c10}, {t1}, {b0}, {c10}",
+                "smlad {c11}, {t1}, {b1}, {c11}",
+                "ldrd {t0}, {t1}, [{pa}], #8",
+                "ldrd {b0}, {b1}, [{pb}], #8",
+                "smlad {c00}, {t0}, {b0}, {c00}",
+                "smlad {c01}, {t0}, {b1}, {c01}",
+                "smlad {c10}, {t1}, {b0}, {c10}",
+                "smlad {c11}, {t1}, {b1}, {c11}",
                 "ldrd {t0}, {t1}, [{pa}], #8",
                 "ldrd {b0}, {b1}, [{pb}], #8",
                 "smlad {c00}, {t0}, {b0}, {c00}",

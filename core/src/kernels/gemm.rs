@@ -6,6 +6,11 @@ use crate::quant::{pow2_f32, Format};
 /// Turns values that are exact codes of a [`Format`] into those codes, the
 /// way the reference backend reads them (`value * 2^-step_exp`, truncated
 /// toward zero; the packer refuses codes outside the format's range).
+///
+/// For every f32 `v` below `2^31` steps in magnitude (codes or not) this
+/// is [`Format::code_of`]`(v)`: `v`'s significand times a power of two is
+/// exact whenever it is at least 1 in magnitude, and below that both give
+/// 0. NaN gives 0 in both.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CodeConv {
     to_code: f32,
@@ -28,6 +33,13 @@ impl CodeConv {
     #[inline(always)]
     pub fn code(&self, v: f32) -> i32 {
         (v * self.to_code) as i32
+    }
+
+    /// `v * 2^-step_exp` as an f32 (exact when it is at least 1 in
+    /// magnitude and finite): the value in steps.
+    #[inline(always)]
+    pub fn code_f32(&self, v: f32) -> f32 {
+        v * self.to_code
     }
 
     /// Code width in bits ([`Format::code_bits`]: one more than the
@@ -65,6 +77,73 @@ pub trait Rows {
     /// order (an odd count ends with the pair `(last, 0)`). A value that is
     /// not a code may be reported as any out-of-range number.
     fn row(&self, r: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32, i32));
+
+    /// Pack rows `r` and `r + 1` at `k0..k1` into `dst`, the pair's `2 *
+    /// used` words of a tile ([module layout](super): word `w` of row `r`
+    /// at `2 w`, of row `r + 1` at `2 w + 1`), zeros past `k1`; a row at
+    /// or past `rows` is all zeros. `false` if a code is outside
+    /// [`Rows::bits`] (or `dst` is too short).
+    ///
+    /// The default packs row by row through [`Rows::row`]; layouts that
+    /// can read runs of codes override it.
+    #[inline(always)]
+    fn pack_pair(
+        &self,
+        r: usize,
+        rows: usize,
+        k: (usize, usize),
+        used: usize,
+        dst: &mut [u32],
+    ) -> bool {
+        pack_pair_by_rows(self, r, rows, k, used, dst)
+    }
+}
+
+/// The default [`Rows::pack_pair`]: each row through [`Rows::row`].
+#[inline(always)]
+pub(crate) fn pack_pair_by_rows<R: Rows + ?Sized>(
+    src: &R,
+    r: usize,
+    rows: usize,
+    (k0, k1): (usize, usize),
+    used: usize,
+    dst: &mut [u32],
+) -> bool {
+    let half = 1i32 << (src.bits().clamp(1, 16) - 1);
+    let span = 2 * half as u32;
+    for (row, lane) in [(r, 0), (r + 1, 1)] {
+        let Some(d) = dst.get_mut(lane..) else {
+            return false;
+        };
+        let mut words_out = d.iter_mut().step_by(2).take(used);
+        if row >= rows {
+            words_out.for_each(|w| *w = 0);
+            continue;
+        }
+        // Codes arrive two by two; bits outside the range flag an error.
+        let (mut n, mut bad) = (0usize, 0u32);
+        src.row(row, k0, k1, &mut |lo, hi| {
+            bad |= u32::from((lo + half) as u32 >= span) | u32::from((hi + half) as u32 >= span);
+            if let Some(w) = words_out.next() {
+                *w = pack2(lo, hi);
+            }
+            n += 2;
+        });
+        if bad != 0 || n != (k1 - k0).next_multiple_of(2) {
+            return false;
+        }
+        words_out.for_each(|w| *w = 0);
+    }
+    true
+}
+
+/// Zero words `words..used` of both rows of a packed pair (`dst` holds
+/// `2 * used` words, interleaved).
+#[inline(always)]
+pub(crate) fn zero_tail(dst: &mut [u32], words: usize, used: usize) {
+    if let Some(t) = dst.get_mut(2 * words..2 * used) {
+        t.fill(0);
+    }
 }
 
 /// `out[i rs + j cs] = sum over k < k_len of A(i, k) B(j, k)` for
@@ -94,21 +173,19 @@ pub fn gemm(
     if chunk == 0 {
         return false;
     }
-    for i in 0..m {
-        for j in 0..n {
-            match out.get_mut(i * rs + j * cs) {
-                Some(o) => *o = 0,
-                None => return false,
-            }
-        }
-    }
     if k_len == 0 || rows == 0 {
-        return true;
+        return zero_out(out, (m, n), (rs, cs));
     }
     let want = k_len.div_ceil(2).next_multiple_of(2);
     let fit = (scratch.len() / rows) & !1;
     let words = want.min(fit);
     if words < 2 {
+        return false;
+    }
+    // In one `k` tile every output is stored once; in several, the tiles'
+    // sums are added to zeroed outputs.
+    let single = words == want;
+    if !single && !zero_out(out, (m, n), (rs, cs)) {
         return false;
     }
     let (ta, tb) = scratch.split_at_mut(mp * words);
@@ -121,10 +198,37 @@ pub fn gemm(
         if !pack(ta, m, mp, used, k0, k1, a) || !pack(tb, n, np, used, k0, k1, b) {
             return false;
         }
-        if !gemm_packed(ta, tb, (m, n), used, used, chunk, out, (rs, cs)) {
+        let done = if single {
+            packed::<true>(ta, tb, (m, n), (used, used, chunk), out, (rs, cs))
+        } else {
+            gemm_packed(ta, tb, (m, n), used, used, chunk, out, (rs, cs))
+        };
+        if !done {
             return false;
         }
         k0 = k1;
+    }
+    true
+}
+
+/// Zero `out[i rs + j cs]` for `i < m`, `j < n`; `false` if one is past
+/// the end.
+fn zero_out(out: &mut [i64], (m, n): (usize, usize), (rs, cs): (usize, usize)) -> bool {
+    for i in 0..m {
+        if cs == 1 {
+            // A row of the output is contiguous: one fill.
+            match out.get_mut(i * rs..i * rs + n) {
+                Some(row) => row.fill(0),
+                None => return false,
+            }
+            continue;
+        }
+        for j in 0..n {
+            match out.get_mut(i * rs + j * cs) {
+                Some(o) => *o = 0,
+                None => return false,
+            }
+        }
     }
     true
 }
@@ -145,6 +249,21 @@ pub fn gemm_packed(
     words: usize,
     used: usize,
     chunk: usize,
+    out: &mut [i64],
+    (rs, cs): (usize, usize),
+) -> bool {
+    packed::<false>(ta, tb, (m, n), (words, used, chunk), out, (rs, cs))
+}
+
+/// [`gemm_packed`] that stores the sums (`SET`) instead of adding them:
+/// for a product in one `k` tile, whose outputs need no zeroing first.
+/// Every `out[i rs + j cs]` (`i < m`, `j < n`) is written exactly once.
+#[inline(always)]
+pub(crate) fn packed<const SET: bool>(
+    ta: &[u32],
+    tb: &[u32],
+    (m, n): (usize, usize),
+    (words, used, chunk): (usize, usize, usize),
     out: &mut [i64],
     (rs, cs): (usize, usize),
 ) -> bool {
@@ -170,27 +289,59 @@ pub fn gemm_packed(
                 let res = &mut buf[..4 * (q1 - q0)];
                 row_pair(rows_a, &tb[2 * q0 * words..2 * q1 * words], used, res);
                 if cs == 1 {
-                    // Rows of the output are contiguous: add slice by slice.
+                    // Rows of the output are contiguous: both rows of the
+                    // block in one pass when both exist and the columns
+                    // pair up, else slice by slice.
+                    let (j0, j1) = (2 * q0, (2 * q1).min(n));
+                    let (res4, _) = res.as_chunks::<4>();
+                    if i1 < m && j1 == 2 * q1 && rs >= j1 - j0 {
+                        let Some(rows) = out.get_mut(i0 * rs + j0..i1 * rs + j1) else {
+                            return false;
+                        };
+                        let (row0, rest) = rows.split_at_mut(j1 - j0);
+                        let row1 = rest.get_mut(rs - (j1 - j0)..).unwrap_or_default();
+                        let (p0, _) = row0.as_chunks_mut::<2>();
+                        let (p1, _) = row1.as_chunks_mut::<2>();
+                        for ((o0, o1), r) in p0.iter_mut().zip(p1).zip(res4) {
+                            let v = r.map(i64::from);
+                            if SET {
+                                *o0 = [v[0], v[1]];
+                                *o1 = [v[2], v[3]];
+                            } else {
+                                *o0 = [o0[0] + v[0], o0[1] + v[1]];
+                                *o1 = [o1[0] + v[2], o1[1] + v[3]];
+                            }
+                        }
+                        q0 = q1;
+                        continue;
+                    }
                     for (i, e) in [(i0, 0), (i1, 2)] {
                         if i >= m {
                             continue;
                         }
-                        let (j0, j1) = (2 * q0, (2 * q1).min(n));
                         let Some(row) = out.get_mut(i * rs + j0..i * rs + j1) else {
                             return false;
                         };
-                        for (o, r) in row.chunks_mut(2).zip(res.chunks_exact(4)) {
-                            o[0] += i64::from(r[e]);
-                            if let Some(o1) = o.get_mut(1) {
-                                *o1 += i64::from(r[e + 1]);
+                        let (pairs, last) = row.as_chunks_mut::<2>();
+                        let mut res = res4.iter();
+                        for (o, r) in pairs.iter_mut().zip(&mut res) {
+                            let v = [r[e], r[e + 1]].map(i64::from);
+                            if SET {
+                                *o = v;
+                            } else {
+                                o[0] += v[0];
+                                o[1] += v[1];
                             }
+                        }
+                        if let (Some(o), Some(r)) = (last.first_mut(), res.next()) {
+                            *o = i64::from(r[e]) + if SET { 0 } else { *o };
                         }
                     }
                     q0 = q1;
                     continue;
                 }
                 for (q, r) in (q0..q1).zip(res.chunks_exact(4)) {
-                    if !add(
+                    if !add::<SET>(
                         out,
                         (m, n),
                         (rs, cs),
@@ -204,7 +355,7 @@ pub fn gemm_packed(
                 for q in q0..q1 {
                     let rows_b = &tb[2 * q * words..2 * q * words + 2 * used];
                     let sum = sum_chunks(rows_a, rows_b, used, chunk);
-                    if !add(out, (m, n), (rs, cs), (i0, q), sum) {
+                    if !add::<SET>(out, (m, n), (rs, cs), (i0, q), sum) {
                         return false;
                     }
                 }
@@ -215,10 +366,11 @@ pub fn gemm_packed(
     true
 }
 
-/// Add the block of rows `i0, i0 + 1` and columns `2 q, 2 q + 1` (those
-/// inside `m x n`) to `out`; `false` if an index is past its end.
+/// Add (or store, `SET`) the block of rows `i0, i0 + 1` and columns `2 q,
+/// 2 q + 1` (those inside `m x n`) to `out`; `false` if an index is past
+/// its end.
 #[inline(always)]
-fn add(
+fn add<const SET: bool>(
     out: &mut [i64],
     (m, n): (usize, usize),
     (rs, cs): (usize, usize),
@@ -234,7 +386,7 @@ fn add(
     ] {
         if i < m && j < n {
             match out.get_mut(i * rs + j * cs) {
-                Some(o) => *o += v,
+                Some(o) => *o = v + if SET { 0 } else { *o },
                 None => return false,
             }
         }
@@ -277,31 +429,14 @@ fn pack(
     src: &impl Rows,
 ) -> bool {
     let used = (k1 - k0).div_ceil(2).next_multiple_of(2);
-    let half = 1i32 << (src.bits().clamp(1, 16) - 1);
-    for r in 0..padded {
-        let base = (r / 2) * 2 * words + r % 2;
-        let Some(dst) = tile.get_mut(base..base + 2 * used - 1) else {
+    for p in 0..padded / 2 {
+        let base = 2 * p * words;
+        let Some(dst) = tile.get_mut(base..base + 2 * used) else {
             return false;
         };
-        if r >= rows {
-            dst.iter_mut().step_by(2).for_each(|d| *d = 0);
-            continue;
-        }
-        // Codes arrive two by two; bits outside the range flag an error.
-        let (mut n, mut bad) = (0usize, 0u32);
-        let mut words_out = dst.iter_mut().step_by(2);
-        let span = 2 * half as u32;
-        src.row(r, k0, k1, &mut |lo, hi| {
-            bad |= u32::from((lo + half) as u32 >= span) | u32::from((hi + half) as u32 >= span);
-            if let Some(d) = words_out.next() {
-                *d = pack2(lo, hi);
-            }
-            n += 2;
-        });
-        if bad != 0 || n != (k1 - k0).next_multiple_of(2) {
+        if !src.pack_pair(2 * p, rows, (k0, k1), used, dst) {
             return false;
         }
-        words_out.for_each(|d| *d = 0);
     }
     true
 }

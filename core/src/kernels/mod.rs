@@ -36,6 +36,7 @@
 mod backend;
 mod block;
 mod gemm;
+mod im2col;
 mod ops;
 
 pub use backend::DspBackend;

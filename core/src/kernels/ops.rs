@@ -2,7 +2,7 @@
 //! slices, lowered to [`gemm`]. Same sums, same output layout as
 //! [`RefBackend`](crate::backend::RefBackend)'s integer path.
 
-use super::gemm::{gemm, CodeConv, Rows};
+use super::gemm::{gemm, pack2, pack_pair_by_rows, zero_tail, CodeConv, Rows};
 use crate::backend::{ConvGeom, LinearGeom, Pass};
 
 /// A flat tensor of integer codes (row-major, as the backend's operands).
@@ -33,6 +33,136 @@ pub trait Codes {
             visit(self.at(i), 0);
         }
     }
+
+    /// The codes at `i` and `i + 1`, as [`Codes::at`] reads them.
+    #[inline(always)]
+    fn pair(&self, i: usize) -> (i32, i32) {
+        (self.at(i), self.at(i.wrapping_add(1)))
+    }
+
+    /// Pack the codes at `a..a + len` with those at `b..b + len`, one word
+    /// per position: `dst[i * step] = pack2(code(a + i), code(b + i))`
+    /// (words past `dst`'s end are not written). Returns the OR of the
+    /// codes' [`magnitude`]s (`u32::MAX` if a range is past the end).
+    ///
+    /// The default reads through [`Codes::at`].
+    #[inline(always)]
+    fn pack_zip(&self, a: usize, b: usize, len: usize, dst: &mut [u32], step: usize) -> u32 {
+        let mut m = 0u32;
+        for (i, d) in (0..len).zip(dst.iter_mut().step_by(step.max(1))) {
+            let (lo, hi) = (self.at(a.wrapping_add(i)), self.at(b.wrapping_add(i)));
+            m |= magnitude(lo) | magnitude(hi);
+            *d = pack2(lo, hi);
+        }
+        m
+    }
+
+    /// Pack two columns of a strided matrix into a row pair of a tile:
+    /// with `(j, k)` the code at `start + j + k * stride`, word `w` of
+    /// `dst` is `pack2((0, 2w), (0, 2w + 1))` at `dst[2 w]` and `pack2((1,
+    /// 2w), (1, 2w + 1))` at `dst[2 w + 1]`, for `k < count` (an odd count
+    /// ends with zeros); words past `dst`'s end are not written. Returns
+    /// the OR of the codes' [`magnitude`]s (`u32::MAX` if a code is past
+    /// the end).
+    ///
+    /// The default reads through [`Codes::pair`].
+    #[inline(always)]
+    fn pack_cols(&self, start: usize, stride: usize, count: usize, dst: &mut [u32]) -> u32 {
+        let mut m = 0u32;
+        let mut i = start;
+        let mut out = dst.chunks_mut(2);
+        for _ in 0..count / 2 {
+            let (p0, p1) = self.pair(i);
+            let (q0, q1) = self.pair(i.wrapping_add(stride));
+            m |= magnitude(p0) | magnitude(p1) | magnitude(q0) | magnitude(q1);
+            if let Some(d) = out.next() {
+                d[0] = pack2(p0, q0);
+                if let Some(w) = d.get_mut(1) {
+                    *w = pack2(p1, q1);
+                }
+            }
+            i = i.wrapping_add(2 * stride);
+        }
+        if count % 2 == 1 {
+            let (p0, p1) = self.pair(i);
+            m |= magnitude(p0) | magnitude(p1);
+            if let Some(d) = out.next() {
+                d[0] = pack2(p0, 0);
+                if let Some(w) = d.get_mut(1) {
+                    *w = pack2(p1, 0);
+                }
+            }
+        }
+        m
+    }
+
+    /// Pack the codes at `start..start + len` two per word ([`pack2`]: even
+    /// position low) into every other word of `dst` (`dst[0]`, `dst[2]`,
+    /// ...), an odd count ending with the pair `(last, 0)`; words past
+    /// `dst`'s end are not written. Returns the OR over the codes of
+    /// [`magnitude`]: every code lies in `[-2^(b-1), 2^(b-1) - 1]` iff it
+    /// is below `2^(b-1)`. A range past the end gives `u32::MAX`.
+    ///
+    /// The default goes through [`Codes::run`]; slices of codes override it
+    /// with loops that read several codes at once.
+    #[inline(always)]
+    fn pack_run(&self, start: usize, len: usize, dst: &mut [u32]) -> u32 {
+        let mut m = 0u32;
+        let mut words = dst.iter_mut().step_by(2);
+        self.run(start, len, &mut |lo, hi| {
+            m |= magnitude(lo) | magnitude(hi);
+            if let Some(d) = words.next() {
+                *d = pack2(lo, hi);
+            }
+        });
+        m
+    }
+}
+
+/// `c` for `c >= 0`, `-c - 1` for `c < 0` (as `u32`): a code lies in
+/// `[-2^(b-1), 2^(b-1) - 1]` iff its magnitude is below `2^(b-1)`, so one
+/// OR over many codes checks them all.
+#[inline(always)]
+pub const fn magnitude(c: i32) -> u32 {
+    (c ^ (c >> 31)) as u32
+}
+
+/// [`Codes::pack_run`] of `i8` codes four at a time: one 32-bit load, the
+/// four bytes sign-extended into two packed words (what `SXTB16` and
+/// `PKHBT` do). With `CHECK` (codes narrower than 8 bits) the magnitudes
+/// are or-ed byte-wise; 8-bit codes cannot be out of range (0 returned).
+#[inline(always)]
+fn pack_run_i8<const CHECK: bool>(v: &[i8], start: usize, len: usize, dst: &mut [u32]) -> u32 {
+    let Some(src) = start.checked_add(len).and_then(|end| v.get(start..end)) else {
+        return u32::MAX;
+    };
+    let (quads, _) = src.as_chunks::<4>();
+    let mut bytes = 0u32;
+    // Quads of words (two of this row's, interleaved with the other
+    // row's) while they fit in `dst`; the rest code by code.
+    let full = quads.len().min(dst.len() / 4);
+    let (body, tail) = dst.split_at_mut(4 * full);
+    let (words, _) = body.as_chunks_mut::<4>();
+    for (q, d) in quads.iter().zip(words) {
+        let x = u32::from_le_bytes(q.map(|c| c as u8));
+        if CHECK {
+            // Each byte xor its sign spread over the byte: its magnitude.
+            bytes |= x ^ (((x >> 7) & 0x0101_0101) * 0xff);
+        }
+        let (b0, b1, b2, b3) = (
+            (x << 24) as i32 >> 24,
+            (x << 16) as i32 >> 24,
+            (x << 8) as i32 >> 24,
+            x as i32 >> 24,
+        );
+        d[0] = pack2(b0, b1);
+        d[2] = pack2(b2, b3);
+    }
+    let m = pack_rest(src.get(4 * full..).unwrap_or_default(), i32::from, tail);
+    if !CHECK {
+        return 0;
+    }
+    m | ((bytes | bytes >> 8 | bytes >> 16 | bytes >> 24) & 0xff)
 }
 
 /// [`Codes::run`] over a slice: pairs, then the odd last one; a range past
@@ -59,6 +189,207 @@ fn run_slice<T: Copy>(
     }
 }
 
+/// [`Codes::pack_run`] over a slice, pair by pair.
+#[inline(always)]
+fn pack_run_slice<T: Copy>(
+    v: &[T],
+    start: usize,
+    len: usize,
+    code: impl Fn(T) -> i32,
+    dst: &mut [u32],
+) -> u32 {
+    let Some(s) = start.checked_add(len).and_then(|end| v.get(start..end)) else {
+        return u32::MAX;
+    };
+    let (pairs, _) = s.as_chunks::<2>();
+    // Pairs of words (this row's word, then the other row's) while both
+    // fit in `dst`; the rest of the run word by word.
+    let full = pairs.len().min(dst.len() / 2);
+    let (body, tail) = dst.split_at_mut(2 * full);
+    let (words, _) = body.as_chunks_mut::<2>();
+    let mut m = 0u32;
+    for (p, d) in pairs.iter().zip(words) {
+        let (lo, hi) = (code(p[0]), code(p[1]));
+        m |= magnitude(lo) | magnitude(hi);
+        d[0] = pack2(lo, hi);
+    }
+    m | pack_rest(s.get(2 * full..).unwrap_or_default(), code, tail)
+}
+
+/// Pack `s` two codes per word into `dst[0]`, `dst[2]`, ... (an odd count
+/// ending with `(last, 0)`; words past `dst`'s end are not written) and
+/// return the OR of the codes' magnitudes.
+#[inline(always)]
+fn pack_rest<T: Copy>(s: &[T], code: impl Fn(T) -> i32, dst: &mut [u32]) -> u32 {
+    let mut m = 0u32;
+    let mut words = dst.iter_mut().step_by(2);
+    for p in s.chunks(2) {
+        let lo = code(p[0]);
+        let hi = p.get(1).map_or(0, |&c| code(c));
+        m |= magnitude(lo) | magnitude(hi);
+        if let Some(w) = words.next() {
+            *w = pack2(lo, hi);
+        }
+    }
+    m
+}
+
+/// [`Codes::pack_zip`] of `i8` codes four at a time from each run (as
+/// [`pack_run_i8`]: byte-wise sign extension, magnitudes or-ed byte-wise
+/// when `CHECK`).
+#[inline(always)]
+fn pack_zip_i8<const CHECK: bool>(
+    v: &[i8],
+    (a, b): (usize, usize),
+    len: usize,
+    dst: &mut [u32],
+    step: usize,
+) -> u32 {
+    let run = |s: usize| s.checked_add(len).and_then(|e| v.get(s..e));
+    let (Some(sa), Some(sb)) = (run(a), run(b)) else {
+        return u32::MAX;
+    };
+    let step = step.max(1);
+    let (qa, _) = sa.as_chunks::<4>();
+    let (qb, _) = sb.as_chunks::<4>();
+    // Whole quads while their four words fit in `dst`.
+    let full = qa.len().min(dst.len().saturating_add(step - 1) / step / 4);
+    let mut bytes = 0u32;
+    for (i, (x, y)) in qa.iter().zip(qb).take(full).enumerate() {
+        let (x, y) = (
+            u32::from_le_bytes(x.map(|c| c as u8)),
+            u32::from_le_bytes(y.map(|c| c as u8)),
+        );
+        if CHECK {
+            bytes |= x ^ (((x >> 7) & 0x0101_0101) * 0xff);
+            bytes |= y ^ (((y >> 7) & 0x0101_0101) * 0xff);
+        }
+        let base = 4 * i * step;
+        for (j, sh) in [24u32, 16, 8, 0].into_iter().enumerate() {
+            let (lo, hi) = ((x << sh) as i32 >> 24, (y << sh) as i32 >> 24);
+            if let Some(d) = dst.get_mut(base + j * step) {
+                *d = pack2(lo, hi);
+            }
+        }
+    }
+    let rest = 4 * full;
+    let tail = dst.get_mut(rest * step..).unwrap_or_default();
+    let (ra, rb) = (
+        sa.get(rest..).unwrap_or_default(),
+        sb.get(rest..).unwrap_or_default(),
+    );
+    let mut m = 0u32;
+    for ((&x, &y), d) in ra.iter().zip(rb).zip(tail.iter_mut().step_by(step)) {
+        let (lo, hi) = (i32::from(x), i32::from(y));
+        m |= magnitude(lo) | magnitude(hi);
+        *d = pack2(lo, hi);
+    }
+    if !CHECK {
+        return 0;
+    }
+    m | ((bytes | bytes >> 8 | bytes >> 16 | bytes >> 24) & 0xff)
+}
+
+/// [`Codes::pack_zip`] over a slice.
+#[inline(always)]
+fn pack_zip_slice<T: Copy>(
+    v: &[T],
+    (a, b): (usize, usize),
+    len: usize,
+    code: impl Fn(T) -> i32,
+    dst: &mut [u32],
+    step: usize,
+) -> u32 {
+    let run = |s: usize| s.checked_add(len).and_then(|e| v.get(s..e));
+    let (Some(sa), Some(sb)) = (run(a), run(b)) else {
+        return u32::MAX;
+    };
+    let mut m = 0u32;
+    for ((&x, &y), d) in sa.iter().zip(sb).zip(dst.iter_mut().step_by(step.max(1))) {
+        let (lo, hi) = (code(x), code(y));
+        m |= magnitude(lo) | magnitude(hi);
+        *d = pack2(lo, hi);
+    }
+    m
+}
+
+/// [`Codes::pack_cols`] over a slice: rows `k`, `k + 1` of the two
+/// columns read as one chunk of `2 stride` codes per word pair.
+#[inline(always)]
+fn pack_cols_slice<T: Copy>(
+    v: &[T],
+    start: usize,
+    stride: usize,
+    count: usize,
+    code: impl Fn(T) -> i32,
+    dst: &mut [u32],
+) -> u32 {
+    if count == 0 {
+        return 0;
+    }
+    // The last code read is at `start + 1 + (count - 1) stride`.
+    let end = count
+        .checked_sub(1)
+        .and_then(|c| c.checked_mul(stride))
+        .and_then(|e| e.checked_add(start + 2));
+    let Some(s) = end.and_then(|e| v.get(start..e.max(start))) else {
+        return u32::MAX;
+    };
+    if stride < 2 {
+        // Overlapping columns: the generic reading.
+        return CodeFn(s, &code).pack_cols(0, stride, count, dst);
+    }
+    let full = (count / 2).min(dst.len() / 2);
+    let (body, tail) = dst.split_at_mut(2 * full);
+    let (words, _) = body.as_chunks_mut::<2>();
+    let mut m = 0u32;
+    for (c, d) in s.chunks(2 * stride).zip(words) {
+        let (Some(p), Some(q)) = (
+            c.first_chunk::<2>(),
+            c.get(stride..).and_then(|c| c.first_chunk::<2>()),
+        ) else {
+            return u32::MAX;
+        };
+        let (p0, p1, q0, q1) = (code(p[0]), code(p[1]), code(q[0]), code(q[1]));
+        m |= magnitude(p0) | magnitude(p1) | magnitude(q0) | magnitude(q1);
+        d[0] = pack2(p0, q0);
+        d[1] = pack2(p1, q1);
+    }
+    // The rest (an odd last row, or words beyond `dst`) code pair by pair.
+    let rest = s.get(2 * full * stride..).unwrap_or_default();
+    m | CodeFn(rest, &code).pack_cols(0, stride, count - 2 * full, tail)
+}
+
+/// A slice read through a code conversion (for the generic paths).
+struct CodeFn<'a, T, F>(&'a [T], &'a F);
+
+impl<T: Copy, F: Fn(T) -> i32> Codes for CodeFn<'_, T, F> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn bits(&self) -> u32 {
+        16
+    }
+    #[inline(always)]
+    fn at(&self, i: usize) -> i32 {
+        self.0.get(i).map_or(i32::MIN, |&c| (self.1)(c))
+    }
+    #[inline(always)]
+    fn pair(&self, i: usize) -> (i32, i32) {
+        pair_of(self.0, i, self.1)
+    }
+}
+
+/// The codes at `i` and `i + 1` of a slice; `(i32::MIN, i32::MIN)` past
+/// the end.
+#[inline(always)]
+fn pair_of<T: Copy>(v: &[T], i: usize, code: impl Fn(T) -> i32) -> (i32, i32) {
+    match v.get(i..).and_then(|s| s.first_chunk::<2>()) {
+        Some(p) => (code(p[0]), code(p[1])),
+        None => (i32::MIN, i32::MIN),
+    }
+}
+
 /// Codes stored as `i8` (`bits <= 8`) or `i16` (`bits <= 16`).
 #[derive(Clone, Copy, Debug)]
 pub struct CodeSlice<'a, T> {
@@ -76,6 +407,30 @@ impl Codes for CodeSlice<'_, i8> {
     fn run(&self, start: usize, len: usize, visit: &mut impl FnMut(i32, i32)) {
         run_slice(self.v, start, len, i32::from, visit);
     }
+    #[inline(always)]
+    fn pack_run(&self, start: usize, len: usize, dst: &mut [u32]) -> u32 {
+        if self.bits >= 8 {
+            pack_run_i8::<false>(self.v, start, len, dst)
+        } else {
+            pack_run_i8::<true>(self.v, start, len, dst)
+        }
+    }
+    #[inline(always)]
+    fn pair(&self, i: usize) -> (i32, i32) {
+        pair_of(self.v, i, i32::from)
+    }
+    #[inline(always)]
+    fn pack_cols(&self, start: usize, stride: usize, count: usize, dst: &mut [u32]) -> u32 {
+        pack_cols_slice(self.v, start, stride, count, i32::from, dst)
+    }
+    #[inline(always)]
+    fn pack_zip(&self, a: usize, b: usize, len: usize, dst: &mut [u32], step: usize) -> u32 {
+        if self.bits >= 8 {
+            pack_zip_i8::<false>(self.v, (a, b), len, dst, step)
+        } else {
+            pack_zip_i8::<true>(self.v, (a, b), len, dst, step)
+        }
+    }
     fn bits(&self) -> u32 {
         self.bits
     }
@@ -92,6 +447,22 @@ impl Codes for CodeSlice<'_, i16> {
     #[inline(always)]
     fn run(&self, start: usize, len: usize, visit: &mut impl FnMut(i32, i32)) {
         run_slice(self.v, start, len, i32::from, visit);
+    }
+    #[inline(always)]
+    fn pack_run(&self, start: usize, len: usize, dst: &mut [u32]) -> u32 {
+        pack_run_slice(self.v, start, len, i32::from, dst)
+    }
+    #[inline(always)]
+    fn pair(&self, i: usize) -> (i32, i32) {
+        pair_of(self.v, i, i32::from)
+    }
+    #[inline(always)]
+    fn pack_cols(&self, start: usize, stride: usize, count: usize, dst: &mut [u32]) -> u32 {
+        pack_cols_slice(self.v, start, stride, count, i32::from, dst)
+    }
+    #[inline(always)]
+    fn pack_zip(&self, a: usize, b: usize, len: usize, dst: &mut [u32], step: usize) -> u32 {
+        pack_zip_slice(self.v, (a, b), len, i32::from, dst, step)
     }
     fn bits(&self) -> u32 {
         self.bits
@@ -120,6 +491,28 @@ impl Codes for F32Codes<'_> {
     fn run(&self, start: usize, len: usize, visit: &mut impl FnMut(i32, i32)) {
         run_slice(self.v, start, len, |x| self.conv.code(x), visit);
     }
+    #[inline(always)]
+    fn pack_run(&self, start: usize, len: usize, dst: &mut [u32]) -> u32 {
+        // A copy: the stores into `dst` cannot change it, so its factor
+        // stays in a register.
+        let conv = self.conv;
+        pack_run_slice(self.v, start, len, move |x| conv.code(x), dst)
+    }
+    #[inline(always)]
+    fn pair(&self, i: usize) -> (i32, i32) {
+        let conv = self.conv;
+        pair_of(self.v, i, move |x| conv.code(x))
+    }
+    #[inline(always)]
+    fn pack_cols(&self, start: usize, stride: usize, count: usize, dst: &mut [u32]) -> u32 {
+        let conv = self.conv;
+        pack_cols_slice(self.v, start, stride, count, move |x| conv.code(x), dst)
+    }
+    #[inline(always)]
+    fn pack_zip(&self, a: usize, b: usize, len: usize, dst: &mut [u32], step: usize) -> u32 {
+        let conv = self.conv;
+        pack_zip_slice(self.v, (a, b), len, move |x| conv.code(x), dst, step)
+    }
     fn bits(&self) -> u32 {
         self.conv.bits()
     }
@@ -140,6 +533,43 @@ struct Affine<'a, C> {
 impl<C: Codes> Rows for Affine<'_, C> {
     fn bits(&self) -> u32 {
         self.c.bits()
+    }
+    #[inline(always)]
+    fn pack_pair(
+        &self,
+        r: usize,
+        rows: usize,
+        (k0, k1): (usize, usize),
+        used: usize,
+        dst: &mut [u32],
+    ) -> bool {
+        let half = 1u32 << (self.bits().clamp(1, 16) - 1);
+        let words = (k1 - k0).div_ceil(2);
+        if self.ks == 1 {
+            // Rows are runs of codes.
+            let mut m = 0u32;
+            for (row, lane) in [(r, 0), (r + 1, 1)] {
+                let Some(d) = dst.get_mut(lane..) else {
+                    return false;
+                };
+                if row < rows {
+                    m |= self.c.pack_run(self.base + row * self.rs + k0, k1 - k0, d);
+                } else {
+                    d.iter_mut().step_by(2).take(words).for_each(|w| *w = 0);
+                }
+            }
+            zero_tail(dst, words, used);
+            return m < half;
+        }
+        if self.rs == 1 && r + 1 < rows {
+            // Rows `r` and `r + 1` side by side in memory, `k` strided:
+            // the codes at `k` and `k + 1` of both give one word of each.
+            let start = self.base + r + k0 * self.ks;
+            let m = self.c.pack_cols(start, self.ks, k1 - k0, dst);
+            zero_tail(dst, words, used);
+            return m < half;
+        }
+        pack_pair_by_rows(self, r, rows, (k0, k1), used, dst)
     }
     #[inline(always)]
     fn row(&self, r: usize, k0: usize, k1: usize, visit: &mut impl FnMut(i32, i32)) {
@@ -380,6 +810,10 @@ pub fn conv2d(
         .is_err()
     {
         return false;
+    }
+    // Even channels per group: whole words of channel pairs.
+    if let Some(done) = super::im2col::conv2d_pairs(scratch, g, x, w, y) {
+        return done;
     }
     let (cpg, opg) = (g.cpg(), g.opg());
     let (kk, ohw) = (cpg * g.kh * g.kw, g.oh * g.ow);

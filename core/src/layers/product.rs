@@ -8,6 +8,7 @@
 
 use crate::backend::{product_exp, AccOut, Operand};
 use crate::error::Result;
+use crate::kernels::CodeConv;
 use crate::quant::{acc_to_f32, Format};
 use crate::tensor::{Act, Ctx, Param, Shape, Tensor, S1};
 
@@ -165,9 +166,29 @@ pub(crate) fn bias_grad<S: Shape, const C: usize>(
     match dy.fmt {
         Some(f) => {
             let mut sums = [0i64; C];
-            for (i, chunk) in dy.flat().chunks(spatial).enumerate() {
-                for &v in chunk {
-                    sums[i % C] += f.code_of(v) as i64;
+            // Codes (every value below 2^31 steps, as the quantizers
+            // write them): `v * 2^-step_exp` truncated is `code_of(v)` (see
+            // `CodeConv`), one multiply instead of a split into significand
+            // and exponent. Batch item by batch item, each channel's chunk
+            // in turn: the sums take their terms in index order, as below.
+            let big = f32::from_bits(crate::quant::range::max_abs_bits(dy.flat()));
+            match CodeConv::new(f).filter(|c| c.code_f32(big) < 2_147_483_648.0) {
+                Some(conv) => {
+                    let item = spatial.saturating_mul(C).max(1);
+                    for row in dy.flat().chunks(item) {
+                        for (s, chunk) in sums.iter_mut().zip(row.chunks(spatial)) {
+                            for &v in chunk {
+                                *s += conv.code(v) as i64;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    for (i, chunk) in dy.flat().chunks(spatial).enumerate() {
+                        for &v in chunk {
+                            sums[i % C] += f.code_of(v) as i64;
+                        }
+                    }
                 }
             }
             bias.set_grad_acc(ctx, &sums, f.step_exp())

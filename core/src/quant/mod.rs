@@ -30,6 +30,7 @@ mod math;
 pub mod multiplier;
 pub mod packed;
 pub mod range;
+pub(crate) mod requant;
 mod rng;
 mod round;
 pub mod running;
@@ -377,8 +378,61 @@ pub(crate) fn accs_to_f32(dst: &mut [f32], acc: &[i64], exp: i32) {
     let (p, q) = (pow2_f32(half), pow2_f32(exp - half));
     for (d, &a) in dst.iter_mut().zip(acc) {
         // As `acc_to_f32`: 0 stays 0 whatever the exponent.
-        *d = if a == 0 { 0.0 } else { a as f32 * p * q };
+        *d = if a == 0 { 0.0 } else { i64_to_f32(a) * p * q };
     }
 }
 
+/// `a as f32` (nearest, ties to even). On Arm's 32-bit cores a value that
+/// fits `i32` is converted by the FPU (`a as i32 as f32` rounds the same
+/// integer the same way) instead of the 64-bit library routine.
+#[inline(always)]
+pub(crate) fn i64_to_f32(a: i64) -> f32 {
+    if cfg!(target_arch = "arm") {
+        return i64_to_f32_split(a);
+    }
+    a as f32
+}
+
+/// [`i64_to_f32`]'s Arm form, on every target (tested on the host).
+#[inline(always)]
+pub(crate) fn i64_to_f32_split(a: i64) -> f32 {
+    if a as i32 as i64 == a {
+        return a as i32 as f32;
+    }
+    a as f32
+}
+
 pub(crate) use slice::{quantize_values_in_place, quantize_values_into};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn split_conversion_equals_the_64_bit_one() {
+        let s = super::Stream::new(1, 2, 3);
+        let n = if cfg!(miri) { 2_000 } else { 200_000u32 };
+        let edges = [
+            0i64,
+            1,
+            -1,
+            i32::MAX as i64,
+            i32::MIN as i64,
+            1 << 31,
+            -(1 << 31) - 1,
+        ];
+        for (i, a) in (0..n)
+            .map(|i| {
+                let v = ((s.draw(i) as i64) << 32) | s.draw(!i) as i64;
+                v >> (s.draw(i ^ 0x1234) % 64)
+            })
+            .chain(edges)
+            .enumerate()
+        {
+            let a = a.wrapping_add(i as i64 % 3 - 1);
+            assert_eq!(
+                super::i64_to_f32_split(a).to_bits(),
+                (a as f32).to_bits(),
+                "{a}"
+            );
+        }
+    }
+}

@@ -74,6 +74,29 @@ pub(crate) fn max_abs_bits(x: &[f32]) -> u32 {
 /// instruction set, see [`crate::accel`]).
 #[inline(always)]
 pub(crate) fn max_abs_bits_of(x: &[f32]) -> u32 {
+    if cfg!(target_arch = "arm") {
+        return max_abs_bits_int(x);
+    }
+    max_abs_bits_lanes(x)
+}
+
+/// [`max_abs_bits_of`] as an integer maximum of the bits (Arm's 32-bit
+/// cores: no vector lanes, and an integer compare-and-select is two
+/// instructions where an f32 one is four). Any NaN has bits above
+/// `0x7f80_0000` and makes the maximum so: then the answer is
+/// `0x7fc0_0000`, as the lanes give.
+#[inline(always)]
+pub(crate) fn max_abs_bits_int(x: &[f32]) -> u32 {
+    let big = x.iter().fold(0u32, |b, v| b.max(v.to_bits() & 0x7fff_ffff));
+    if big > 0x7f80_0000 {
+        return 0x7fc0_0000;
+    }
+    big
+}
+
+/// [`max_abs_bits_of`] in f32 lanes (vectorises on desktops).
+#[inline(always)]
+pub(crate) fn max_abs_bits_lanes(x: &[f32]) -> u32 {
     // Float maxima of |x| (a finite |x| orders as its bits do; infinity
     // is the largest) plus a NaN flag: cheaper lane operations than
     // unsigned integer maxima on baseline x86-64.
@@ -567,6 +590,40 @@ fn sweep<S: Samples>(s: &S, c: i32, like: Format, rounding: Rounding) -> i8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integer_and_lane_maxima_agree() {
+        let s = crate::quant::Stream::new(4, 5, 6);
+        let n = if cfg!(miri) { 200 } else { 20_000u32 };
+        let special = [
+            0.0f32,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-45,
+        ];
+        for len in [0usize, 1, 15, 16, 17, 100] {
+            for k in 0..(n / 100) {
+                let x: std::vec::Vec<f32> = (0..len as u32)
+                    .map(|i| {
+                        let d = s.draw(k * 1000 + i);
+                        if d.is_multiple_of(41) {
+                            special[(d >> 8) as usize % special.len()]
+                        } else if d.is_multiple_of(3) {
+                            f32::from_bits(d)
+                        } else {
+                            f32::from_bits(d & 0x3fff_ffff)
+                        }
+                    })
+                    .collect();
+                assert_eq!(max_abs_bits_int(&x), max_abs_bits_lanes(&x), "{x:?}");
+            }
+        }
+    }
 
     #[test]
     fn wide_product() {

@@ -154,6 +154,45 @@ trait Io {
         }
         n
     }
+
+    /// [`Io::map`] element by element (for targets without vector lanes);
+    /// `sat`, when given, is as long as the source (else nothing is done
+    /// and `None` returned, for the caller to take another path).
+    fn map_scalar(
+        &mut self,
+        sat: Option<&mut [bool]>,
+        f: impl Fn(f32) -> (f32, bool),
+    ) -> Option<u64>;
+}
+
+/// The loop of [`Io::map_scalar`] over `(value, destination)` pairs: a
+/// slice holds at most `isize::MAX` elements, so the `usize` count cannot
+/// wrap.
+#[inline(always)]
+fn each<'a>(
+    pairs: impl Iterator<Item = (f32, &'a mut f32)>,
+    sat: Option<&mut [bool]>,
+    f: impl Fn(f32) -> (f32, bool),
+) -> u64 {
+    let mut n = 0usize;
+    match sat {
+        Some(sat) => {
+            for ((x, d), s) in pairs.zip(sat) {
+                let (v, c) = f(x);
+                *d = v;
+                *s = c;
+                n += c as usize;
+            }
+        }
+        None => {
+            for (x, d) in pairs {
+                let (v, c) = f(x);
+                *d = v;
+                n += c as usize;
+            }
+        }
+    }
+    n as u64
 }
 
 struct InPlace<'a>(&'a mut [f32]);
@@ -163,6 +202,17 @@ impl Io for InPlace<'_> {
     #[inline(always)]
     fn len(&self) -> usize {
         self.0.len()
+    }
+    #[inline(always)]
+    fn map_scalar(
+        &mut self,
+        sat: Option<&mut [bool]>,
+        f: impl Fn(f32) -> (f32, bool),
+    ) -> Option<u64> {
+        if sat.as_deref().is_some_and(|s| s.len() < self.0.len()) {
+            return None;
+        }
+        Some(each(self.0.iter_mut().map(|d| (*d, d)), sat, f))
     }
     #[inline(always)]
     fn src(&self) -> &[f32] {
@@ -182,6 +232,17 @@ impl Io for Into<'_> {
     #[inline(always)]
     fn len(&self) -> usize {
         self.0.len().min(self.1.len())
+    }
+    #[inline(always)]
+    fn map_scalar(
+        &mut self,
+        sat: Option<&mut [bool]>,
+        f: impl Fn(f32) -> (f32, bool),
+    ) -> Option<u64> {
+        if sat.as_deref().is_some_and(|s| s.len() < self.len()) {
+            return None;
+        }
+        Some(each(self.0.iter().copied().zip(self.1.iter_mut()), sat, f))
     }
     #[inline(always)]
     fn src(&self) -> &[f32] {
@@ -221,8 +282,25 @@ struct K {
     hi: i32,
 }
 
+/// Whether this target quantizes `NearestEven` element by element with
+/// integer rounding ([`nearest_even_int`]) instead of in f32 lanes
+/// ([`nearest_even`]): Arm's 32-bit cores have no vector unit for the lanes,
+/// and their f32 compare-and-selects cost four instructions each.
+const SCALAR: bool = cfg!(target_arch = "arm");
+
 #[inline(always)]
 fn run<I: Io>(io: &mut I, format: Format, rounder: &Rounder, sat: Option<&mut [bool]>) -> u64 {
+    run_as::<I, SCALAR>(io, format, rounder, sat)
+}
+
+/// [`run`] with the `NearestEven` pass of this target (`INT`: [`SCALAR`]).
+#[inline(always)]
+fn run_as<I: Io, const INT: bool>(
+    io: &mut I,
+    format: Format,
+    rounder: &Rounder,
+    sat: Option<&mut [bool]>,
+) -> u64 {
     let k = -format.step_exp();
     let c = K {
         up: pow2_f32(k),
@@ -232,6 +310,25 @@ fn run<I: Io>(io: &mut I, format: Format, rounder: &Rounder, sat: Option<&mut [b
     };
     let fast = (-126..=127).contains(&k);
     match rounder.rounding {
+        Rounding::NearestEven if fast && !TIES_TO_ODD && INT => {
+            // 8-bit codes with constant bounds: one saturating instruction
+            // (SSAT) instead of two compare-and-selects.
+            let (sat, done) = match sat {
+                Some(s) if s.len() < io.len() => (Some(s), None),
+                sat if (c.lo, c.hi) == (-128, 127) => (
+                    None,
+                    io.map_scalar(sat, |x| nearest_even_code(x, c.up, c.down, -128, 127)),
+                ),
+                sat => (
+                    None,
+                    io.map_scalar(sat, |x| nearest_even_code(x, c.up, c.down, c.lo, c.hi)),
+                ),
+            };
+            match done {
+                Some(n) => n,
+                None => io.map(sat, |x| nearest_even(x, c)),
+            }
+        }
         Rounding::NearestEven if fast && !TIES_TO_ODD => io.map(sat, |x| nearest_even(x, c)),
         Rounding::NearestEven if fast => chunks::<I, NEAREST_EVEN>(io, c, format, rounder, sat),
         Rounding::NearestAway | Rounding::Tflite if fast => {
@@ -241,9 +338,26 @@ fn run<I: Io>(io: &mut I, format: Format, rounder: &Rounder, sat: Option<&mut [b
         _ => {
             let mut n = 0;
             let mut sat = sat;
+            let stochastic = rounder.rounding == Rounding::Stochastic;
+            let (lo, hi) = (format.min_code(), format.max_code());
             for i in 0..io.len() {
                 let Some(&x) = io.src().get(i) else { break };
-                let (q, clamped) = rounder.round_f32(i, x, format);
+                // Zero is code 0 in every rounding (a stochastic draw
+                // added to it stays below one step): no draw needed.
+                let fast = match stochastic {
+                    true if x != 0.0 => stochastic_f32(x, format.step_exp(), || {
+                        rounder.stream.draw(rounder.base.wrapping_add(i as u32))
+                    }),
+                    _ => None,
+                };
+                let (q, clamped) = if x == 0.0 {
+                    (0, false)
+                } else if let Some(q) = fast {
+                    let code = q.max(lo).min(hi);
+                    (code, code != q)
+                } else {
+                    rounder.round_f32(i, x, format)
+                };
                 for d in io.dst(i, 1) {
                     *d = format.to_f32(q);
                 }
@@ -296,6 +410,32 @@ fn chunks<I: Io, const M: u8>(
         i += L;
     }
     n
+}
+
+/// Stochastic rounding of a normal `x` to a step of `2^step_exp`, in
+/// 32-bit integers, unsaturated: with `x = m 2^e` (`|m| < 2^24`) and the
+/// shift `s = step_exp - e`, the reference's `(m + (draw >> (32 - s))) >> s`
+/// for `1 <= s <= 30` (the sum stays below `2^31`), the exact `m << -s`
+/// for `-6 <= s <= 0`. `None` for other shifts and for zero, subnormal or
+/// non-finite `x` (the caller takes the exact path, and draws there).
+#[inline(always)]
+fn stochastic_f32(x: f32, step_exp: i32, draw: impl FnOnce() -> u32) -> Option<i32> {
+    let b = x.to_bits();
+    let field = ((b >> 23) & 0xff) as i32;
+    if field == 0 || field == 0xff {
+        return None;
+    }
+    let m = ((b & 0x7f_ffff) | 0x80_0000) as i32;
+    let m = if b >> 31 == 1 { -m } else { m };
+    let s = step_exp - (field - 150);
+    if (1..=30).contains(&s) {
+        let r = (draw() >> (32 - s)) as i32;
+        Some((m + r) >> s)
+    } else if (-6..=0).contains(&s) {
+        Some(m << -s)
+    } else {
+        None
+    }
 }
 
 /// `1.5 * 2^23`: added to an f32 of magnitude at most `2^22`, the sum's
@@ -364,6 +504,36 @@ fn nearest_even(x: f32, c: K) -> (f32, bool) {
         code
     };
     (code * c.down, code != q)
+}
+
+/// `2^22` as f32 bits: below it in magnitude, adding [`MAGIC`] rounds to an
+/// integer exactly.
+const BELOW_MAGIC: u32 = 0x4a80_0000;
+
+/// Nearest, ties to even, of `x * up` as an integer (the unsaturated code),
+/// with the f32 addition of [`MAGIC`] and integer operations only: the
+/// integer of `(y + 1.5 * 2^23)`'s bits (the rounded `y` while `|y| <
+/// 2^22`); a larger `|y|` is beyond every code range and gives `+-(2^30 -
+/// 1)`, which saturates exactly when `y` does. A tiny `y` (subnormal, or
+/// an underflow) rounds to 0, as its exact value does.
+#[inline(always)]
+fn nearest_even_int(x: f32, up: f32) -> i32 {
+    let y = x * up;
+    let b = y.to_bits();
+    if b & 0x7fff_ffff < BELOW_MAGIC {
+        ((y + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32)
+    } else {
+        (b as i32 >> 31) ^ 0x3fff_ffff
+    }
+}
+
+/// The quantized value and clamp flag of `x` (nearest, ties to even):
+/// [`nearest_even_int`] saturated to `[lo, hi]`, times the step `down`.
+#[inline(always)]
+fn nearest_even_code(x: f32, up: f32, down: f32, lo: i32, hi: i32) -> (f32, bool) {
+    let q = nearest_even_int(x, up);
+    let code = q.max(lo).min(hi);
+    (code as f32 * down, code != q)
 }
 
 /// The chunk branch-free, or `None` if a scaled value is subnormal (or
@@ -477,6 +647,28 @@ mod tests {
     }
 
     #[test]
+    fn stochastic_integer_path_equals_requantize_one() {
+        let s = Stream::new(2, 3, 4);
+        let n = if cfg!(miri) { 3_000 } else { 300_000u32 };
+        let mut fast = 0;
+        for i in 0..n {
+            let (a, b, d) = (s.draw(i), s.draw(i ^ 0xabcd_ef01), s.draw(!i));
+            let f = Format::new(16, (b % 60) as i8 - 30).unwrap();
+            // Values from a tenth of a step to 2^20 steps, either sign.
+            let steps =
+                f32::from_bits(0x3f80_0000 | (a & 0x7f_ffff)) * pow2_f32((b >> 8) as i32 % 24 - 3);
+            let x = if a >> 31 == 1 { -steps } else { steps } * f.step();
+            let (m, e) = crate::quant::decompose_f32(x).unwrap();
+            let want = crate::quant::requantize_one(m, e, f, Rounding::Stochastic, d);
+            if let Some(q) = stochastic_f32(x, f.step_exp(), || d) {
+                assert_eq!(f.saturate(q as i128), want, "{x:e} {f:?} draw {d:#x}");
+                fast += 1;
+            }
+        }
+        assert!(fast > n / 2, "{fast}");
+    }
+
+    #[test]
     fn slice_quantizer_equals_the_element_reference() {
         let s = Stream::new(11, 22, 33);
         let mut case = 0u32;
@@ -504,6 +696,16 @@ mod tests {
                     let x = samples(&Stream::new(5, case, 0), len, f);
                     let r = Rounder::new(rounding, Stream::new(1, case, 2)).at(s.draw(case) % 999);
                     let (want, want_sat, want_n) = reference(&x, f, &r);
+                    // This target's pass, and the other `NearestEven` pass.
+                    let mut v = x.clone();
+                    let mut sat = std::vec![true; len];
+                    let n = run_as::<_, { !SCALAR }>(&mut InPlace(&mut v), f, &r, Some(&mut sat));
+                    let got: Vec<u32> = v.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(
+                        (got, sat, n),
+                        (want.clone(), want_sat.clone(), want_n),
+                        "{f:?} {rounding:?} (other pass)"
+                    );
                     let mut v = x.clone();
                     let mut sat = std::vec![true; len];
                     let n = quantize_values_in_place(&mut v, f, &r, Some(&mut sat));

@@ -24,6 +24,8 @@ pub use fixnn;
 pub use fixnn_cases;
 
 pub mod case;
+#[cfg(feature = "profile")]
+pub mod profile;
 
 /// Words of [`dsp_scratch`]: 256 KB, enough for the MNIST MLP's 784 x 100
 /// layer at batch 64 in one tile (`(64 + 100) * 392` words).
@@ -398,6 +400,7 @@ pub mod clock {
 
     use core::sync::atomic::{AtomicU32, Ordering};
     use cortex_m::peripheral::{SCB, SYST};
+    #[cfg(not(feature = "profile"))]
     use cortex_m_rt::exception;
 
     /// Core clock of the board in Hz (as QEMU models it, and as on the real
@@ -405,7 +408,14 @@ pub mod clock {
     /// 20 MHz, AN547 32 MHz.
     pub const CPU_HZ: u32 = super::HZ;
 
-    const RELOAD: u32 = 0x00ff_ffff;
+    /// SysTick's reload value: 24 bits, or 1,024 ticks with the feature
+    /// `profile` (a sample every 40,960 instructions at 25 MHz, see
+    /// [`super::profile`]).
+    const RELOAD: u32 = if cfg!(feature = "profile") {
+        0x3ff
+    } else {
+        0x00ff_ffff
+    };
     static WRAPS: AtomicU32 = AtomicU32::new(0);
 
     /// Starts SysTick on the core clock, free running, with the wrap
@@ -438,7 +448,7 @@ pub mod clock {
                 wraps += 1;
                 cvr = syst.cvr.read();
             }
-            (wraps << 24) + u64::from(RELOAD - cvr)
+            wraps * (u64::from(RELOAD) + 1) + u64::from(RELOAD - cvr)
         })
     }
 
@@ -448,8 +458,14 @@ pub mod clock {
         ticks * 1_000_000_000 / CPU_HZ as u64
     }
 
+    #[cfg(not(feature = "profile"))]
     #[exception]
     fn SysTick() {
+        wrapped();
+    }
+
+    /// Count one wrap (the SysTick exception).
+    pub(crate) fn wrapped() {
         WRAPS.store(
             WRAPS.load(Ordering::Relaxed).wrapping_add(1),
             Ordering::Relaxed,

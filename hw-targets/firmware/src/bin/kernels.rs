@@ -3,16 +3,25 @@
 //! Cortex-M4/M7) against `RefBackend`, whole outputs; and the `asm!` block
 //! against its portable twin on random words.
 //!
-//! Prints `KERNELS <cases> <ops> <packed> <reference> <mismatches>` and
-//! `BLOCK <trials> <mismatches>` (and the first mismatch of each kind), then
-//! `USES_DSP <bool>` and `END`; exits with success iff nothing differs.
+//! Then the six products of `fixnn::kernels` on `i8` and `i16` code
+//! slices (the packers that read four codes per load, pairs of columns,
+//! and the channel-pair convolution) against `RefBackend`, and the
+//! row-pair `asm!` kernels (two and four words per iteration) against the
+//! portable block.
+//!
+//! Prints `KERNELS <cases> <ops> <packed> <reference> <mismatches>`,
+//! `SLICES <ops> <mismatches>`, `BLOCK <trials> <mismatches>` (and the
+//! first mismatch of each kind), then `USES_DSP <bool>` and `END`; exits
+//! with success iff nothing differs.
 #![no_std]
 #![no_main]
 
 use core::fmt::Write;
 
 use fixnn_firmware::fixnn::backend::{AccOut, Backend, ConvGeom, LinearGeom, Operand, RefBackend};
-use fixnn_firmware::fixnn::kernels::{block2x2, block2x2_portable, DspBackend, USES_DSP};
+use fixnn_firmware::fixnn::kernels::{
+    self as k, block2x2, block2x2_portable, row_pair, CodeSlice, DspBackend, USES_DSP,
+};
 use fixnn_firmware::fixnn::Format;
 use fixnn_firmware::{self as fw, Out};
 
@@ -81,6 +90,149 @@ impl Tally {
             self.bad += 1;
         }
     }
+}
+
+/// Codes of `f` as `T` (the values of `v`, codes of `f`).
+fn narrow<T: TryFrom<i32> + Copy + Default>(f: Format, v: &[f32], out: &mut [T]) {
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o = T::try_from(f.code_of(x)).unwrap_or_default();
+    }
+}
+
+/// The six products on `i8` (first operand) and `i8` or `i16` (second)
+/// code slices against the reference; returns (products compared,
+/// mismatches).
+fn slices(r: &mut Rng) -> (u32, u32) {
+    static mut BUF: SliceBufs = SliceBufs {
+        a: [0.0; N],
+        b: [0.0; N],
+        a8: [0; N],
+        b8: [0; N],
+        b16: [0; N],
+        want: [0; N],
+        got: [0; N],
+        scratch: [0; 4096],
+    };
+    // SAFETY: the only reference to BUF, made once.
+    #[allow(unsafe_code)]
+    let s = unsafe { &mut *core::ptr::addr_of_mut!(BUF) };
+    let (mut ops, mut bad) = (0u32, 0u32);
+    for case in 0..160 {
+        let f8 = |r: &mut Rng| Format::new(2 + r.below(7) as u8, r.below(12) as i8 - 6).unwrap();
+        let (fa, fb) = (f8(r), if case % 3 == 0 { fmt(r) } else { f8(r) });
+        let lin = case % 2 == 0;
+        let lg = LinearGeom {
+            batch: 1 + r.below(9),
+            inp: 1 + r.below(40),
+            out: 1 + r.below(9),
+        };
+        let groups = 1 + r.below(2);
+        let (kh, kw) = (1 + r.below(3), 1 + r.below(3));
+        let pad = (r.below(2), r.below(2));
+        let (h, wd) = (kh + r.below(6), kw + r.below(6));
+        let cg = ConvGeom {
+            batch: 1 + r.below(2),
+            cin: groups * (1 + r.below(4)),
+            h,
+            w: wd,
+            cout: groups * (1 + r.below(3)),
+            kh,
+            kw,
+            oh: h + 2 * pad.0 - kh + 1,
+            ow: wd + 2 * pad.1 - kw + 1,
+            stride: (1, 1),
+            pad,
+            dil: (1, 1),
+            groups,
+        };
+        let [nx, nw, ny] = if lin { lg.lens() } else { cg.lens() }.unwrap();
+        for pass in 0..3 {
+            let (na, nb, no) = [(nx, nw, ny), (ny, nw, nx), (ny, nx, nw)][pass];
+            codes(r, fa, &mut s.a[..na], case % 7 == 0);
+            codes(r, fb, &mut s.b[..nb], case % 7 == 0);
+            narrow(fa, &s.a[..na], &mut s.a8[..na]);
+            let (oa, ob) = (
+                Operand {
+                    v: &s.a[..na],
+                    fmt: Some(fa),
+                },
+                Operand {
+                    v: &s.b[..nb],
+                    fmt: Some(fb),
+                },
+            );
+            let o = AccOut::Int(&mut s.want[..no]);
+            let ok = match (lin, pass) {
+                (true, 0) => RefBackend.linear(lg, oa, ob, o),
+                (true, 1) => RefBackend.linear_input_grad(lg, oa, ob, o),
+                (true, _) => RefBackend.linear_weight_grad(lg, oa, ob, o),
+                (false, 0) => RefBackend.conv2d(cg, oa, ob, o),
+                (false, 1) => RefBackend.conv2d_input_grad(cg, oa, ob, o),
+                (false, _) => RefBackend.conv2d_weight_grad(cg, oa, ob, o),
+            }
+            .is_ok();
+            let sa = CodeSlice {
+                v: &s.a8[..na],
+                bits: u32::from(fa.bits()),
+            };
+            let got = &mut s.got[..no];
+            got.fill(i64::MIN);
+            let sc = &mut s.scratch[..];
+            let done = if fb.bits() <= 8 {
+                narrow(fb, &s.b[..nb], &mut s.b8[..nb]);
+                let sb = CodeSlice {
+                    v: &s.b8[..nb],
+                    bits: u32::from(fb.bits()),
+                };
+                match (lin, pass) {
+                    (true, 0) => k::linear(sc, lg, &sa, &sb, got),
+                    (true, 1) => k::linear_input_grad(sc, lg, &sa, &sb, got),
+                    (true, _) => k::linear_weight_grad(sc, lg, &sa, &sb, got),
+                    (false, 0) => k::conv2d(sc, cg, &sa, &sb, got),
+                    (false, 1) => k::conv2d_input_grad(sc, cg, &sa, &sb, got),
+                    (false, _) => k::conv2d_weight_grad(sc, cg, &sa, &sb, got),
+                }
+            } else {
+                narrow(fb, &s.b[..nb], &mut s.b16[..nb]);
+                let sb = CodeSlice {
+                    v: &s.b16[..nb],
+                    bits: u32::from(fb.bits()),
+                };
+                match (lin, pass) {
+                    (true, 0) => k::linear(sc, lg, &sa, &sb, got),
+                    (true, 1) => k::linear_input_grad(sc, lg, &sa, &sb, got),
+                    (true, _) => k::linear_weight_grad(sc, lg, &sa, &sb, got),
+                    (false, 0) => k::conv2d(sc, cg, &sa, &sb, got),
+                    (false, 1) => k::conv2d_input_grad(sc, cg, &sa, &sb, got),
+                    (false, _) => k::conv2d_weight_grad(sc, cg, &sa, &sb, got),
+                }
+            };
+            ops += 1;
+            // Every width here fits 32-bit chunks and the scratch: the
+            // kernels must not decline.
+            if !ok || !done || s.want[..no] != s.got[..no] {
+                if bad == 0 {
+                    let _ = writeln!(
+                        Out,
+                        "SLICE MISMATCH lin={lin} pass={pass} ok={ok} done={done} {lg:?} {cg:?}"
+                    );
+                }
+                bad += 1;
+            }
+        }
+    }
+    (ops, bad)
+}
+
+struct SliceBufs {
+    a: [f32; N],
+    b: [f32; N],
+    a8: [i8; N],
+    b8: [i8; N],
+    b16: [i16; N],
+    want: [i64; N],
+    got: [i64; N],
+    scratch: [u32; 4096],
 }
 
 #[cortex_m_rt::entry]
@@ -193,6 +345,8 @@ fn main() -> ! {
         slow += d.fallback_calls();
     }
     let _ = writeln!(Out, "KERNELS {cases} {} {fast} {slow} {}", t.ops, t.bad);
+    let (slice_ops, slice_bad) = slices(&mut r);
+    let _ = writeln!(Out, "SLICES {slice_ops} {slice_bad}");
     // The block itself: asm (on M4/M7) against portable, random words and
     // lengths, sums allowed to wrap (both must wrap alike).
     let mut a = [0u32; 2 * 64];
@@ -221,8 +375,36 @@ fn main() -> ! {
             bad_block += 1;
         }
     }
+    // The row-pair kernels (2 or 4 words per iteration) against the
+    // portable block, pair by pair.
+    let mut res = [0i32; 4 * 4];
+    for _ in 0..300 {
+        // Up to 16 words per row and 4 pairs of B: within `b`'s 128 words.
+        let words = 2 * (1 + r.below(8));
+        let pairs = 1 + r.below(4);
+        for v in a.iter_mut().chain(b.iter_mut()) {
+            *v = r.next() as u32;
+        }
+        row_pair(
+            &a[..2 * words],
+            &b[..2 * words * pairs],
+            words,
+            &mut res[..4 * pairs],
+        );
+        for (q, got) in res.chunks_exact(4).take(pairs).enumerate() {
+            let bq = &b[2 * q * words..2 * (q + 1) * words];
+            let want = block2x2_portable(&a[..2 * words], bq, words, [0; 4]);
+            trials += 1;
+            if got != want {
+                if bad_block == 0 {
+                    let _ = writeln!(Out, "ROW PAIR MISMATCH words {words}: {got:?} vs {want:?}");
+                }
+                bad_block += 1;
+            }
+        }
+    }
     let _ = writeln!(Out, "BLOCK {trials} {bad_block}");
     let _ = writeln!(Out, "USES_DSP {USES_DSP}");
     let _ = writeln!(Out, "END");
-    fw::exit(t.bad == 0 && bad_block == 0 && fast > 0)
+    fw::exit(t.bad == 0 && bad_block == 0 && slice_bad == 0 && slice_ops > 0 && fast > 0)
 }
