@@ -244,16 +244,19 @@ impl Format {
     /// The code of a value that is exact in this format: `v / step`.
     ///
     /// Exact for every value produced by [`Format::to_f32`] of a code in
-    /// range. Other values are truncated toward zero and NaN/infinity give 0
-    /// (not an error: kernels call this only on tensors whose format says
-    /// their values are exact).
+    /// range. Other values are truncated toward zero and saturated to the
+    /// `i32` range (keeping their sign), and NaN/infinity give 0 (not an
+    /// error: kernels call this only on tensors whose format says their
+    /// values are exact).
     pub fn code_of(self, v: f32) -> i32 {
         let Some((m, e)) = super::round::decompose_f32(v) else {
             return 0;
         };
         let d = e - self.step_exp();
         let q = if d >= 0 {
-            m << d.min(40)
+            // |m| < 2^24: at most 2^63 - 2^39 after the shift, inside
+            // i64, and beyond i32 whenever the shift was cut short.
+            m << d.min(39)
         } else if d <= -40 {
             0
         } else {
@@ -410,6 +413,37 @@ mod tests {
     /// everywhere, where `powi` is not required to be (and is not under Miri).
     fn two_to(e: i32) -> f64 {
         f64::from_bits(((e + 1023) as u64) << 52)
+    }
+
+    #[test]
+    fn code_of_saturates_far_values_with_their_sign() {
+        // Values 2^k steps away for every k up to f32's range, both signs,
+        // with every significand bit set or only the top one: truncated
+        // toward zero, then saturated to i32 (an i64 shift by 40 used to
+        // wrap from 2^40 steps on, flipping the sign).
+        let f = Format::new(8, -100).unwrap();
+        let step = two_to(f.step_exp());
+        let want = |x: f32| {
+            (x as f64 / step)
+                .trunc()
+                .clamp(i32::MIN as f64, i32::MAX as f64) as i32
+        };
+        let mut far = 0;
+        for k in 0..=(127 - f.step_exp()) {
+            for frac in [1.0f32, 1.999_999_9] {
+                // frac * 2^(step_exp + k), built from exact powers of two.
+                let v = frac * pow2_f32(f.step_exp() + k.min(127)) * pow2_f32(k - k.min(127));
+                if !v.is_finite() {
+                    continue;
+                }
+                assert_eq!(f.code_of(v), want(v), "{v:e} ({k})");
+                assert_eq!(f.code_of(-v), want(-v), "-{v:e} ({k})");
+                far += (k >= 40) as u32;
+            }
+        }
+        assert!(far > 100, "{far}");
+        assert_eq!(f.code_of(f32::MAX), i32::MAX);
+        assert_eq!(f.code_of(-f32::MAX), i32::MIN);
     }
 
     #[test]
