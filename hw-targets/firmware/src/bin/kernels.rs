@@ -20,7 +20,7 @@ use core::fmt::Write;
 
 use fixnn_firmware::fixnn::backend::{AccOut, Backend, ConvGeom, LinearGeom, Operand, RefBackend};
 use fixnn_firmware::fixnn::kernels::{
-    self as k, block2x2, block2x2_portable, row_pair, CodeSlice, DspBackend, USES_DSP,
+    self as k, block2x2, block2x2_portable, row_pair, CodeSlice, Codes, DspBackend, USES_DSP,
 };
 use fixnn_firmware::fixnn::Format;
 use fixnn_firmware::{self as fw, Out};
@@ -178,34 +178,22 @@ fn slices(r: &mut Rng) -> (u32, u32) {
             let got = &mut s.got[..no];
             got.fill(i64::MIN);
             let sc = &mut s.scratch[..];
-            let done = if fb.bits() <= 8 {
+            let bits = u32::from(fb.bits());
+            let op = (lin, pass, lg, cg);
+            let done = if bits <= 8 {
                 narrow(fb, &s.b[..nb], &mut s.b8[..nb]);
                 let sb = CodeSlice {
                     v: &s.b8[..nb],
-                    bits: u32::from(fb.bits()),
+                    bits,
                 };
-                match (lin, pass) {
-                    (true, 0) => k::linear(sc, lg, &sa, &sb, got),
-                    (true, 1) => k::linear_input_grad(sc, lg, &sa, &sb, got),
-                    (true, _) => k::linear_weight_grad(sc, lg, &sa, &sb, got),
-                    (false, 0) => k::conv2d(sc, cg, &sa, &sb, got),
-                    (false, 1) => k::conv2d_input_grad(sc, cg, &sa, &sb, got),
-                    (false, _) => k::conv2d_weight_grad(sc, cg, &sa, &sb, got),
-                }
+                slice_product(sc, op, &sa, &sb, got)
             } else {
                 narrow(fb, &s.b[..nb], &mut s.b16[..nb]);
                 let sb = CodeSlice {
                     v: &s.b16[..nb],
-                    bits: u32::from(fb.bits()),
+                    bits,
                 };
-                match (lin, pass) {
-                    (true, 0) => k::linear(sc, lg, &sa, &sb, got),
-                    (true, 1) => k::linear_input_grad(sc, lg, &sa, &sb, got),
-                    (true, _) => k::linear_weight_grad(sc, lg, &sa, &sb, got),
-                    (false, 0) => k::conv2d(sc, cg, &sa, &sb, got),
-                    (false, 1) => k::conv2d_input_grad(sc, cg, &sa, &sb, got),
-                    (false, _) => k::conv2d_weight_grad(sc, cg, &sa, &sb, got),
-                }
+                slice_product(sc, op, &sa, &sb, got)
             };
             ops += 1;
             // Every width here fits 32-bit chunks and the scratch: the
@@ -233,6 +221,25 @@ struct SliceBufs {
     want: [i64; N],
     got: [i64; N],
     scratch: [u32; 4096],
+}
+
+/// Product `pass` (0 forward, 1 input gradient, 2 weight gradient) of a
+/// linear layer (`lin`) or a convolution on code slices.
+fn slice_product(
+    sc: &mut [u32],
+    (lin, pass, lg, cg): (bool, usize, LinearGeom, ConvGeom),
+    a: &impl Codes,
+    b: &impl Codes,
+    y: &mut [i64],
+) -> bool {
+    match (lin, pass) {
+        (true, 0) => k::linear(sc, lg, a, b, y),
+        (true, 1) => k::linear_input_grad(sc, lg, a, b, y),
+        (true, _) => k::linear_weight_grad(sc, lg, a, b, y),
+        (false, 0) => k::conv2d(sc, cg, a, b, y),
+        (false, 1) => k::conv2d_input_grad(sc, cg, a, b, y),
+        (false, _) => k::conv2d_weight_grad(sc, cg, a, b, y),
+    }
 }
 
 #[cortex_m_rt::entry]
