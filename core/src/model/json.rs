@@ -139,16 +139,71 @@ fn key_before(b: &[u8], open: usize, end: usize, key: &[u8]) -> bool {
     false
 }
 
+/// Remembers the keys of the open objects for [`check_json_with`].
+///
+/// [`check_json`] uses one that keeps nothing and rescans the object's
+/// text for each key (no heap; time grows with the keys of an object times
+/// its length). A program with a heap can keep the keys of each open
+/// object in a hash set, so that a check takes time linear in the text
+/// (`fixnn-std` does).
+pub trait KeyMemory {
+    /// An object opens at nesting level `depth` (0: the outermost; arrays
+    /// count as levels): forget every key recorded at `depth`.
+    fn open(&mut self, depth: usize);
+    /// Record the key `text[key]` of the object at level `depth`, whose `{`
+    /// is at byte `object`; `true` if that object already had it (keys are
+    /// compared as written, escapes included).
+    fn seen(
+        &mut self,
+        text: &[u8],
+        depth: usize,
+        object: usize,
+        key: core::ops::Range<usize>,
+    ) -> bool;
+}
+
+/// The [`KeyMemory`] of [`check_json`]: keeps nothing, rescans the object.
+struct Rescan;
+
+impl KeyMemory for Rescan {
+    fn open(&mut self, _depth: usize) {}
+
+    fn seen(
+        &mut self,
+        text: &[u8],
+        _depth: usize,
+        object: usize,
+        key: core::ops::Range<usize>,
+    ) -> bool {
+        let end = key.start.saturating_sub(1);
+        key_before(text, object, end, text.get(key).unwrap_or_default())
+    }
+}
+
 /// Check that no object of `text` names a key twice and that arrays and
 /// objects nest at most [`MAX_DEPTH`] deep. Runs in a loop (no recursion,
 /// no heap); time is linear in the text plus, per key, a rescan of its
-/// object up to that key.
+/// object up to that key ([`check_json_with`] can do without the rescan).
 ///
 /// # Errors
 ///
 /// The first [`JsonProblem`] in text order. Malformed JSON is not an
 /// error here (the parser reports it).
 pub fn check_json(text: &str) -> Result<(), JsonProblem<'_>> {
+    check_json_with(text, &mut Rescan)
+}
+
+/// [`check_json`], with `keys` remembering the keys of the open objects
+/// (see [`KeyMemory`]). Gives the same result as [`check_json`] for every
+/// text when `keys` keeps what it is told.
+///
+/// # Errors
+///
+/// As [`check_json`].
+pub fn check_json_with<'t>(
+    text: &'t str,
+    keys: &mut impl KeyMemory,
+) -> Result<(), JsonProblem<'t>> {
     let b = text.as_bytes();
     // For each open level: the offset of its `{`, or None for `[`.
     let mut stack: [Option<usize>; MAX_DEPTH] = [None; MAX_DEPTH];
@@ -160,6 +215,9 @@ pub fn check_json(text: &str) -> Result<(), JsonProblem<'_>> {
                     return Err(JsonProblem::TooDeep { offset: at });
                 };
                 *slot = obj.then_some(at);
+                if obj {
+                    keys.open(depth);
+                }
                 depth += 1;
                 expect_key = obj;
             }
@@ -175,10 +233,11 @@ pub fn check_json(text: &str) -> Result<(), JsonProblem<'_>> {
             }
             Tok::Str(s, e) => {
                 if expect_key {
-                    let open = depth.checked_sub(1).and_then(|d| stack.get(d).copied());
-                    let key = b.get(s..e).unwrap_or_default();
-                    if let Some(Some(open)) = open {
-                        if key_before(b, open, s.saturating_sub(1), key) {
+                    let object = depth
+                        .checked_sub(1)
+                        .and_then(|d| Some((d, stack.get(d).copied().flatten()?)));
+                    if let Some((level, open)) = object {
+                        if keys.seen(b, level, open, s..e) {
                             return Err(JsonProblem::DuplicateKey {
                                 key: text.get(s..e).unwrap_or_default(),
                                 offset: s.saturating_sub(1),

@@ -22,7 +22,7 @@ pub use configs::{
     ConfigEntry, ConfigError, ConfigLabel, ConfigProblem, LoadEntry, LoadReport, Select, Which,
     CONFIG_FORMAT, CONFIG_VERSION, MAX_TYPE,
 };
-pub use json::{check_json, JsonProblem, MAX_DEPTH};
+pub use json::{check_json, check_json_with, JsonProblem, KeyMemory, MAX_DEPTH};
 pub use overrides::{
     apply_overrides, restore_configs, with_overrides, Override, OverrideError, SavedConfigs,
 };
