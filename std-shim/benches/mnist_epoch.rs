@@ -3,7 +3,9 @@
 //! MNIST MLP at 8 bits and LeNet at 8 bits.
 //!
 //! Run: `cargo bench -p fixnn-std --bench mnist_epoch` (add `-- lenet` for
-//! LeNet too, `-- --threads N` to pin the thread count).
+//! LeNet too, `-- --threads N` to pin the thread count; without it,
+//! `fixnn train`'s default: every core, blocks of steps on one thread when
+//! that was faster).
 //!
 //! With `--threads 1` all work runs on one thread, and the bench also
 //! prints the process's CPU time for the whole run (data loading,

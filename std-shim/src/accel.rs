@@ -48,11 +48,12 @@ pub fn x86_64_v4() -> bool {
 
 /// The threads of the rayon pool the caller runs in; 1 outside every
 /// pool (a pass there stays on its thread instead of starting rayon's
-/// global pool behind `--threads`).
+/// global pool behind `--threads`) and inside
+/// [`serial`](crate::rayon_backend::serial).
 fn threads() -> usize {
     match rayon::current_thread_index() {
-        Some(_) => rayon::current_num_threads(),
-        None => 1,
+        Some(_) if !crate::rayon_backend::is_serial() => rayon::current_num_threads(),
+        _ => 1,
     }
 }
 

@@ -52,7 +52,9 @@ pub struct TrainArgs {
     /// Epochs in all (default: the model file's schedule).
     #[arg(long, value_name = "N")]
     pub epochs: Option<u32>,
-    /// Worker threads (default: every core). Any count gives the same bits.
+    /// Worker threads (default: every core, with blocks of steps on one
+    /// thread when that is faster, as when other programs keep the cores
+    /// busy). Any count gives the same bits.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Seed of initialisation, shuffling and stochastic rounding (default: the model file's).

@@ -294,7 +294,7 @@ impl RayonBackend {
         let threads = self.threads();
         let ctx = Ctx {
             isa: self.isa,
-            par: threads > 1 && macs >= PAR_MIN_MACS,
+            par: threads > 1 && macs >= PAR_MIN_MACS && !is_serial(),
             threads,
         };
         match &self.pool {
@@ -302,6 +302,47 @@ impl RayonBackend {
             _ => f(ctx),
         }
     }
+}
+
+thread_local! {
+    /// [`serial`] runs on this thread.
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every operation it calls on this thread kept on this
+/// thread: no backend product and no element pass of the core
+/// ([`crate::accel`]) is split across a pool. The results are the same
+/// bits (they are for any number of threads); this exists for when the
+/// other cores are busy, where waiting for a pool thread that the
+/// operating system has descheduled costs more than the split saves
+/// (`fixnn train` chooses it block by block, see `train`).
+///
+/// ```
+/// use fixnn_std::rayon_backend::{is_serial, serial};
+///
+/// assert!(!is_serial());
+/// let inner = serial(|| (is_serial(), serial(is_serial)));
+/// assert_eq!(inner, (true, true));
+/// assert!(!is_serial());
+/// // Restored when `f` panics, too.
+/// assert!(std::panic::catch_unwind(|| serial(|| panic!("in f"))).is_err());
+/// assert!(!is_serial());
+/// ```
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    // Restored even when `f` unwinds.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
+/// Whether [`serial`] runs on this thread.
+pub fn is_serial() -> bool {
+    SERIAL.with(|s| s.get())
 }
 
 /// A set of kernels the backend can be restricted to

@@ -118,6 +118,51 @@ fn same_seed_same_bytes_with_1_2_and_3_threads() {
 }
 
 #[test]
+fn paced_run_equals_one_thread() {
+    // Without --threads, blocks of steps run on the pool or on one thread
+    // (the third block always on one thread, to measure it): the bytes are
+    // those of --threads 1.
+    let data = data_dir();
+    let m = model();
+    let run = |name: &str, threads: &[&str]| {
+        let out = tmp(name);
+        let o = Command::new(env!("CARGO_BIN_EXE_fixnn"))
+            .args(["train", &m, "--data", &data, "--out"])
+            .arg(&out)
+            .args(["--train-samples", "6400", "--test-samples", "200"])
+            .args(["--no-report", "--epochs", "1"])
+            .args(threads)
+            .env("RAYON_NUM_THREADS", "2")
+            .output()
+            .expect("run fixnn");
+        let (so, se) = text(&o);
+        assert!(o.status.success(), "{so}{se}");
+        (
+            so,
+            std::fs::read(out.join("checkpoint.json")).unwrap(),
+            metrics_without_seconds(&out),
+        )
+    };
+    let (so, paced, paced_metrics) = run("paced", &[]);
+    let one: u32 = so
+        .lines()
+        .find_map(|l| {
+            l.split(", ")
+                .find_map(|p| p.strip_suffix(" blocks on one thread"))
+        })
+        .and_then(|p| p.split(" of ").next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no block count in {so}"));
+    assert!(one >= 1, "{so}");
+    let (so, one, one_metrics) = run("paced-1", &["--threads", "1"]);
+    assert!(!so.contains("blocks on one thread"), "{so}");
+    assert!(
+        paced == one,
+        "checkpoints differ between a paced run and one thread"
+    );
+    assert_eq!(paced_metrics, one_metrics);
+}
+
+#[test]
 fn killed_while_writing_a_checkpoint_leaves_the_previous_one() {
     let out = tmp("crash");
     let o = train(&out, &["--epochs", "1"]);
