@@ -61,7 +61,10 @@ fn threads() -> usize {
 fn run_jobs(jobs: &mut [&mut (dyn FnMut() + Send)]) {
     match jobs {
         [] => {}
-        [one] => one(),
+        [one] => {
+            let _span = crate::trace::span("core pass");
+            one()
+        }
         _ => {
             let (a, b) = jobs.split_at_mut(jobs.len() / 2);
             rayon::join(|| run_jobs(a), || run_jobs(b));

@@ -18,4 +18,5 @@ pub mod quantize;
 pub mod rayon_backend;
 pub mod report;
 pub mod spec;
+pub mod trace;
 pub mod train;

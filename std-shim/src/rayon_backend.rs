@@ -468,6 +468,11 @@ impl RayonBackend {
         (a, b): (Operand<'_>, Operand<'_>),
         out: AccOut<'_>,
     ) -> Result<()> {
+        let _span = crate::trace::span(match kind {
+            linear::Kind::Forward => "linear forward",
+            linear::Kind::InputGrad => "linear input grad",
+            linear::Kind::WeightGrad => "linear weight grad",
+        });
         #[cfg(target_arch = "x86_64")]
         let out = match self.linear_avx512(g, kind, (a, b), out) {
             Ok(done) => return done,
@@ -542,6 +547,7 @@ impl RayonBackend {
                 if a.fmt.is_none() || b.fmt.is_none() =>
             {
                 self.run(work, |ctx| {
+                    let scan_span = crate::trace::span("f32 scan");
                     let (b_finite, nz_b) = avx512::scan_f32(b.v);
                     // dw[o][i] = sum_b dy[b][o] x[b][i] with x mostly zeros
                     // (images): vectorised across o, skipping x's zeros.
@@ -552,6 +558,7 @@ impl RayonBackend {
                             return Ok(Ok(()));
                         }
                     }
+                    drop(scan_span);
                     if !b_finite {
                         return Err(AccOut::Float(o));
                     }
@@ -594,6 +601,11 @@ impl RayonBackend {
         (a, b): (Operand<'_>, Operand<'_>),
         out: AccOut<'_>,
     ) -> Result<()> {
+        let _span = crate::trace::span(match kind {
+            conv::Kind::Forward => "conv forward",
+            conv::Kind::InputGrad => "conv input grad",
+            conv::Kind::WeightGrad => "conv weight grad",
+        });
         let op = conv::Conv {
             g,
             kind,

@@ -31,6 +31,7 @@ use crate::history::{
 };
 use crate::rayon_backend::RayonBackend;
 use crate::spec::ModelSpec;
+use crate::trace;
 
 /// Options of `fixnn train`.
 #[derive(Clone, Debug, Default)]
@@ -381,12 +382,16 @@ pub fn train(opts: TrainOptions) -> Result<Summary, String> {
     let bk = backend(opts.threads)?;
     // On a thread of the backend's own pool, when it has one (its
     // threads have the same large stack), else on a thread of our own.
-    big_stack(move || {
+    let summary = big_stack(move || {
         bk.clone().install(|| match spec.architecture.as_str() {
             "lenet" => run::<LeNet>(spec, opts, out, train, test, bk),
             _ => run::<MnistMlp>(spec, opts, out, train, test, bk),
         })
-    })?
+    })??;
+    if let Some(path) = trace::write_if_enabled()? {
+        eprintln!("trace written to {}", path.display());
+    }
+    Ok(summary)
 }
 
 fn limit(n: usize, l: Option<usize>) -> usize {
@@ -480,8 +485,13 @@ where
             let b1 = (b0 + pace.steps(mode)).min(batches);
             let tb = Instant::now();
             pace.run(mode, &bk, || -> Result<(), String> {
+                let _block = trace::span(match mode {
+                    Mode::Pool => "block pool",
+                    Mode::One => "block one",
+                });
                 for b in b0..b1 {
                     let idx = &order[b * BATCH..(b + 1) * BATCH];
+                    let phase = trace::span("batch");
                     train
                         .write_batch(idx, x.flat_mut(), &mut labels)
                         .map_err(|e| e.to_string())?;
@@ -489,17 +499,26 @@ where
                         train.prefetch(next);
                     }
                     x.fmt = None;
+                    drop(phase);
                     let ctx = Ctx::train(seed, step as u32);
+                    let phase = trace::span("forward");
                     model
                         .forward(&bk, &ctx, &x)
                         .map_err(|e| format!("step {step}: {e}"))?;
+                    drop(phase);
+                    let phase = trace::span("loss");
                     let l = softmax_cross_entropy(model.output(), &labels, &mut dlogits)
                         .map_err(|e| format!("step {step}: {e}"))?;
+                    drop(phase);
+                    let phase = trace::span("backward");
                     model
                         .backward(&bk, &ctx, &x, &mut dlogits, false)
                         .map_err(|e| format!("step {step}: {e}"))?;
+                    drop(phase);
+                    let phase = trace::span("sgd");
                     opt.step(&ctx, &mut *model)
                         .map_err(|e| format!("step {step}: {e}"))?;
+                    drop(phase);
                     loss_sum += l.loss as f64;
                     correct += l.correct;
                     history.steps.push(StepRecord {

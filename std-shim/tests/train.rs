@@ -163,6 +163,41 @@ fn paced_run_equals_one_thread() {
 }
 
 #[test]
+fn a_traced_run_writes_every_step_on_a_timeline() {
+    let out = tmp("traced");
+    let file = tmp("trace.json");
+    let data = data_dir();
+    let o = Command::new(env!("CARGO_BIN_EXE_fixnn"))
+        .args(["train", &model(), "--data", &data, "--out"])
+        .arg(&out)
+        .args(["--train-samples", "640", "--test-samples", "200"])
+        .args(["--no-report", "--epochs", "1", "--threads", "2"])
+        .env("FIXNN_TRACE", &file)
+        .output()
+        .expect("run fixnn");
+    let (so, se) = text(&o);
+    assert!(o.status.success(), "{so}{se}");
+    assert!(se.contains("trace written to"), "{se}");
+    let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let events = t["traceEvents"].as_array().unwrap();
+    let count = |name: &str| events.iter().filter(|e| e["name"] == name).count();
+    // 10 steps of 64 samples, each with its phases; fc1's product split.
+    for phase in ["batch", "forward", "loss", "backward", "sgd"] {
+        assert_eq!(count(phase), 10, "{phase}");
+    }
+    assert!(count("linear forward") >= 20 && count("linear weight grad") >= 20);
+    // A track per thread that recorded a span (whether the other pool
+    // thread took a piece of work in 10 steps is up to the scheduler).
+    assert!(count("thread_name") >= 1);
+    for e in events.iter().filter(|e| e["ph"] == "X") {
+        assert!(e["dur"].as_f64().unwrap() >= 0.0 && e["ts"].as_f64().unwrap() >= 0.0);
+    }
+    // Without the variable, nothing is written and nothing said.
+    let o = train(&tmp("untraced"), &["--epochs", "1"]);
+    assert!(!text(&o).1.contains("trace written"));
+}
+
+#[test]
 fn killed_while_writing_a_checkpoint_leaves_the_previous_one() {
     let out = tmp("crash");
     let o = train(&out, &["--epochs", "1"]);

@@ -88,10 +88,17 @@ pub(super) fn int8(p: &Int8<'_>, par: bool, out: &mut [i64]) -> bool {
     let mut aq = Buf::<u32>::with_len(tiles * kw * MR, 0);
     let mut bq = Buf::<u32>::with_len(panels * kw * NP, 0);
     let mut asum = Buf::<i32>::with_len(tiles * MR, 0);
-    // SAFETY: `detect()` reported AVX-512 F, BW and VNNI (caller's contract);
-    // the buffers hold `kw` words per row of every tile and panel.
-    let mut pack_a = || unsafe { pack_rows(p.a, p.ta, k, kw, MR, 0, &mut aq, Some(&mut asum)) };
-    let mut pack_b = || unsafe { pack_rows(p.b, p.tb, k, kw, NP, 128, &mut bq, None) };
+    let mut pack_a = || {
+        let _span = crate::trace::span("int8 pack A");
+        // SAFETY: `detect()` reported AVX-512 F, BW and VNNI (caller's
+        // contract); the buffers hold `kw` words per row of every tile.
+        unsafe { pack_rows(p.a, p.ta, k, kw, MR, 0, &mut aq, Some(&mut asum)) }
+    };
+    let mut pack_b = || {
+        let _span = crate::trace::span("int8 pack B");
+        // SAFETY: as for A, every panel.
+        unsafe { pack_rows(p.b, p.tb, k, kw, NP, 128, &mut bq, None) }
+    };
     // Both operands are packed on every call (the weights change every
     // step): on two threads when the product is split. The calling thread
     // packs B, the larger one in the MLP (the weights, which its optimizer
@@ -106,6 +113,7 @@ pub(super) fn int8(p: &Int8<'_>, par: bool, out: &mut [i64]) -> bool {
         return false;
     }
     let rows = |t0: usize, dst: &mut [i64]| {
+        let _span = crate::trace::span("int8 rows");
         let nt = (dst.len() / n).div_ceil(MR);
         // Tiles in groups of MC (whose packed rows stay in L2), each
         // panel passed over by every tile of the group; sums in registers
@@ -340,6 +348,7 @@ pub(super) fn f32_sparse(p: &F32Sparse<'_>, par: bool, out: &mut [f32]) {
     // any row of the group has `A(r, k) != 0`, ascending, as `RG + 1`
     // words: `k`, then the group's values. (A zero value that comes along
     // is a `±0` product: no change, as a skipped one.)
+    let terms_span = crate::trace::span("f32 terms");
     let groups = m.div_ceil(RG);
     let mut terms = Buf::<u32>::with_len(groups * k * (RG + 1), 0);
     let mut counts = Buf::<usize>::with_len(groups, 0);
@@ -365,8 +374,10 @@ pub(super) fn f32_sparse(p: &F32Sparse<'_>, par: bool, out: &mut [f32]) {
         }
         counts[g] = c;
     }
+    drop(terms_span);
     // Rows `r0..` (a multiple of RG) into `dst`.
     let rows = |r0: usize, dst: &mut [f32]| {
+        let _span = crate::trace::span("f32 rows");
         let nr = dst.len() / n;
         let g0 = r0 / RG;
         let terms = |g: usize| {
