@@ -44,6 +44,7 @@ thread_local! {
 }
 
 /// Whether spans are recorded (`FIXNN_TRACE` is set and not empty).
+#[inline]
 pub fn enabled() -> bool {
     match STATE.load(Ordering::Relaxed) {
         2 => true,
@@ -65,6 +66,7 @@ pub struct Span {
 }
 
 /// Starts timing `name` on this thread (`None` when tracing is off).
+#[inline]
 pub fn span(name: &'static str) -> Option<Span> {
     enabled().then(|| Span {
         name,
