@@ -548,7 +548,7 @@ impl RayonBackend {
             {
                 self.run(work, |ctx| {
                     let scan_span = crate::trace::span("f32 scan");
-                    let (b_finite, nz_b) = avx512::scan_f32(b.v);
+                    let (b_finite, nz_b) = avx512::scan_f32_split(b.v, ctx.par);
                     // dw[o][i] = sum_b dy[b][o] x[b][i] with x mostly zeros
                     // (images): vectorised across o, skipping x's zeros.
                     if kind == linear::Kind::WeightGrad {

@@ -414,6 +414,22 @@ fn linear_mnist_sizes(k: Kernels) {
     ] {
         check_pair(k, g, &mut d, pair, 79);
     }
+    // One non-finite input, in either half of x (scanned in halves on two
+    // threads): the zero gradients times it are NaN in the reference, so
+    // the kernels that skip zero terms must not run.
+    let dy = values(&mut d, g.batch * g.out, Data::Sparse);
+    for (at, bad) in [(100, f32::INFINITY), (g.batch * g.inp - 5, f32::NAN)] {
+        let mut x = values(&mut d, g.batch * g.inp, Data::Float);
+        x[at] = bad;
+        let (dyo, xo) = (Operand { v: &dy, fmt: None }, Operand { v: &x, fmt: None });
+        compare(
+            k,
+            &format!("weight grad, {bad} at {at}"),
+            g.out * g.inp,
+            false,
+            |b, o| b.linear_weight_grad(g, dyo, xo, o),
+        );
+    }
 }
 
 fn linear_byte_codes_and_sparse_gradients(k: Kernels) {

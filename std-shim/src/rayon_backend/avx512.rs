@@ -507,6 +507,18 @@ unsafe fn f32_block<const V: usize, const R: usize>(
     }
 }
 
+/// [`scan_f32`] in two halves on two threads when `par` (for operands
+/// that core's element passes wrote in halves, so that each thread reads
+/// the half its own core wrote).
+pub(super) fn scan_f32_split(v: &[f32], par: bool) -> (bool, usize) {
+    if !par || v.len() < 2 * 16 * 1024 {
+        return scan_f32(v);
+    }
+    let (lo, hi) = v.split_at(v.len() / 2);
+    let ((fa, na), (fb, nb)) = rayon::join(|| scan_f32(lo), || scan_f32(hi));
+    (fa && fb, na + nb)
+}
+
 /// Whether every value of `v` is finite, and how many are non-zero: one
 /// vectorised pass.
 pub(super) fn scan_f32(v: &[f32]) -> (bool, usize) {
