@@ -354,6 +354,14 @@ pub(super) fn f32_sparse(p: &F32Sparse<'_>, par: bool, out: &mut [f32]) {
     let mut counts = Buf::<usize>::with_len(groups, 0);
     for g in 0..groups {
         let list = &mut terms[g * k * (RG + 1)..(g + 1) * k * (RG + 1)];
+        if p.am == 1 && (g + 1) * RG <= m {
+            // The group's rows are adjacent in `a` (a weight gradient's
+            // `dy`): four values per step in one SSE register.
+            // SAFETY: `(g + 1) RG <= m`, so `A(g RG + 3, k - 1)` is inside
+            // `a` (asserted above); `list` holds `k` entries.
+            counts[g] = unsafe { adjacent_terms(p.a, g * RG, p.ak, k, list) };
+            continue;
+        }
         let mut c = 0;
         for kk in 0..k {
             // Branch-free: written always, kept if any value is non-zero.
@@ -418,6 +426,30 @@ pub(super) fn f32_sparse(p: &F32Sparse<'_>, par: bool, out: &mut [f32]) {
 
 /// Rows of `A` per group of the f32 kernel.
 const RG: usize = 4;
+
+/// The term entries of the group of rows `r0..r0 + 4` whose values for step
+/// `kk` are adjacent, `a[r0 + kk * ak..][..4]`: `[kk, four values]` for
+/// each `kk < k` with a non-zero value, ascending, into `list`; returns
+/// how many (as [`f32_sparse`]'s scalar loop writes them).
+///
+/// Caller: `r0 + 3 + (k - 1) * ak < a.len()` when `k > 0`;
+/// `list.len() >= 5 k`.
+unsafe fn adjacent_terms(a: &[f32], r0: usize, ak: usize, k: usize, list: &mut [u32]) -> usize {
+    debug_assert!(k == 0 || r0 + 3 + (k - 1) * ak < a.len());
+    debug_assert!(list.len() >= (RG + 1) * k);
+    let (src, dst) = (a.as_ptr().add(r0), list.as_mut_ptr());
+    let mut c = 0;
+    for kk in 0..k {
+        // Branch-free: written always, kept if any value is non-zero.
+        let v = _mm_loadu_ps(src.add(kk * ak));
+        let e = dst.add(c * (RG + 1));
+        *e = kk as u32;
+        _mm_storeu_ps(e.add(1).cast(), v);
+        let zero = _mm_cmpeq_ps(v, _mm_setzero_ps());
+        c += (_mm_movemask_ps(zero) != 0b1111) as usize;
+    }
+    c
+}
 
 /// Output rows `0..nr` of `dst` (`n` columns each), in groups of `RG`
 /// (`terms(g)`: the entries of group `g`): `dst[i][c] = sum over entries
