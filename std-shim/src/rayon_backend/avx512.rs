@@ -197,28 +197,93 @@ unsafe fn pack_rows(
     // 16-byte store.
     assert!(g.is_multiple_of(4) && kw.is_multiple_of(4) && dst.len() >= groups * kw * g);
     assert!(kw * 4 >= k);
-    let zero = _mm_set1_epi8(offset as u8 as i8);
-    let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-    let off = _mm512_set1_epi32(offset);
-    let dp = dst.as_mut_ptr();
+    let mut range = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    let rows4 = Rows4 {
+        src,
+        t,
+        k,
+        kw,
+        g,
+        zero: _mm_set1_epi8(offset as u8 as i8),
+        off: _mm512_set1_epi32(offset),
+        dp: dst.as_mut_ptr(),
+    };
     for r0 in (0..groups * g).step_by(4) {
+        // The row count a constant in each copy, so that the four sums
+        // stay in registers (a count read at run time kept them on the
+        // stack, every addition waiting on the store before it).
+        let sum = match rows.saturating_sub(r0) {
+            0 => [_mm512_setzero_si512(); 4],
+            1 => rows4.pack::<1>(r0, &mut range),
+            2 => rows4.pack::<2>(r0, &mut range),
+            3 => rows4.pack::<3>(r0, &mut range),
+            _ => rows4.pack::<4>(r0, &mut range),
+        };
+        if let Some(sums) = sums.as_deref_mut() {
+            for (j, s) in sum.iter().enumerate() {
+                if let Some(d) = sums.get_mut(r0 + j) {
+                    // Rows past the last summed nothing: 0.
+                    *d = _mm512_reduce_add_epi32(*s);
+                }
+            }
+        }
+    }
+    let (lo, hi) = range;
+    _mm512_reduce_min_epi32(lo) >= -128 && _mm512_reduce_max_epi32(hi) <= 127
+}
+
+/// The operands of [`pack_rows`]'s loop over four rows.
+struct Rows4<'a> {
+    src: &'a [f32],
+    t: ToCode,
+    k: usize,
+    kw: usize,
+    g: usize,
+    /// A byte of code 0 (`offset` as a byte).
+    zero: __m128i,
+    off: __m512i,
+    dp: *mut u32,
+}
+
+impl Rows4<'_> {
+    /// Packs rows `r0..r0 + L` (of the four from `r0`, a multiple of 4;
+    /// the others hold code 0) as [`pack_rows`] describes; returns the
+    /// rows' sums of codes per lane (zeros past `L`) and widens `range`
+    /// (lowest, highest code per lane).
+    ///
+    /// Caller: as [`pack_rows`], whose assertions hold; `r0 + L <= rows`.
+    #[inline(always)]
+    unsafe fn pack<const L: usize>(
+        &self,
+        r0: usize,
+        range: &mut (__m512i, __m512i),
+    ) -> [__m512i; 4] {
+        let Rows4 {
+            src,
+            t,
+            k,
+            kw,
+            g,
+            zero,
+            off,
+            dp,
+        } = *self;
         let (tg, i) = (r0 / g, r0 % g);
         let base = tg * kw * g + i;
-        let live = rows.saturating_sub(r0).min(4);
         let mut sum = [_mm512_setzero_si512(); 4];
         for c in 0..kw / 4 {
             let k0 = c * LANES;
             let nl = LANES.min(k.saturating_sub(k0));
             let mask: __mmask16 = if nl >= LANES { !0 } else { (1 << nl) - 1 };
             let mut b = [zero; 4];
-            for (j, b) in b.iter_mut().enumerate().take(live) {
+            for j in 0..L {
                 let s = &src[(r0 + j) * k..(r0 + j + 1) * k];
                 let v = _mm512_maskz_loadu_ps(mask, s.as_ptr().add(k0.min(k)));
                 let q = _mm512_maskz_mov_epi32(mask, codes16(v, t, &s[k0.min(k)..k0.min(k) + nl]));
-                lo = _mm512_min_epi32(lo, q);
-                hi = _mm512_max_epi32(hi, q);
+                range.0 = _mm512_min_epi32(range.0, q);
+                range.1 = _mm512_max_epi32(range.1, q);
                 sum[j] = _mm512_add_epi32(sum[j], q);
-                *b = _mm512_cvtepi32_epi8(_mm512_add_epi32(q, off));
+                b[j] = _mm512_cvtepi32_epi8(_mm512_add_epi32(q, off));
             }
             // 4 x 4 transpose of 32-bit words: t[w] = word w of rows 0..4.
             let x0 = _mm_unpacklo_epi32(b[0], b[1]);
@@ -236,19 +301,8 @@ unsafe fn pack_rows(
                 _mm_storeu_si128(dp.add(base + (4 * c + w) * g).cast(), *t);
             }
         }
-        if let Some(sums) = sums.as_deref_mut() {
-            for (j, s) in sum.iter().enumerate() {
-                if let Some(d) = sums.get_mut(r0 + j) {
-                    *d = if j < live {
-                        _mm512_reduce_add_epi32(*s)
-                    } else {
-                        0
-                    };
-                }
-            }
-        }
+        sum
     }
-    _mm512_reduce_min_epi32(lo) >= -128 && _mm512_reduce_max_epi32(hi) <= 127
 }
 
 /// The code of `v` per lane, as the reference reads it: `(v * 2^-step) as
