@@ -294,6 +294,46 @@ impl Pace {
     }
 }
 
+/// Writes the samples `idx` into `x` and `labels` and asks for the
+/// images of `next` (the next batch) to be loaded into the caches. On the
+/// pool, in two halves on two threads: the first half of the batch here,
+/// the second on the thread that takes the other job, as core's element
+/// passes and the int8 product split it next, so that each thread reads
+/// the rows its own core wrote.
+fn write_batch(
+    train: &Split,
+    idx: &[u32],
+    next: Option<&[u32]>,
+    x: &mut [f32],
+    labels: &mut [usize],
+    mode: Mode,
+) -> Result<(), String> {
+    let one = |idx: &[u32], next: Option<&[u32]>, x: &mut [f32], labels: &mut [usize]| {
+        let _span = trace::span("batch half");
+        let r = train.write_batch(idx, x, labels).map_err(|e| e.to_string());
+        if let Some(next) = next {
+            train.prefetch(next);
+        }
+        r
+    };
+    let half = idx.len() / 2;
+    if mode == Mode::One || half == 0 || x.len() != idx.len() * train.pixels() {
+        return one(idx, next, x, labels);
+    }
+    let (i0, i1) = idx.split_at(half);
+    let (n0, n1) = match next {
+        Some(n) if n.len() == idx.len() => {
+            let (a, b) = n.split_at(half);
+            (Some(a), Some(b))
+        }
+        n => (n, None),
+    };
+    let (x0, x1) = x.split_at_mut(half * train.pixels());
+    let (l0, l1) = labels.split_at_mut(half);
+    let (r0, r1) = rayon::join(|| one(i0, n0, x0, l0), || one(i1, n1, x1, l1));
+    r0.and(r1)
+}
+
 /// Run `f` on a thread with a 1 GiB stack: models are built as values
 /// before they are boxed.
 fn big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
@@ -492,12 +532,8 @@ where
                 for b in b0..b1 {
                     let idx = &order[b * BATCH..(b + 1) * BATCH];
                     let phase = trace::span("batch");
-                    train
-                        .write_batch(idx, x.flat_mut(), &mut labels)
-                        .map_err(|e| e.to_string())?;
-                    if let Some(next) = order.get((b + 1) * BATCH..(b + 2) * BATCH) {
-                        train.prefetch(next);
-                    }
+                    let next = order.get((b + 1) * BATCH..(b + 2) * BATCH);
+                    write_batch(&train, idx, next, x.flat_mut(), &mut labels, mode)?;
                     x.fmt = None;
                     drop(phase);
                     let ctx = Ctx::train(seed, step as u32);
