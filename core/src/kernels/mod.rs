@@ -42,6 +42,7 @@ mod ops;
 pub use backend::DspBackend;
 pub use block::{block2x2, block2x2_portable, row_pair};
 pub use gemm::{chunk_words, gemm, gemm_packed, pack2, CodeConv, Rows};
+pub use im2col::conv2d_pairs_scratch;
 pub use ops::{
     conv2d, conv2d_input_grad, conv2d_weight_grad, linear, linear_input_grad, linear_weight_grad,
     CodeSlice, Codes, F32Codes,
