@@ -217,8 +217,12 @@ pub fn train(opts: TrainOptions) -> Result<Summary, String> {
             _ => run::<MnistMlp>(spec, opts, out, train, test, bk),
         })
     })??;
-    if let Some(path) = trace::write_if_enabled()? {
-        eprintln!("trace written to {}", path.display());
+    // The run itself succeeded: a trace that cannot be written is said,
+    // not an error.
+    match trace::write_if_enabled() {
+        Ok(Some(path)) => eprintln!("trace written to {}", path.display()),
+        Ok(None) => {}
+        Err(e) => eprintln!("fixnn: warning: {e}"),
     }
     Ok(summary)
 }

@@ -195,6 +195,23 @@ fn a_traced_run_writes_every_step_on_a_timeline() {
     // Without the variable, nothing is written and nothing said.
     let o = train(&tmp("untraced"), &["--epochs", "1"]);
     assert!(!text(&o).1.contains("trace written"));
+    // A trace that cannot be written is a warning; the run stands.
+    let nowhere = tmp("no-such-dir").join("trace.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_fixnn"))
+        .args(["train", &model(), "--data", &data, "--out"])
+        .arg(tmp("traced-nowhere"))
+        .args(["--train-samples", "640", "--test-samples", "200"])
+        .args(["--no-report", "--epochs", "1"])
+        .env("FIXNN_TRACE", &nowhere)
+        .output()
+        .expect("run fixnn");
+    let (so, se) = text(&o);
+    assert!(o.status.success(), "{so}{se}");
+    assert!(se.contains("warning: cannot write the trace"), "{se}");
+    assert!(
+        so.trim_end().ends_with(|c: char| c.is_ascii_digit()),
+        "{so}"
+    );
 }
 
 #[test]
