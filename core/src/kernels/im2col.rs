@@ -50,6 +50,7 @@ impl Layout {
     /// when the lowering does not apply: odd or zero channels per group,
     /// dilation along the width, codes too wide for 32-bit chunks, sizes
     /// that overflow (and every product the lowering forms fits `usize`).
+    #[inline(always)]
     fn of(g: ConvGeom, x_bits: u32, w_bits: u32) -> Option<Layout> {
         let (cpg, opg) = (g.cpg(), g.opg());
         if cpg == 0 || !cpg.is_multiple_of(2) || g.dil.1 != 1 {
