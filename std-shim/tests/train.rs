@@ -59,6 +59,35 @@ fn train_model(m: &str, out: &Path, extra: &[&str]) -> Output {
     fixnn(&args)
 }
 
+/// `fixnn train` on the first `samples` training samples and 200 test
+/// samples, one epoch, no report, with the environment variable `var`
+/// set to `value`.
+fn train_env(out: &Path, samples: &str, extra: &[&str], (var, value): (&str, &Path)) -> Output {
+    let (m, data) = (model(), data_dir());
+    let out = out.to_string_lossy().into_owned();
+    let mut args = vec![
+        "train",
+        &m,
+        "--data",
+        &data,
+        "--out",
+        &out,
+        "--train-samples",
+        samples,
+        "--test-samples",
+        "200",
+        "--no-report",
+        "--epochs",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_fixnn"))
+        .args(&args)
+        .env(var, value)
+        .output()
+        .expect("run fixnn")
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -122,19 +151,9 @@ fn paced_run_equals_one_thread() {
     // Without --threads, blocks of steps run on the pool or on one thread
     // (the third block always on one thread, to measure it): the bytes are
     // those of --threads 1.
-    let data = data_dir();
-    let m = model();
     let run = |name: &str, threads: &[&str]| {
         let out = tmp(name);
-        let o = Command::new(env!("CARGO_BIN_EXE_fixnn"))
-            .args(["train", &m, "--data", &data, "--out"])
-            .arg(&out)
-            .args(["--train-samples", "6400", "--test-samples", "200"])
-            .args(["--no-report", "--epochs", "1"])
-            .args(threads)
-            .env("RAYON_NUM_THREADS", "2")
-            .output()
-            .expect("run fixnn");
+        let o = train_env(&out, "6400", threads, ("RAYON_NUM_THREADS", Path::new("2")));
         let (so, se) = text(&o);
         assert!(o.status.success(), "{so}{se}");
         (
@@ -166,15 +185,7 @@ fn paced_run_equals_one_thread() {
 fn a_traced_run_writes_every_step_on_a_timeline() {
     let out = tmp("traced");
     let file = tmp("trace.json");
-    let data = data_dir();
-    let o = Command::new(env!("CARGO_BIN_EXE_fixnn"))
-        .args(["train", &model(), "--data", &data, "--out"])
-        .arg(&out)
-        .args(["--train-samples", "640", "--test-samples", "200"])
-        .args(["--no-report", "--epochs", "1", "--threads", "2"])
-        .env("FIXNN_TRACE", &file)
-        .output()
-        .expect("run fixnn");
+    let o = train_env(&out, "640", &["--threads", "2"], ("FIXNN_TRACE", &file));
     let (so, se) = text(&o);
     assert!(o.status.success(), "{so}{se}");
     assert!(se.contains("trace written to"), "{se}");
@@ -197,14 +208,12 @@ fn a_traced_run_writes_every_step_on_a_timeline() {
     assert!(!text(&o).1.contains("trace written"));
     // A trace that cannot be written is a warning; the run stands.
     let nowhere = tmp("no-such-dir").join("trace.json");
-    let o = Command::new(env!("CARGO_BIN_EXE_fixnn"))
-        .args(["train", &model(), "--data", &data, "--out"])
-        .arg(tmp("traced-nowhere"))
-        .args(["--train-samples", "640", "--test-samples", "200"])
-        .args(["--no-report", "--epochs", "1"])
-        .env("FIXNN_TRACE", &nowhere)
-        .output()
-        .expect("run fixnn");
+    let o = train_env(
+        &tmp("traced-nowhere"),
+        "640",
+        &[],
+        ("FIXNN_TRACE", &nowhere),
+    );
     let (so, se) = text(&o);
     assert!(o.status.success(), "{so}{se}");
     assert!(se.contains("warning: cannot write the trace"), "{se}");

@@ -139,14 +139,9 @@ pub(crate) fn conv2d_pairs(
     w: &impl Codes,
     y: &mut [i64],
 ) -> Option<bool> {
-    let Layout {
-        chunk,
-        cpw,
-        words,
-        ta_len,
-        tb_len,
-        x2_len,
-    } = Layout::of(g, x.bits(), w.bits())?;
+    let l = Layout::of(g, x.bits(), w.bits())?;
+    let (chunk, cpw, words) = (l.chunk, l.cpw, l.words);
+    let (ta_len, tb_len, x2_len) = (l.ta_len, l.tb_len, l.x2_len);
     let (cpg, opg) = (g.cpg(), g.opg());
     let (hw, ohw) = (g.h * g.w, g.oh * g.ow);
     let wp = g.w + 2 * g.pad.1;
