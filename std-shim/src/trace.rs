@@ -12,8 +12,10 @@
 //! span.
 //!
 //! Off (the variable unset), a span costs one relaxed atomic load. On,
-//! about two clock reads and an uncontended lock per span; an MNIST MLP
-//! epoch records about 60,000 spans (5 MB of JSON).
+//! two clock reads and an uncontended lock per span; an MNIST MLP epoch
+//! and its test pass record about 41,000 spans (3 MB of JSON), and traced
+//! epochs took as long as untraced ones within this host's noise (3 pairs,
+//! 0.19-0.23 s).
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -68,16 +70,18 @@ pub struct Span {
 /// Starts timing `name` on this thread (`None` when tracing is off).
 #[inline]
 pub fn span(name: &'static str) -> Option<Span> {
-    enabled().then(|| Span {
-        name,
-        start: Instant::now(),
+    enabled().then(|| {
+        let start = Instant::now();
+        // Time 0: the start of the first span, whichever ends first.
+        EPOCH.get_or_init(|| start);
+        Span { name, start }
     })
 }
 
 impl Drop for Span {
     fn drop(&mut self) {
         let end = Instant::now();
-        let epoch = *EPOCH.get_or_init(|| self.start);
+        let epoch = *EPOCH.get_or_init(|| self.start); // set by `span`
         let us = |t: Instant| t.saturating_duration_since(epoch).as_secs_f64() * 1e6;
         let e = Event {
             name: self.name,

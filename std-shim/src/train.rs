@@ -317,7 +317,7 @@ where
             let mode = pace.next();
             let b1 = (b0 + pace.steps(mode)).min(batches);
             let tb = Instant::now();
-            pace.run(mode, &bk, || -> Result<(), String> {
+            mode.run(&bk, || -> Result<(), String> {
                 let _block = trace::span(match mode {
                     Mode::Pool => "block pool",
                     Mode::One => "block one",
@@ -380,9 +380,9 @@ where
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        test_accuracy = pace.run(pace.best(), &bk, || {
-            evaluate(&mut *model, &bk, &test, n_test, seed)
-        })?;
+        test_accuracy = pace
+            .best()
+            .run(&bk, || evaluate(&mut *model, &bk, &test, n_test, seed))?;
         let rec = EpochRecord {
             epoch: epoch + 1,
             train_loss: loss_sum / batches as f64,

@@ -25,7 +25,9 @@ use crate::error::Result;
 /// convolution's forward pass needs as much for `oh * ow` rows and `cout /
 /// groups` rows of `cin / groups * kh * kw`; with an even `cin / groups`
 /// (the channel-pair lowering) also `(h + 2 pad_h) (w + 2 pad_w) cin /
-/// groups / 2` words for the padded input, else it packs code by code.
+/// groups / 2` words for the padded input, else it packs code by code
+/// ([`conv2d_pairs_scratch`](super::conv2d_pairs_scratch) gives the total
+/// for a geometry).
 #[derive(Debug)]
 pub struct DspBackend<'s> {
     scratch: RefCell<&'s mut [u32]>,

@@ -620,11 +620,11 @@ unsafe fn f32_block<const V: usize, const R: usize>(
     }
 }
 
-/// [`scan_f32`] in two halves on two threads when `par` (for operands
-/// that core's element passes wrote in halves, so that each thread reads
-/// the half its own core wrote).
+/// [`scan_f32`] in two halves on two threads when `par` and `v` is long
+/// enough for core's element passes to have split it (they wrote it in
+/// the same halves, so each thread reads the half its own core wrote).
 pub(super) fn scan_f32_split(v: &[f32], par: bool) -> (bool, usize) {
-    if !par || v.len() < 2 * 16 * 1024 {
+    if !par || v.len() < 2 * fixnn::accel::MIN_PART {
         return scan_f32(v);
     }
     let (lo, hi) = v.split_at(v.len() / 2);

@@ -45,6 +45,14 @@ impl Mode {
             Mode::One => Mode::Pool,
         }
     }
+
+    /// Runs `f` in this mode.
+    pub(super) fn run<R: Send>(self, bk: &RayonBackend, f: impl FnOnce() -> R + Send) -> R {
+        match self {
+            Mode::Pool => bk.install_hot(f),
+            Mode::One => crate::rayon_backend::serial(f),
+        }
+    }
 }
 
 /// Chooses, block by block, whether training steps split their work across
@@ -206,19 +214,6 @@ impl Pace {
         }
         let [pool, one] = self.epoch;
         format!(", {one} of {} blocks on one thread", pool + one)
-    }
-
-    /// Runs `f` in `mode`.
-    pub(super) fn run<R: Send>(
-        &self,
-        mode: Mode,
-        bk: &RayonBackend,
-        f: impl FnOnce() -> R + Send,
-    ) -> R {
-        match mode {
-            Mode::Pool => bk.install_hot(f),
-            Mode::One => crate::rayon_backend::serial(f),
-        }
     }
 }
 
