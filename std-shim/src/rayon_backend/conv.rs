@@ -177,8 +177,7 @@ fn direct<E: Elem, T: Out<E>, const N: usize>(
         return;
     }
     let nv = (oh - 1) * wv + ow;
-    virt.vec().clear();
-    virt.vec().resize(m * nv, T::ZERO);
+    virt.refill(m * nv, T::ZERO);
     let b = Direct { src, koff };
     gemm::<E, T, _, N>(ctx, a, &b, (m, nv, true), virt, nv);
     for (orow, vrow) in out.chunks_exact_mut(oh * ow).zip(virt.chunks_exact(nv)) {
@@ -284,8 +283,7 @@ impl Conv<'_> {
         };
         let item_in = g.cin * g.h * g.w;
         per_item(ctx, g.batch, g.cout * sp, y, |ctx, b, yb, (img, virt)| {
-            img.vec().clear();
-            img.vec().resize(g.cin * plane, E::ZERO);
+            img.refill(g.cin * plane, E::ZERO);
             let x = &self.a[b * item_in..(b + 1) * item_in];
             pad_into(x, (g.h, g.w), (&rows, &cols), lx, img);
             for (gi, a) in wpk.iter().enumerate() {
@@ -339,8 +337,7 @@ impl Conv<'_> {
             Buf::collect((0..opg).flat_map(|co| flip.iter().rev().map(move |&o| co * plane + o)));
         let item_dy = g.cout * sp;
         per_item(ctx, g.batch, g.cin * hw, dx, |ctx, b, dxb, (img, virt)| {
-            img.vec().clear();
-            img.vec().resize(g.cout * plane, E::ZERO);
+            img.refill(g.cout * plane, E::ZERO);
             let dy = &self.a[b * item_dy..(b + 1) * item_dy];
             pad_into(dy, (g.oh, g.ow), (&rows, &cols), ldy, img);
             for (gi, a) in wpk.iter().enumerate() {
