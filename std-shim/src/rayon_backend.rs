@@ -548,7 +548,18 @@ impl RayonBackend {
             {
                 self.run(work, |ctx| {
                     let scan_span = crate::trace::span("f32 scan");
-                    let (b_finite, nz_b) = avx512::scan_f32_split(b.v, ctx.par);
+                    // For a weight gradient, also x's columns that hold one
+                    // value in every row (see `avx512::Columns`).
+                    let (b_finite, nz_b, masks) = match kind {
+                        linear::Kind::WeightGrad => {
+                            let (f, nz, m) = avx512::scan_columns(b.v, inp, ctx.par);
+                            (f, nz, Some(m))
+                        }
+                        _ => {
+                            let (f, nz) = avx512::scan_f32_split(b.v, ctx.par);
+                            (f, nz, None)
+                        }
+                    };
                     // dw[o][i] = sum_b dy[b][o] x[b][i] with x mostly zeros
                     // (images): vectorised across o, skipping x's zeros.
                     if kind == linear::Kind::WeightGrad {
@@ -586,7 +597,8 @@ impl RayonBackend {
                             k: batch,
                         },
                     };
-                    avx512::f32_sparse(&p, ctx.par, o);
+                    let cols = masks.and_then(|m| avx512::Columns::pack(b.v, inp, &m, ctx.par));
+                    avx512::f32_sparse(&p, cols.as_ref(), ctx.par, o);
                     Ok(Ok(()))
                 })
             }

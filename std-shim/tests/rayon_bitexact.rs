@@ -480,6 +480,62 @@ fn linear_byte_codes_and_sparse_gradients(k: Kernels) {
     }
 }
 
+fn linear_constant_columns(k: Kernels) {
+    // Weight gradients whose x has columns holding x[0][0] in every row
+    // (an image's background): the AVX-512 kernel computes those once per
+    // output row and packs the others. Images with a border of background,
+    // columns constant at another value, zeros of both signs, widths that
+    // are not a multiple of 16, a batch of one (every column constant) and
+    // an x that is all background.
+    let bg = -0.4375f32;
+    for (case, &(batch, inp, out, border)) in [
+        (64, 784, 100, 6),
+        (64, 784, 100, 0),
+        (17, 37, 20, 2),
+        (1, 300, 9, 4),
+        (3, 100, 5, 3),
+        (64, 200, 13, 200),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let g = LinearGeom { batch, inp, out };
+        let seed = 5000 + case as u64;
+        let mut d = Draws::new(seed, 8);
+        let side = inp.isqrt().max(1);
+        for (first, other) in [(bg, 0.25f32), (0.0, -0.0), (-0.0, 0.0)] {
+            let x: Vec<f32> = (0..batch * inp)
+                .map(|i| {
+                    let (row, col) = (i / inp, i % inp);
+                    let (y, xx) = (col / side, col % side);
+                    let r = d.next();
+                    let edge = y < border || xx < border || y + border >= side;
+                    if i == 0 || edge {
+                        first
+                    } else if col % 7 == 3 {
+                        other
+                    } else if r.is_multiple_of(3) && row > 0 {
+                        d.range(-127, 127) as f32 / 32.0
+                    } else {
+                        first
+                    }
+                })
+                .collect();
+            for dd in [Data::Sparse, Data::Float] {
+                let dy = values(&mut d, batch * out, dd);
+                let (dyo, xo) = (Operand { v: &dy, fmt: None }, Operand { v: &x, fmt: None });
+                compare(
+                    k,
+                    &format!("weight grad, constant columns {g:?} {first} {dd:?}"),
+                    out * inp,
+                    false,
+                    |b, o| b.linear_weight_grad(g, dyo, xo, o),
+                );
+            }
+        }
+    }
+}
+
 fn linear_large_blocks(k: Kernels) {
     // Several tiles, groups of tiles and panels of the blocked kernels,
     // none of the sizes a multiple of a block, at widths 2..=16.
@@ -889,6 +945,10 @@ macro_rules! bitexact_suite {
             #[test]
             fn linear_byte_codes_and_sparse_gradients() {
                 super::linear_byte_codes_and_sparse_gradients(K);
+            }
+            #[test]
+            fn linear_constant_columns() {
+                super::linear_constant_columns(K);
             }
             #[test]
             fn linear_large_blocks() {

@@ -25,6 +25,10 @@ use rayon::prelude::*;
 use super::codes::ToCode;
 use super::scratch::Buf;
 
+mod constant;
+
+pub(super) use constant::{scan as scan_columns, Columns};
+
 /// Whether this CPU runs the kernels of this module (AVX-512 F, BW, VNNI,
 /// and POPCNT, which every such CPU has).
 pub(super) fn detect() -> bool {
@@ -411,10 +415,14 @@ const VB: usize = 4;
 /// `out[r * n + c] = sum_k A(r, k) B[k][c]`, `k` ascending from `+0.0`,
 /// each term `a * b` rounded, then added (the reference's f32 order).
 ///
+/// With `cols` (a weight gradient's `B`, packed by [`Columns::pack`]), the
+/// columns of `B` constant in every row are computed once per row and the
+/// others from the packed `B` (see [`constant`]): the same bits.
+///
 /// The caller guarantees: [`detect`] returned `true`; every value of `B`
 /// is finite; every index of `A` and `B` above lies inside the slices;
-/// `out.len() == m * n`.
-pub(super) fn f32_sparse(p: &F32Sparse<'_>, par: bool, out: &mut [f32]) {
+/// `out.len() == m * n`; `cols` was packed from this `B`.
+pub(super) fn f32_sparse(p: &F32Sparse<'_>, cols: Option<&Columns>, par: bool, out: &mut [f32]) {
     let F32Sparse { m, n, k, .. } = *p;
     if m == 0 || n == 0 {
         return;
@@ -463,6 +471,16 @@ pub(super) fn f32_sparse(p: &F32Sparse<'_>, par: bool, out: &mut [f32]) {
         }
         counts[g] = c;
     }
+    // Each row's chain for the constant columns (their value `c` times the
+    // row's values), from the same entries as the kernel's.
+    let mut chains = Buf::<f32>::with_len(if cols.is_some() { groups * RG } else { 0 }, 0.0);
+    if let Some(cols) = cols {
+        for (g, s) in chains.chunks_exact_mut(RG).enumerate() {
+            let list = &terms[g * k * (RG + 1)..(g * k + counts[g]) * (RG + 1)];
+            // SAFETY: `detect()` reported AVX-512 F (so SSE); `s` holds RG.
+            unsafe { constant_chains(list, cols.c, s) };
+        }
+    }
     drop(terms_span);
     // Rows `r0..` (a multiple of RG) into `dst`.
     let rows = |r0: usize, dst: &mut [f32]| {
@@ -473,9 +491,14 @@ pub(super) fn f32_sparse(p: &F32Sparse<'_>, par: bool, out: &mut [f32]) {
             let g = g0 + g;
             &terms[g * k * (RG + 1)..(g * k + counts[g]) * (RG + 1)]
         };
-        // SAFETY: `detect()` reported AVX-512 F; every row `k` of a term
-        // satisfies `k * ldb + n <= b.len()` (checked above).
-        unsafe { f32_rows(nr, terms, p.b, p.ldb, n, dst) }
+        match cols {
+            // SAFETY: `detect()` reported AVX-512 F; `cols` packed the
+            // rows of `B` (caller's contract), `k` of them.
+            Some(cols) => unsafe { constant::rows(nr, terms, &chains[r0..], cols, n, dst) },
+            // SAFETY: `detect()` reported AVX-512 F; every row `k` of a
+            // term satisfies `k * ldb + n <= b.len()` (checked above).
+            None => unsafe { f32_rows(nr, terms, p.b, p.ldb, n, dst) },
+        }
     };
     let threads = if par {
         rayon::current_num_threads().max(1)
@@ -530,6 +553,20 @@ unsafe fn adjacent_terms(a: &[f32], r0: usize, ak: usize, k: usize, list: &mut [
         c += (_mm_movemask_ps(zero) != 0b1111) as usize;
     }
     c
+}
+
+/// `s[i] = sum over the entries of v_i * c` (`i < RG`), `+0.0` first, each
+/// product rounded, then added: the chain [`f32_block`] computes for a
+/// column of `B` that holds `c` in every row.
+#[target_feature(enable = "sse")]
+unsafe fn constant_chains(list: &[u32], c: f32, s: &mut [f32]) {
+    debug_assert!(s.len() >= RG);
+    let (cv, mut acc) = (_mm_set1_ps(c), _mm_setzero_ps());
+    for e in list.chunks_exact(RG + 1) {
+        let v = _mm_loadu_ps(e.as_ptr().add(1).cast());
+        acc = _mm_add_ps(acc, _mm_mul_ps(v, cv));
+    }
+    _mm_storeu_ps(s.as_mut_ptr(), acc);
 }
 
 /// Output rows `0..nr` of `dst` (`n` columns each), in groups of `RG`

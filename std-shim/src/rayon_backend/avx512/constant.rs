@@ -1,0 +1,337 @@
+//! A weight gradient's columns of `x` that hold one value in every row of
+//! the batch, computed once per output row.
+//!
+//! In `dw[o][i] = sum_b dy[b][o] x[b][i]`, a column `i` whose `x[b][i]` is
+//! the same value `c` for every `b` has, in every output row `o`, the same
+//! chain of additions: `sum_b dy[b][o] c`, in ascending `b`, each term
+//! rounded, then added. An image's background is such a column: about a
+//! third of MNIST's 784 pixels in a batch of 64. [`Columns`] finds them
+//! (bit for bit equal to `x[0][0]`), packs the other columns of `x`
+//! together, and the kernel computes the packed columns as the plain one
+//! computes all of them, then spreads each output vector back to its
+//! columns (`vexpandps`) with the row's one chain in the constant lanes.
+//! Every output is the chain the reference computes, so the bits are the
+//! same.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::{LANES, RG};
+use crate::rayon_backend::scratch::Buf;
+
+/// Packed vectors per block of the kernel: at most `BV * 16` packed
+/// columns, so that the rows of packed `x` a block reads stay in L1.
+const BV: usize = 4;
+
+/// The constant columns of one `x` (`rows x n`, row `b` at `x[b * n..]`),
+/// the plan of the packed kernel and the packed other columns.
+pub(in crate::rayon_backend) struct Columns {
+    /// The value of every constant column.
+    pub(super) c: f32,
+    /// Blocks of packed vectors, in the kernel's order.
+    pub(super) blocks: Vec<Block>,
+    /// The vectors of `x` with a column that is not constant.
+    pub(super) vecs: Vec<Vector>,
+    /// The vectors of `x` whose every column is constant: first column,
+    /// lanes inside the row.
+    pub(super) whole: Vec<(usize, __mmask16)>,
+    /// Packed `x`: row `b` at `xp[b * ld..]`.
+    pub(super) xp: Buf<f32>,
+    /// Floats per packed row (the packed vectors, and one vector of slack
+    /// for the stores that pack the last).
+    pub(super) ld: usize,
+}
+
+/// Packed columns `start..start + 16 nv` of each packed row; the vectors
+/// `vecs` of `x` are spread from them.
+pub(super) struct Block {
+    pub(super) start: usize,
+    pub(super) nv: usize,
+    pub(super) vecs: Range<usize>,
+}
+
+/// Columns `col..col + 16` of `x`: the lanes `keep` are not constant and
+/// are packed, in order, from column `at` of their block; `valid` are the
+/// lanes inside the row.
+pub(super) struct Vector {
+    pub(super) col: usize,
+    pub(super) at: usize,
+    pub(super) keep: __mmask16,
+    pub(super) valid: __mmask16,
+}
+
+/// Lanes of vector `j` of a row of `n` columns that lie inside it.
+fn valid(j: usize, n: usize) -> __mmask16 {
+    let nl = LANES.min(n - j * LANES);
+    if nl == LANES {
+        !0
+    } else {
+        (1 << nl) - 1
+    }
+}
+
+/// One pass over `x` (`rows x n`): whether every value is finite, how many
+/// are non-zero, and for each vector of 16 columns the lanes whose column
+/// holds `x[0]`'s bits in every row. In two halves of the rows on two
+/// threads when `par` and `x` is long enough for core's element passes to
+/// have split it (they wrote it in the same halves).
+pub(in crate::rayon_backend) fn scan(
+    x: &[f32],
+    n: usize,
+    par: bool,
+) -> (bool, usize, Vec<__mmask16>) {
+    let rows = x.len().checked_div(n).unwrap_or(0);
+    assert_eq!(rows * n, x.len());
+    let nv = n.div_ceil(LANES);
+    let c = x.first().map_or(0, |v| v.to_bits());
+    let part = |r: Range<usize>| {
+        let mut m: Vec<__mmask16> = (0..nv).map(|j| valid(j, n)).collect();
+        // SAFETY: callers run this module's kernels only after `detect()`
+        // reported AVX-512 F; the rows lie inside `x` (`rows * n` values).
+        let (f, nz) = unsafe { scan_rows(&x[r.start * n..r.end * n], n, c, &mut m) };
+        (f, nz, m)
+    };
+    if par && rows >= 2 && x.len() >= 2 * fixnn::accel::MIN_PART {
+        let h = rows / 2;
+        let ((fa, na, ma), (fb, nb, mb)) = rayon::join(|| part(0..h), || part(h..rows));
+        let m = ma.iter().zip(&mb).map(|(a, b)| a & b).collect();
+        (fa && fb, na + nb, m)
+    } else {
+        part(0..rows)
+    }
+}
+
+#[target_feature(enable = "avx512f,popcnt")]
+unsafe fn scan_rows(x: &[f32], n: usize, c: u32, m: &mut [__mmask16]) -> (bool, usize) {
+    let abs = _mm512_set1_epi32(0x7fff_ffff);
+    let inf = _mm512_set1_epi32(0x7f80_0000);
+    let cv = _mm512_set1_epi32(c as i32);
+    let (mut bad, mut nz) = (0u32, 0usize);
+    for row in x.chunks_exact(n) {
+        for (j, m) in m.iter_mut().enumerate() {
+            let v = _mm512_maskz_loadu_epi32(valid(j, n), row.as_ptr().add(j * LANES).cast());
+            let a = _mm512_and_epi32(v, abs);
+            bad |= _mm512_cmpge_epu32_mask(a, inf) as u32;
+            nz += _mm512_test_epi32_mask(a, a).count_ones() as usize;
+            *m &= _mm512_cmpeq_epi32_mask(v, cv);
+        }
+    }
+    (bad == 0, nz)
+}
+
+impl Columns {
+    /// The plan for `x` (`rows x n`) with the constant lanes `masks` of
+    /// [`scan`], and `x`'s other columns packed (in halves of the rows on
+    /// two threads when `par`); `None` when packing would not save an
+    /// eighth of the vectors. The caller guarantees what [`scan`] needs.
+    pub(in crate::rayon_backend) fn pack(
+        x: &[f32],
+        n: usize,
+        masks: &[__mmask16],
+        par: bool,
+    ) -> Option<Columns> {
+        let rows = x.len().checked_div(n).unwrap_or(0);
+        let c = *x.first()?;
+        let nv = n.div_ceil(LANES);
+        assert!(rows * n == x.len() && masks.len() == nv);
+        let (mut blocks, mut vecs, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut start, mut first, mut at) = (0, 0, 0);
+        for (j, &m) in masks.iter().enumerate() {
+            let valid = valid(j, n);
+            let keep = valid & !m;
+            let cnt = keep.count_ones() as usize;
+            if cnt == 0 {
+                whole.push((j * LANES, valid));
+                continue;
+            }
+            if at + cnt > BV * LANES {
+                let nv = at.div_ceil(LANES);
+                blocks.push(Block {
+                    start,
+                    nv,
+                    vecs: first..vecs.len(),
+                });
+                (start, first, at) = (start + nv * LANES, vecs.len(), 0);
+            }
+            vecs.push(Vector {
+                col: j * LANES,
+                at,
+                keep,
+                valid,
+            });
+            at += cnt;
+        }
+        if at > 0 {
+            let nv = at.div_ceil(LANES);
+            blocks.push(Block {
+                start,
+                nv,
+                vecs: first..vecs.len(),
+            });
+            start += nv * LANES;
+        }
+        let packed = start / LANES;
+        if packed * 8 > nv * 7 {
+            return None;
+        }
+        let ld = start + LANES;
+        let mut xp = Buf::with_len(rows * ld, 0.0);
+        let part = |x: &[f32], xp: &mut [f32]| {
+            let _span = crate::trace::span("f32 pack x");
+            // SAFETY: `detect()` reported AVX-512 F (caller's contract);
+            // `xp` holds `ld` floats per row of `x`.
+            unsafe { pack_rows(&blocks, &vecs, ld, x, n, xp) }
+        };
+        if par && rows >= 2 && x.len() >= 2 * fixnn::accel::MIN_PART {
+            let h = rows / 2;
+            let (x0, x1) = x.split_at(h * n);
+            let (p0, p1) = xp.split_at_mut(h * ld);
+            rayon::join(|| part(x0, p0), || part(x1, p1));
+        } else {
+            part(x, &mut xp);
+        }
+        Some(Columns {
+            c,
+            blocks,
+            vecs,
+            whole,
+            xp,
+            ld,
+        })
+    }
+}
+
+/// Packs the rows of `x` (`n` columns) into `xp` (`ld` floats per row):
+/// each vector's kept lanes, in order, from its column of its block; lanes
+/// of a block past its last packed column hold zeros.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_rows(
+    blocks: &[Block],
+    vecs: &[Vector],
+    ld: usize,
+    x: &[f32],
+    n: usize,
+    xp: &mut [f32],
+) {
+    for (row, dst) in x.chunks_exact(n).zip(xp.chunks_exact_mut(ld)) {
+        let d = dst.as_mut_ptr();
+        for b in blocks {
+            // Zeros first in the block's last vector; the packing stores
+            // below overwrite them up to the last packed column. Each store
+            // writes 16 lanes, the packed ones then zeros, and the next
+            // store starts at the first zero (inside the row: a store
+            // starts at most at column `start + 16 nv - 1`, and `ld` has a
+            // vector of slack).
+            _mm512_storeu_ps(d.add(b.start + (b.nv - 1) * LANES), _mm512_setzero_ps());
+            for v in &vecs[b.vecs.clone()] {
+                let x = _mm512_maskz_loadu_ps(v.valid, row.as_ptr().add(v.col));
+                _mm512_storeu_ps(d.add(b.start + v.at), _mm512_maskz_compress_ps(v.keep, x));
+            }
+        }
+    }
+}
+
+/// Output rows `0..nr` of `dst` (`n` columns each) from the packed columns
+/// of `cols`, in groups of `RG` (`terms(g)`: the entries of group `g`, as
+/// [`super::f32_rows`] reads them); `s[i]`: row `i`'s chain for the
+/// constant columns.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn rows<'t>(
+    nr: usize,
+    terms: impl Fn(usize) -> &'t [u32],
+    s: &[f32],
+    cols: &Columns,
+    n: usize,
+    dst: &mut [f32],
+) {
+    let full = nr / RG;
+    for b in &cols.blocks {
+        let vecs = &cols.vecs[b.vecs.clone()];
+        for g in 0..nr.div_ceil(RG) {
+            let rows = RG.min(nr - g * RG);
+            let d = &mut dst[g * RG * n..(g * RG + rows) * n];
+            let s = &s[g * RG..g * RG + rows];
+            let t = terms(g);
+            let k = Kernel {
+                xp: cols.xp.as_ptr().add(b.start),
+                ld: cols.ld,
+                vecs,
+                s,
+                n,
+            };
+            match (b.nv, g < full) {
+                (1, true) => k.block::<1, RG>(t, rows, d),
+                (2, true) => k.block::<2, RG>(t, rows, d),
+                (3, true) => k.block::<3, RG>(t, rows, d),
+                (_, true) => k.block::<BV, RG>(t, rows, d),
+                (1, false) => k.block::<1, 1>(t, rows, d),
+                (2, false) => k.block::<2, 1>(t, rows, d),
+                (3, false) => k.block::<3, 1>(t, rows, d),
+                (_, false) => k.block::<BV, 1>(t, rows, d),
+            }
+        }
+    }
+    for (i, row) in dst.chunks_exact_mut(n).take(nr).enumerate() {
+        let v = _mm512_set1_ps(s[i]);
+        for &(col, valid) in &cols.whole {
+            _mm512_mask_storeu_ps(row.as_mut_ptr().add(col), valid, v);
+        }
+    }
+}
+
+/// One block of packed columns for one group of rows.
+struct Kernel<'a> {
+    /// The block's first packed column of packed row 0.
+    xp: *const f32,
+    ld: usize,
+    vecs: &'a [Vector],
+    s: &'a [f32],
+    n: usize,
+}
+
+impl Kernel<'_> {
+    /// The block's `16 V` packed columns of `rows` output rows (`R` rows
+    /// at a time from the group's entries; `R == 1` walks the group's rows
+    /// one by one), each chain as [`super::f32_block`] computes it, then
+    /// spread to the block's vectors of `d`.
+    #[inline(always)]
+    unsafe fn block<const V: usize, const R: usize>(
+        &self,
+        terms: &[u32],
+        rows: usize,
+        d: &mut [f32],
+    ) {
+        let passes = if R == 1 { rows } else { 1 };
+        for i0 in 0..passes {
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            for e in terms.chunks_exact(RG + 1) {
+                let row = self.xp.add(e[0] as usize * self.ld);
+                let x: [__m512; V] = std::array::from_fn(|j| _mm512_loadu_ps(row.add(j * LANES)));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let v = _mm512_set1_ps(f32::from_bits(e[1 + i0 + r]));
+                    for (a, &x) in acc.iter_mut().zip(&x) {
+                        *a = _mm512_add_ps(*a, _mm512_mul_ps(v, x));
+                    }
+                }
+            }
+            // The sums through memory: each vector of `x` takes its packed
+            // columns from any offset of the block.
+            let mut t = [[0f32; BV * LANES]; R];
+            for (t, acc) in t.iter_mut().zip(&acc) {
+                for (j, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(t.as_mut_ptr().add(j * LANES), *a);
+                }
+            }
+            for v in self.vecs {
+                for (r, t) in t.iter().enumerate() {
+                    let i = i0 + r;
+                    let s = _mm512_set1_ps(self.s[i]);
+                    // Reads `popcount(keep)` floats from `at`: inside the
+                    // block's `16 V` sums.
+                    let y = _mm512_mask_expandloadu_ps(s, v.keep, t.as_ptr().add(v.at));
+                    _mm512_mask_storeu_ps(d.as_mut_ptr().add(i * self.n + v.col), v.valid, y);
+                }
+            }
+        }
+    }
+}
