@@ -80,7 +80,11 @@ pub(in crate::rayon_backend) fn scan(
     n: usize,
     par: bool,
 ) -> (bool, usize, Vec<__mmask16>) {
-    let rows = x.len().checked_div(n).unwrap_or(0);
+    if n == 0 {
+        // Rows of no columns: nothing to scan.
+        return (true, 0, Vec::new());
+    }
+    let rows = x.len() / n;
     assert_eq!(rows * n, x.len());
     let nv = n.div_ceil(LANES);
     let c = x.first().map_or(0, |v| v.to_bits());
