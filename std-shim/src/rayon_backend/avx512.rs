@@ -14,7 +14,9 @@
 //!   and adding `±0` to a sum that started at `+0.0` never changes it (in
 //!   round-to-nearest such a sum is never `-0.0`), so skipping gives the
 //!   same bits. Rows of `A` with many zeros (a gradient through a ReLU)
-//!   cost that much less.
+//!   cost that much less. For a weight gradient, the columns of `x` that
+//!   hold one value in every row (an image's background) are computed once
+//!   per output row and the others packed together ([`constant`]).
 
 #![allow(unsafe_code)]
 
