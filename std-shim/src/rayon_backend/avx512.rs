@@ -419,7 +419,7 @@ unsafe fn int8_tile<const V: usize>(
     s: &mut [i32],
 ) {
     let kw = tile.len() / MR;
-    assert!(stride >= 4 && stride <= NP && (stride >= V * LANES || V == 1));
+    assert!((4..=NP).contains(&stride) && (stride >= V * LANES || V == 1));
     assert!(panel.len() >= kw * stride && s.len() >= MR * NP);
     // A panel of fewer than 16 columns: its words, zeros in the other lanes.
     let lanes: __mmask16 = if stride >= LANES {
