@@ -67,7 +67,7 @@ fn run_jobs(jobs: &mut [&mut (dyn FnMut() + Send)]) {
         }
         _ => {
             let (a, b) = jobs.split_at_mut(jobs.len() / 2);
-            rayon::join(|| run_jobs(a), || run_jobs(b));
+            crate::rayon_backend::join(|| run_jobs(a), || run_jobs(b));
         }
     }
 }

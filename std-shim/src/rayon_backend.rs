@@ -64,9 +64,12 @@ use fixnn::{Error, Result};
 mod avx512;
 mod codes;
 mod conv;
+mod hot;
 mod kernel;
 mod linear;
 mod scratch;
+
+pub(crate) use hot::join;
 
 use codes::{all_finite, scan, tier, Load, Tier, ToCode};
 use kernel::{Ctx, Elem, Isa, Out, KC, NR, NRD, PAR_MIN_MACS};
@@ -259,12 +262,15 @@ impl RayonBackend {
             let me = rayon::current_thread_index();
             let done = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&done);
+            // Halves handed over by `hot::join` first, then rayon's work.
+            let slot = Arc::new(hot::Slot::default());
+            let polled = Arc::clone(&slot);
             rayon::spawn_broadcast(move |b| {
                 if Some(b.index()) == me {
                     return;
                 }
                 while !flag.load(Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    if !polled.run_one() && rayon::yield_now() != Some(rayon::Yield::Executed) {
                         std::hint::spin_loop();
                     }
                 }
@@ -285,7 +291,7 @@ impl RayonBackend {
                 }
             }
             let _release = Release(done);
-            f()
+            hot::owning(&slot, f)
         })
     }
 

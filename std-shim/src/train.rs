@@ -119,7 +119,7 @@ fn write_batch(
     };
     let (x0, x1) = x.split_at_mut(half * train.pixels());
     let (l0, l1) = labels.split_at_mut(half);
-    let (r0, r1) = rayon::join(|| one(i0, n0, x0, l0), || one(i1, n1, x1, l1));
+    let (r0, r1) = crate::rayon_backend::join(|| one(i0, n0, x0, l0), || one(i1, n1, x1, l1));
     r0.and(r1)
 }
 

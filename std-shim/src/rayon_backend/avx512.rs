@@ -131,13 +131,13 @@ pub(super) fn int8(p: &Int8<'_>, par: bool, out: &mut [i64]) -> bool {
                 fa && fb
             }
         };
-        let (f0, f1) = rayon::join(
+        let (f0, f1) = super::join(
             || half(a0, aq0, s0, b0, 0..pb, bq0),
             || half(a1, aq1, s1, b1, pb..panels, bq1),
         );
         f0 && f1
     } else if par {
-        let (b, a) = rayon::join(pack_b, pack_a);
+        let (b, a) = super::join(pack_b, pack_a);
         a && b
     } else {
         pack_a() && pack_b()
@@ -186,7 +186,10 @@ pub(super) fn int8(p: &Int8<'_>, par: bool, out: &mut [i64]) -> bool {
         1
     };
     let per = tiles.div_ceil(threads);
-    if threads > 1 && per < tiles {
+    if threads == 2 && per < tiles {
+        let (d0, d1) = out.split_at_mut(per * MR * n);
+        super::join(|| rows(0, d0), || rows(per, d1));
+    } else if threads > 1 && per < tiles {
         out.par_chunks_mut(per * MR * n)
             .enumerate()
             .for_each(|(i, d)| rows(i * per, d));
@@ -584,7 +587,11 @@ pub(super) fn f32_sparse(p: &F32Sparse<'_>, cols: Option<&Columns>, par: bool, o
                 (rest, g0) = (tail, g + 1);
             }
         }
-        pieces.into_par_iter().for_each(|(r0, d)| rows(r0, d));
+        if let [(r0, d0), (r1, d1)] = &mut pieces[..] {
+            super::join(|| rows(*r0, d0), || rows(*r1, d1));
+        } else {
+            pieces.into_par_iter().for_each(|(r0, d)| rows(r0, d));
+        }
     } else {
         rows(0, out);
     }
@@ -727,7 +734,7 @@ pub(super) fn scan_f32_split(v: &[f32], par: bool) -> (bool, usize) {
         return scan_f32(v);
     }
     let (lo, hi) = v.split_at(v.len() / 2);
-    let ((fa, na), (fb, nb)) = rayon::join(|| scan_f32(lo), || scan_f32(hi));
+    let ((fa, na), (fb, nb)) = super::join(|| scan_f32(lo), || scan_f32(hi));
     (fa && fb, na + nb)
 }
 

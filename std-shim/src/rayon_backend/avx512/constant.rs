@@ -97,7 +97,8 @@ pub(in crate::rayon_backend) fn scan(
     };
     if par && rows >= 2 && x.len() >= 2 * fixnn::accel::MIN_PART {
         let h = rows / 2;
-        let ((fa, na, ma), (fb, nb, mb)) = rayon::join(|| part(0..h), || part(h..rows));
+        let ((fa, na, ma), (fb, nb, mb)) =
+            crate::rayon_backend::join(|| part(0..h), || part(h..rows));
         let m = ma.iter().zip(&mb).map(|(a, b)| a & b).collect();
         (fa && fb, na + nb, m)
     } else {
@@ -190,7 +191,7 @@ impl Columns {
             let h = rows / 2;
             let (x0, x1) = x.split_at(h * n);
             let (p0, p1) = xp.split_at_mut(h * ld);
-            rayon::join(|| part(x0, p0), || part(x1, p1));
+            crate::rayon_backend::join(|| part(x0, p0), || part(x1, p1));
         } else {
             part(x, &mut xp);
         }
