@@ -568,7 +568,11 @@ impl RayonBackend {
                     };
                     // dw[o][i] = sum_b dy[b][o] x[b][i] with x mostly zeros
                     // (images): vectorised across o, skipping x's zeros.
-                    if kind == linear::Kind::WeightGrad {
+                    // (`dy` is scanned only when the columns could pay with
+                    // its every value non-zero.)
+                    if kind == linear::Kind::WeightGrad
+                        && avx512::columns_pay((batch * n_out, nz_b), (batch, inp, n_out))
+                    {
                         let (a_finite, nz_a) = avx512::scan_f32(a.v);
                         if a_finite && avx512::columns_pay((nz_a, nz_b), (batch, inp, n_out)) {
                             avx512::f32_by_columns(a.v, b.v, (batch, inp, n_out), o);

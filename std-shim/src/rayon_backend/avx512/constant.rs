@@ -14,6 +14,7 @@
 //! same.
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::{LANES, RG};
@@ -321,10 +322,11 @@ impl Kernel<'_> {
             }
             // The sums through memory: each vector of `x` takes its packed
             // columns from any offset of the block.
-            let mut t = [[0f32; BV * LANES]; R];
+            // Only the first `16 V` of each row are written, and read.
+            let mut t = [[MaybeUninit::<f32>::uninit(); BV * LANES]; R];
             for (t, acc) in t.iter_mut().zip(&acc) {
                 for (j, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(t.as_mut_ptr().add(j * LANES), *a);
+                    _mm512_storeu_ps(t.as_mut_ptr().cast::<f32>().add(j * LANES), *a);
                 }
             }
             for v in self.vecs {
@@ -332,8 +334,9 @@ impl Kernel<'_> {
                     let i = i0 + r;
                     let s = _mm512_set1_ps(self.s[i]);
                     // Reads `popcount(keep)` floats from `at`: inside the
-                    // block's `16 V` sums.
-                    let y = _mm512_mask_expandloadu_ps(s, v.keep, t.as_ptr().add(v.at));
+                    // block's `16 V` sums, all written above.
+                    let p = t.as_ptr().cast::<f32>().add(v.at);
+                    let y = _mm512_mask_expandloadu_ps(s, v.keep, p);
                     _mm512_mask_storeu_ps(d.as_mut_ptr().add(i * self.n + v.col), v.valid, y);
                 }
             }
