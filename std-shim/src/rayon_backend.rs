@@ -554,18 +554,10 @@ impl RayonBackend {
             {
                 self.run(work, |ctx| {
                     let scan_span = crate::trace::span("f32 scan");
-                    // For a weight gradient, also x's columns that hold one
+                    // Rows of `inp` values either way (x, or the weights);
+                    // a weight gradient also uses the columns that hold one
                     // value in every row (see `avx512::Columns`).
-                    let (b_finite, nz_b, masks) = match kind {
-                        linear::Kind::WeightGrad => {
-                            let (f, nz, m) = avx512::scan_columns(b.v, inp, ctx.par);
-                            (f, nz, Some(m))
-                        }
-                        _ => {
-                            let (f, nz) = avx512::scan_f32_split(b.v, ctx.par);
-                            (f, nz, None)
-                        }
-                    };
+                    let (b_finite, nz_b, masks) = avx512::scan_columns(b.v, inp, ctx.par);
                     // dw[o][i] = sum_b dy[b][o] x[b][i] with x mostly zeros
                     // (images): vectorised across o, skipping x's zeros.
                     // (`dy` is scanned only when the columns could pay with
@@ -573,7 +565,7 @@ impl RayonBackend {
                     if kind == linear::Kind::WeightGrad
                         && avx512::columns_pay((batch * n_out, nz_b), (batch, inp, n_out))
                     {
-                        let (a_finite, nz_a) = avx512::scan_f32(a.v);
+                        let (a_finite, nz_a, _) = avx512::scan_columns(a.v, n_out, false);
                         if a_finite && avx512::columns_pay((nz_a, nz_b), (batch, inp, n_out)) {
                             avx512::f32_by_columns(a.v, b.v, (batch, inp, n_out), o);
                             return Ok(Ok(()));
@@ -607,7 +599,12 @@ impl RayonBackend {
                             k: batch,
                         },
                     };
-                    let cols = masks.and_then(|m| avx512::Columns::pack(b.v, inp, &m, ctx.par));
+                    let cols = match kind {
+                        linear::Kind::WeightGrad => {
+                            avx512::Columns::pack(b.v, inp, &masks, ctx.par)
+                        }
+                        _ => None,
+                    };
                     avx512::f32_sparse(&p, cols.as_ref(), ctx.par, o);
                     Ok(Ok(()))
                 })

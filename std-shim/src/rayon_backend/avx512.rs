@@ -677,6 +677,45 @@ unsafe fn f32_rows<'t>(
     }
 }
 
+/// The sums of one pass of a group over `16 V` columns: for rows `i0..i0 +
+/// R` of the group, `acc[r][j] = sum over the entries of v_(i0 + r) *
+/// x(k)[j]`, where `x(k)` is the `V` vectors at `base + k ld` (the last
+/// masked by `last`, other lanes 0): `+0.0` first, in the entries' order,
+/// each product rounded, then added (the reference's f32 order). Shared by
+/// the plain kernel and the packed one ([`constant`]), so both compute
+/// the same chains.
+///
+/// Caller: every entry's `V` vectors lie inside the operand; `i0 + R <=
+/// RG`.
+#[inline(always)]
+pub(super) unsafe fn chains<const V: usize, const R: usize>(
+    terms: &[u32],
+    i0: usize,
+    base: *const f32,
+    ld: usize,
+    last: __mmask16,
+) -> [[__m512; V]; R] {
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    for e in terms.chunks_exact(RG + 1) {
+        let row = base.add(e[0] as usize * ld);
+        let mut x = [_mm512_setzero_ps(); V];
+        for (j, x) in x.iter_mut().enumerate() {
+            *x = if j + 1 == V {
+                _mm512_maskz_loadu_ps(last, row.add(j * LANES))
+            } else {
+                _mm512_loadu_ps(row.add(j * LANES))
+            };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let v = _mm512_set1_ps(f32::from_bits(e[1 + i0 + r]));
+            for (a, &x) in acc.iter_mut().zip(&x) {
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(v, x));
+            }
+        }
+    }
+    acc
+}
+
 /// Columns `c0..c0 + 16 V` of `rows` output rows (`R` rows at a time from
 /// the group's entries; `R == 1` walks the group's rows one by one), the
 /// last vector masked.
@@ -695,24 +734,7 @@ unsafe fn f32_block<const V: usize, const R: usize>(
     let bp = b.as_ptr().add(c0);
     let passes = if R == 1 { rows } else { 1 };
     for i0 in 0..passes {
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
-        for e in terms.chunks_exact(RG + 1) {
-            let row = bp.add(e[0] as usize * ldb);
-            let mut x = [_mm512_setzero_ps(); V];
-            for (j, x) in x.iter_mut().enumerate() {
-                *x = if j + 1 == V {
-                    _mm512_maskz_loadu_ps(last, row.add(j * LANES))
-                } else {
-                    _mm512_loadu_ps(row.add(j * LANES))
-                };
-            }
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let v = _mm512_set1_ps(f32::from_bits(e[1 + i0 + r]));
-                for (a, &x) in acc.iter_mut().zip(&x) {
-                    *a = _mm512_add_ps(*a, _mm512_mul_ps(v, x));
-                }
-            }
-        }
+        let acc = chains::<V, R>(terms, i0, bp, ldb, last);
         for (r, acc) in acc.iter().enumerate() {
             for (j, a) in acc.iter().enumerate() {
                 let dst = d.as_mut_ptr().add((i0 + r) * n + c0 + j * LANES);
@@ -726,48 +748,9 @@ unsafe fn f32_block<const V: usize, const R: usize>(
     }
 }
 
-/// [`scan_f32`] in two halves on two threads when `par` and `v` is long
-/// enough for core's element passes to have split it (they wrote it in
-/// the same halves, so each thread reads the half its own core wrote).
-pub(super) fn scan_f32_split(v: &[f32], par: bool) -> (bool, usize) {
-    if !par || v.len() < 2 * fixnn::accel::MIN_PART {
-        return scan_f32(v);
-    }
-    let (lo, hi) = v.split_at(v.len() / 2);
-    let ((fa, na), (fb, nb)) = super::join(|| scan_f32(lo), || scan_f32(hi));
-    (fa && fb, na + nb)
-}
-
-/// Whether every value of `v` is finite, and how many are non-zero: one
-/// vectorised pass.
-pub(super) fn scan_f32(v: &[f32]) -> (bool, usize) {
-    // SAFETY: callers run this module's kernels only after `detect()`
-    // reported AVX-512 F.
-    unsafe { scan_f32_avx512(v) }
-}
-
-#[target_feature(enable = "avx512f,popcnt")]
-unsafe fn scan_f32_avx512(v: &[f32]) -> (bool, usize) {
-    let n = v.len();
-    let abs = _mm512_set1_epi32(0x7fff_ffff);
-    let inf = _mm512_set1_epi32(0x7f80_0000);
-    let (mut bad, mut nz) = (0u32, 0usize);
-    let mut i = 0;
-    while i < n {
-        let nl = LANES.min(n - i);
-        let mask: __mmask16 = if nl == LANES { !0 } else { (1 << nl) - 1 };
-        let x = _mm512_maskz_loadu_epi32(mask, v.as_ptr().add(i).cast());
-        let a = _mm512_and_epi32(x, abs);
-        bad |= _mm512_cmpge_epu32_mask(a, inf) as u32;
-        nz += _mm512_test_epi32_mask(a, a).count_ones() as usize;
-        i += LANES;
-    }
-    (bad == 0, nz)
-}
-
 /// Whether [`f32_by_columns`] is expected to beat [`f32_sparse`] for the
 /// weight gradient `dw[o][i] = sum_b dy[b][o] x[b][i]` (`batch x out` by
-/// `batch x inp`), given the non-zeros of `dy` and `x` ([`scan_f32`]):
+/// `batch x inp`), given the non-zeros of `dy` and `x` ([`scan_columns`]):
 /// work counted in vector operations.
 pub(super) fn columns_pay(
     (nz_dy, nz_x): (usize, usize),

@@ -71,7 +71,8 @@ fn valid(j: usize, n: usize) -> __mmask16 {
     }
 }
 
-/// One pass over `x` (`rows x n`): whether every value is finite, how many
+/// One pass over `x` (`rows x n`: a weight gradient's `x`, or the weights
+/// of an input gradient): whether every value is finite, how many
 /// are non-zero, and for each vector of 16 columns the lanes whose column
 /// holds `x[0]`'s bits in every row. In two halves of the rows on two
 /// threads when `par` and `x` is long enough for core's element passes to
@@ -298,8 +299,8 @@ struct Kernel<'a> {
 impl Kernel<'_> {
     /// The block's `16 V` packed columns of `rows` output rows (`R` rows
     /// at a time from the group's entries; `R == 1` walks the group's rows
-    /// one by one), each chain as [`super::f32_block`] computes it, then
-    /// spread to the block's vectors of `d`.
+    /// one by one), by [`super::chains`] as the plain kernel, then spread
+    /// to the block's vectors of `d`.
     #[inline(always)]
     unsafe fn block<const V: usize, const R: usize>(
         &self,
@@ -309,17 +310,8 @@ impl Kernel<'_> {
     ) {
         let passes = if R == 1 { rows } else { 1 };
         for i0 in 0..passes {
-            let mut acc = [[_mm512_setzero_ps(); V]; R];
-            for e in terms.chunks_exact(RG + 1) {
-                let row = self.xp.add(e[0] as usize * self.ld);
-                let x: [__m512; V] = std::array::from_fn(|j| _mm512_loadu_ps(row.add(j * LANES)));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let v = _mm512_set1_ps(f32::from_bits(e[1 + i0 + r]));
-                    for (a, &x) in acc.iter_mut().zip(&x) {
-                        *a = _mm512_add_ps(*a, _mm512_mul_ps(v, x));
-                    }
-                }
-            }
+            // Packed rows hold whole vectors (zeros past the last column).
+            let acc = super::chains::<V, R>(terms, i0, self.xp, self.ld, !0);
             // The sums through memory: each vector of `x` takes its packed
             // columns from any offset of the block.
             // Only the first `16 V` of each row are written, and read.
