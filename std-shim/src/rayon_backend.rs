@@ -230,7 +230,11 @@ impl RayonBackend {
     /// each, finished before the second thread joined, and two threads were
     /// slower than one. Polling costs the other cores' time while `f` runs
     /// sequential code, nothing else; the results are the same bits. No
-    /// thread polls any more when this returns (or unwinds).
+    /// thread polls any more when this returns (or unwinds). A thread that
+    /// finds no work for 200 µs stops polling for a moment and queues its
+    /// poller again: rayon can start a poller nested inside work `f` waits
+    /// for, and a poller that only returned at `f`'s end would then never
+    /// return (see `hot::poll`).
     ///
     /// One at a time per pool: while one runs, another (from a clone of
     /// the backend on another thread, or nested in `f`) runs as
@@ -259,39 +263,10 @@ impl RayonBackend {
         }
         let _cold = Cold(&self.hot);
         pool.install(|| {
-            let me = rayon::current_thread_index();
-            let done = Arc::new(AtomicBool::new(false));
-            let flag = Arc::clone(&done);
-            // Halves handed over by `hot::join` first, then rayon's work.
-            let slot = Arc::new(hot::Slot::default());
-            let polled = Arc::clone(&slot);
-            rayon::spawn_broadcast(move |b| {
-                if Some(b.index()) == me {
-                    return;
-                }
-                while !flag.load(Ordering::Acquire) {
-                    if !polled.run_one() && rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::hint::spin_loop();
-                    }
-                }
-            });
-            // Release the pollers, even when `f` unwinds, and wait until
-            // every broadcast job has ended (each holds a clone of the
-            // flag): no thread polls after this returns.
-            struct Release(Arc<AtomicBool>);
-            impl Drop for Release {
-                fn drop(&mut self) {
-                    self.0.store(true, Ordering::Release);
-                    while Arc::strong_count(&self.0) > 1 {
-                        // Runs this thread's own broadcast job if pending.
-                        if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                            std::hint::spin_loop();
-                        }
-                    }
-                }
-            }
-            let _release = Release(done);
-            hot::owning(&slot, f)
+            // Released (no thread polls any more) when `f` returns or
+            // unwinds.
+            let hot = hot::Polling::start();
+            hot.own(f)
         })
     }
 

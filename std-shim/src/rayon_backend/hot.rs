@@ -20,6 +20,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The slot between the thread that runs `install_hot`'s closure (the
 /// owner) and the polling threads.
@@ -51,16 +52,107 @@ thread_local! {
     static OWNED: Cell<*const Slot> = const { Cell::new(ptr::null()) };
 }
 
-/// Makes this thread the owner of `slot` while `f` runs.
-pub(super) fn owning<R>(slot: &Arc<Slot>, f: impl FnOnce() -> R) -> R {
-    struct Restore(*const Slot);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            OWNED.with(|o| o.set(self.0));
+/// How long a polling thread finds no work before it returns and queues
+/// itself again (see [`poll`]). Far longer than the sequential stretches
+/// of a training step (tens of microseconds), so a step never sees it.
+const IDLE: Duration = Duration::from_micros(200);
+
+/// What the polling threads of one `install_hot` share with its owner.
+#[derive(Default)]
+struct Shared {
+    /// The owner's closure has ended: polling threads return.
+    done: AtomicBool,
+    slot: Slot,
+}
+
+/// The polling of one `install_hot`: the pool's other threads poll for
+/// work until this is dropped, which waits until none polls any more.
+pub(super) struct Polling {
+    shared: Arc<Shared>,
+}
+
+impl Polling {
+    /// Starts a poller on every thread of the current pool but this one.
+    pub(super) fn start() -> Polling {
+        let shared = Arc::new(Shared::default());
+        let me = rayon::current_thread_index();
+        let polled = Arc::clone(&shared);
+        rayon::spawn_broadcast(move |b| {
+            if Some(b.index()) != me {
+                poll(b.index(), &polled);
+            }
+        });
+        Polling { shared }
+    }
+
+    /// Runs `f` with this thread as the owner of the slot ([`join`] hands
+    /// second halves to the pollers).
+    pub(super) fn own<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Restore(*const Slot);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                OWNED.with(|o| o.set(self.0));
+            }
+        }
+        let _restore = Restore(OWNED.with(|o| o.replace(&self.shared.slot)));
+        f()
+    }
+}
+
+impl Drop for Polling {
+    /// Releases the pollers (also when the owner unwinds) and waits until
+    /// every poller job has ended (each holds a clone of `shared`).
+    fn drop(&mut self) {
+        self.shared.done.store(true, Ordering::Release);
+        while Arc::strong_count(&self.shared) > 1 {
+            // Runs this thread's own queued poller jobs (which return).
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                std::hint::spin_loop();
+            }
         }
     }
-    let _restore = Restore(OWNED.with(|o| o.replace(Arc::as_ptr(slot))));
-    f()
+}
+
+/// The loop of a polling thread (pool thread `index`): second halves in
+/// the slot first, then rayon's work, until the owner is done.
+///
+/// A poller that finds no work for [`IDLE`] returns and queues itself
+/// again on its thread. It must not loop until the owner is done: rayon
+/// can start it nested above work the owner waits for. A thread that is
+/// descheduled between looking at its own queues (empty) and stealing can
+/// steal the owner's first split before it runs its poller, and then pick
+/// the poller up in that split's wait for its own second half; the owner
+/// then waits for the split, the split for the poller, and the poller for
+/// the owner. Returning lets the split finish; the queued poller runs at
+/// the thread's next look at its queues.
+fn poll(index: usize, shared: &Arc<Shared>) {
+    let mut idle = 0u32;
+    let mut since: Option<Instant> = None;
+    while !shared.done.load(Ordering::Acquire) {
+        if shared.slot.run_one() || rayon::yield_now() == Some(rayon::Yield::Executed) {
+            idle = 0;
+            since = None;
+            continue;
+        }
+        idle = idle.wrapping_add(1);
+        if idle.is_multiple_of(64) {
+            let now = Instant::now();
+            match since {
+                None => since = Some(now),
+                Some(t) if now.duration_since(t) >= IDLE => {
+                    let polled = Arc::clone(shared);
+                    rayon::spawn_broadcast(move |b| {
+                        if b.index() == index {
+                            poll(index, &polled);
+                        }
+                    });
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+        std::hint::spin_loop();
+    }
 }
 
 /// A type-erased second half: `call` runs it from `data` and stores its
@@ -171,9 +263,10 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::join;
+    use super::{join, poll, Polling};
     use crate::rayon_backend::RayonBackend;
     use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::Arc;
 
     /// `sum(lo..hi)` by halves down to 64 elements, every split a `join`.
     fn sum(lo: u64, hi: u64) -> u64 {
@@ -254,5 +347,36 @@ mod tests {
             // The pool still works.
             assert_eq!(b.install_hot(|| sum(0, 1000)), 499_500);
         }
+    }
+
+    #[test]
+    fn a_poller_nested_in_work_the_owner_waits_for_returns() {
+        // What rayon does by chance (see `poll`), done on purpose: a
+        // poller runs inside the second half of a split the owner waits
+        // for. Before pollers returned when idle this never ended.
+        let b = RayonBackend::with_threads(2).expect("pool");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = b.install(|| {
+                let polling = Polling::start();
+                let shared = Arc::clone(&polling.shared);
+                polling.own(|| {
+                    rayon::join(
+                        || 1,
+                        move || {
+                            let here = rayon::current_thread_index().expect("a pool thread");
+                            poll(here, &shared);
+                            2
+                        },
+                    )
+                })
+            });
+            let _ = tx.send(r);
+        });
+        // A minute is a verdict on a deadlock, not a speed limit.
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a nested poller blocked the owner");
+        assert_eq!(r, (1, 2));
     }
 }
