@@ -29,10 +29,41 @@ fn model() -> String {
         .into_owned()
 }
 
-fn tmp(name: &str) -> PathBuf {
+/// A fresh path for one test (not created).
+fn tmp(name: &str) -> Tmp {
     let d = std::env::temp_dir().join(format!("fixnn-train-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
-    d
+    Tmp(d)
+}
+
+/// A test's directory (or file) under the system's temporary directory,
+/// removed when the test ends unless it panicked (then it stays for
+/// inspection).
+struct Tmp(PathBuf);
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for inspection: {}", self.0.display());
+        } else if self.0.is_dir() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+impl std::ops::Deref for Tmp {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Tmp {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
 }
 
 fn train(out: &Path, extra: &[&str]) -> Output {
@@ -297,10 +328,10 @@ fn resumed_run_equals_uninterrupted_run() {
 /// config rule changed by `edit`.
 struct Resumed {
     /// The 2-epoch run's directory and output.
-    straight: PathBuf,
+    straight: Tmp,
     output: Output,
     /// The run stopped after epoch 1 and resumed.
-    resumed: PathBuf,
+    resumed: Tmp,
     /// The resumed run's checkpoint after epoch 1, and both runs' final one.
     one: String,
     two: String,

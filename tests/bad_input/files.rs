@@ -244,7 +244,7 @@ pub(crate) fn idx_labels(count: u32, n: usize) -> Vec<u8> {
 }
 
 /// A dataset directory with the four files given.
-pub(crate) fn dataset(name: &str, train: (Vec<u8>, Vec<u8>), test: (Vec<u8>, Vec<u8>)) -> PathBuf {
+pub(crate) fn dataset(name: &str, train: (Vec<u8>, Vec<u8>), test: (Vec<u8>, Vec<u8>)) -> Tmp {
     let d = tmp(name);
     std::fs::write(d.join("train-images-idx3-ubyte"), train.0).unwrap();
     std::fs::write(d.join("train-labels-idx1-ubyte"), train.1).unwrap();
