@@ -37,42 +37,13 @@ fn mnist_dir() -> PathBuf {
     d
 }
 
+#[path = "common/tmp.rs"]
+mod tmp;
+pub(crate) use tmp::Tmp;
+
 /// A fresh, empty directory for one test.
 fn tmp(name: &str) -> Tmp {
-    let d = std::env::temp_dir().join(format!("fixnn-bad-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    Tmp(d)
-}
-
-/// A test's directory (or file) under the system's temporary directory,
-/// removed when the test ends unless it panicked (then it stays for
-/// inspection).
-pub(crate) struct Tmp(PathBuf);
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("kept for inspection: {}", self.0.display());
-        } else if self.0.is_dir() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        } else {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
-
-impl std::ops::Deref for Tmp {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for Tmp {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
+    Tmp::new("bad", name, true)
 }
 
 /// Run `fixnn` in process: (exit status, stdout, stderr).

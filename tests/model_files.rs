@@ -3,8 +3,6 @@
 //! files give one error naming every bad path and change nothing; a
 //! nics_fix_pt MNIST config loads onto the equivalent fixnn model.
 
-use std::path::PathBuf;
-
 use fixnn::layers::{Layer, Linear, Quant, Relu};
 use fixnn::model::{self, ConfigDoc, StateView};
 use fixnn::tensor::{Ctx, S2};
@@ -181,10 +179,12 @@ fn nics_clamped_codes_survive_a_state_round_trip() {
     );
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fixnn-model-files-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+#[path = "common/tmp.rs"]
+mod tmp;
+
+/// A fresh file path for one test.
+fn tmp(name: &str) -> tmp::Tmp {
+    tmp::Tmp::new("model-files", name, false)
 }
 
 #[test]

@@ -3,6 +3,10 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
+#[path = "../../tests/common/tmp.rs"]
+mod tmp;
+use tmp::Tmp;
+
 fn fixnn(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fixnn"))
         .args(args)
@@ -84,8 +88,7 @@ fn table_marks_saturated_values() {
 
 #[test]
 fn input_file_and_stdin() {
-    let dir = std::env::temp_dir().join(format!("fixnn-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Tmp::new("cli", "input", true);
     let file = dir.join("values.json");
     std::fs::write(&file, "{\"values\": [0.25, -0.5]}").unwrap();
     let o = fixnn(&[
@@ -116,15 +119,13 @@ fn input_file_and_stdin() {
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["codes"], serde_json::json!([4, -8]));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Each bad input: exit status 2, exactly one line on stderr naming the
 /// problem, nothing on stdout, no panic.
 #[test]
 fn bad_input_is_one_line_and_status_2() {
-    let dir = std::env::temp_dir().join(format!("fixnn-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Tmp::new("cli", "bad", true);
     let malformed = dir.join("malformed.json");
     std::fs::write(&malformed, "[1, 2,").unwrap();
     let wrong_type = dir.join("strings.json");
@@ -183,7 +184,6 @@ fn bad_input_is_one_line_and_status_2() {
         assert!(stdout(&o).is_empty(), "{args:?}");
         assert!(!err.contains("panicked"));
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -203,10 +203,9 @@ mod inspect {
     use fixnn::QuantConfig;
     use fixnn_std::configs;
 
-    fn dir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("fixnn-inspect-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// A fresh, empty directory for one test.
+    fn dir(name: &str) -> Tmp {
+        Tmp::new("inspect", name, true)
     }
 
     fn model() -> Chain<Quant<S2<1, 3>>, Linear<3, 2, 1>> {
@@ -218,7 +217,8 @@ mod inspect {
 
     #[test]
     fn config_tree_table() {
-        let p = dir().join("cfg.json");
+        let tmp_dir = dir("cfg");
+        let p = tmp_dir.join("cfg.json");
         configs::save_configs(&mut model(), &p).unwrap();
         let o = fixnn(&["inspect", p.to_str().unwrap()]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -234,7 +234,8 @@ mod inspect {
 
     #[test]
     fn state_table() {
-        let p = dir().join("state.json");
+        let tmp_dir = dir("state");
+        let p = tmp_dir.join("state.json");
         std::fs::write(&p, configs::state_json(&mut model())).unwrap();
         let o = fixnn(&["inspect", p.to_str().unwrap()]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -249,7 +250,8 @@ mod inspect {
 
     #[test]
     fn tables_name_the_range_method_of_auto() {
-        let p = dir().join("running.json");
+        let tmp_dir = dir("running");
+        let p = tmp_dir.join("running.json");
         let mut m = model();
         m.b.weight.quant.grad_cfg.range = fixnn::RangeMethod::Running;
         m.b.weight.quant.grad_cfg.ema = 0x80C0_0000;
@@ -280,7 +282,8 @@ mod inspect {
             ]
         );
         assert_eq!(cells("0.activation")[5], "auto/3sigma");
-        let y = dir().join("running.yaml");
+        let yaml_dir = dir("running-yaml");
+        let y = yaml_dir.join("running.yaml");
         std::fs::write(
             &y,
             "data:\n  fc1:\n    weight: {bitwidth: 8, method: 1, scale: 1, range_method: 4}\ngrad:\n  fc1: {}\n",
@@ -310,7 +313,8 @@ mod inspect {
 
     #[test]
     fn nics_yaml_table_says_which_scale_form_it_read() {
-        let p = dir().join("nics.yaml");
+        let tmp_dir = dir("nics");
+        let p = tmp_dir.join("nics.yaml");
         std::fs::write(
             &p,
             "data:\n  fc1:\n    weight: {bitwidth: 8, method: 1, scale: 0.5}\ngrad:\n  fc1: {}\n",
@@ -332,7 +336,7 @@ mod inspect {
 
     #[test]
     fn bad_files_are_one_line_and_status_2() {
-        let d = dir();
+        let d = dir("bad-files");
         let cases = [
             ("garbage.txt", "\u{0}\u{1}: [", "not a fixnn JSON file"),
             (
