@@ -76,12 +76,7 @@ impl Polling {
     pub(super) fn start() -> Polling {
         let shared = Arc::new(Shared::default());
         let me = rayon::current_thread_index();
-        let polled = Arc::clone(&shared);
-        rayon::spawn_broadcast(move |b| {
-            if Some(b.index()) != me {
-                poll(b.index(), &polled);
-            }
-        });
+        queue(&shared, move |i| Some(i) != me);
         Polling { shared }
     }
 
@@ -113,6 +108,17 @@ impl Drop for Polling {
     }
 }
 
+/// Queues a poller on every thread `i` of the current pool for which
+/// `on(i)` (a broadcast job on each thread; the others return at once).
+fn queue(shared: &Arc<Shared>, on: impl Fn(usize) -> bool + Send + Sync + 'static) {
+    let polled = Arc::clone(shared);
+    rayon::spawn_broadcast(move |b| {
+        if on(b.index()) {
+            poll(b.index(), &polled);
+        }
+    });
+}
+
 /// The loop of a polling thread (pool thread `index`): second halves in
 /// the slot first, then rayon's work, until the owner is done.
 ///
@@ -140,12 +146,7 @@ fn poll(index: usize, shared: &Arc<Shared>) {
             match since {
                 None => since = Some(now),
                 Some(t) if now.duration_since(t) >= IDLE => {
-                    let polled = Arc::clone(shared);
-                    rayon::spawn_broadcast(move |b| {
-                        if b.index() == index {
-                            poll(index, &polled);
-                        }
-                    });
+                    queue(shared, move |i| i == index);
                     return;
                 }
                 Some(_) => {}
