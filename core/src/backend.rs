@@ -369,6 +369,27 @@ pub trait Backend {
     /// `y[b][o] = sum_i x[b][i] * w[o][i]` (f32: `i` ascending).
     fn linear(&self, g: LinearGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()>;
 
+    /// [`Backend::linear`] in a training step: the step's backward pass
+    /// will call [`Backend::linear_weight_grad`] with this `x`, so a
+    /// backend may start work for that gradient now (the desktop backend
+    /// derives it from the codes it packs here, on a thread that would
+    /// otherwise wait). A hint only: the result is `linear`'s, and a
+    /// backend that keeps anything must give the weight gradient's bits
+    /// whatever `x` holds by then. The default calls `linear`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Backend::linear`].
+    fn linear_train(
+        &self,
+        g: LinearGeom,
+        x: Operand<'_>,
+        w: Operand<'_>,
+        y: AccOut<'_>,
+    ) -> Result<()> {
+        self.linear(g, x, w, y)
+    }
+
     /// `dx[b][i] = sum_o dy[b][o] * w[o][i]` (f32: `o` ascending).
     fn linear_input_grad(
         &self,

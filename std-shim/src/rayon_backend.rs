@@ -61,6 +61,8 @@ use fixnn::backend::{
 use fixnn::{Error, Result};
 
 #[cfg(target_arch = "x86_64")]
+mod ahead;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 mod codes;
 mod conv;
@@ -82,8 +84,11 @@ pub struct RayonBackend {
     /// An [`RayonBackend::install_hot`] runs on the pool (shared by clones).
     hot: Arc<AtomicBool>,
     isa: Isa,
-    /// The CPU runs the AVX-512 (F, BW, VNNI) kernels of `avx512`.
+    /// The CPU runs the AVX-512 (F, BW, VL, VNNI) kernels of `avx512`.
     avx512: bool,
+    /// A weight gradient's operand derived during the forward pass.
+    #[cfg(target_arch = "x86_64")]
+    ahead: Arc<ahead::Ahead>,
 }
 
 impl fmt::Debug for RayonBackend {
@@ -112,6 +117,8 @@ impl RayonBackend {
             hot: Arc::default(),
             isa: Isa::detect(),
             avx512: avx512_detect(),
+            #[cfg(target_arch = "x86_64")]
+            ahead: Arc::default(),
         }
     }
 
@@ -154,6 +161,8 @@ impl RayonBackend {
             hot: Arc::default(),
             isa: Isa::detect(),
             avx512: avx512_detect(),
+            #[cfg(target_arch = "x86_64")]
+            ahead: Arc::default(),
         })
     }
 
@@ -442,12 +451,15 @@ fn execute<P: Product>(
 }
 
 impl RayonBackend {
+    /// `train`: a forward pass of a training step
+    /// ([`Backend::linear_train`]).
     fn linear_op(
         &self,
         g: LinearGeom,
         kind: linear::Kind,
         (a, b): (Operand<'_>, Operand<'_>),
         out: AccOut<'_>,
+        train: bool,
     ) -> Result<()> {
         let _span = crate::trace::span(match kind {
             linear::Kind::Forward => "linear forward",
@@ -455,7 +467,7 @@ impl RayonBackend {
             linear::Kind::WeightGrad => "linear weight grad",
         });
         #[cfg(target_arch = "x86_64")]
-        let out = match self.linear_avx512(g, kind, (a, b), out) {
+        let out = match self.linear_avx512(g, kind, (a, b), out, train) {
             Ok(done) => return done,
             Err(out) => out,
         };
@@ -483,7 +495,9 @@ impl RayonBackend {
     /// The AVX-512 kernels, when the CPU has them and they apply:
     /// integer forward products of codes that fit `i8`, and f32 input and
     /// weight gradients with a finite `B` operand. `Err` gives the output
-    /// back for the other paths.
+    /// back for the other paths. A split forward pass of a training step
+    /// (`train`) also starts deriving its weight gradient's packed `x`
+    /// ([`ahead`]), which that gradient takes instead of scanning `x`.
     #[cfg(target_arch = "x86_64")]
     fn linear_avx512<'o>(
         &self,
@@ -491,6 +505,7 @@ impl RayonBackend {
         kind: linear::Kind,
         (a, b): (Operand<'_>, Operand<'_>),
         out: AccOut<'o>,
+        train: bool,
     ) -> std::result::Result<Result<()>, AccOut<'o>> {
         if !self.avx512 {
             return Err(out);
@@ -517,7 +532,14 @@ impl RayonBackend {
                         n: n_out,
                         k: inp,
                     };
-                    if avx512::int8(&p, ctx.par, o) {
+                    // Only where a polling thread can derive from them.
+                    let step = fixnn::quant::pow2_f32(fa.step_exp());
+                    let mut codes = (train && ctx.par && hot::polling())
+                        .then(|| scratch::Buf::<i8>::with_len(batch * inp, 0));
+                    if avx512::int8(&p, ctx.par, o, codes.as_deref_mut()) {
+                        if let Some(codes) = codes {
+                            self.ahead.start(a.v, inp, codes, step);
+                        }
                         Ok(Ok(()))
                     } else {
                         Err(AccOut::Int(o))
@@ -529,10 +551,22 @@ impl RayonBackend {
             {
                 self.run(work, |ctx| {
                     let scan_span = crate::trace::span("f32 scan");
+                    // Derived during the forward pass, if `x` still holds
+                    // the values it was derived from (see `ahead`).
+                    let derived = match kind {
+                        linear::Kind::WeightGrad => self.ahead.take(b.v, inp, ctx.par),
+                        _ => None,
+                    };
                     // Rows of `inp` values either way (x, or the weights);
                     // a weight gradient also uses the columns that hold one
                     // value in every row (see `avx512::Columns`).
-                    let (b_finite, nz_b, masks) = avx512::scan_columns(b.v, inp, ctx.par);
+                    let (b_finite, nz_b, masks, derived) = match derived {
+                        Some(d) => (true, d.nz, d.masks, Some(d.cols)),
+                        None => {
+                            let (f, nz, m) = avx512::scan_columns(b.v, inp, ctx.par);
+                            (f, nz, m, None)
+                        }
+                    };
                     // dw[o][i] = sum_b dy[b][o] x[b][i] with x mostly zeros
                     // (images): vectorised across o, skipping x's zeros.
                     // (`dy` is scanned only when the columns could pay with
@@ -574,13 +608,18 @@ impl RayonBackend {
                             k: batch,
                         },
                     };
-                    let cols = match kind {
-                        linear::Kind::WeightGrad => {
+                    let from_ahead = derived.is_some();
+                    let cols = match (kind, derived) {
+                        (linear::Kind::WeightGrad, Some(cols)) => cols,
+                        (linear::Kind::WeightGrad, None) => {
                             avx512::Columns::pack(b.v, inp, &masks, ctx.par)
                         }
                         _ => None,
                     };
                     avx512::f32_sparse(&p, cols.as_ref(), ctx.par, o);
+                    if from_ahead {
+                        self.ahead.recycle(cols);
+                    }
                     Ok(Ok(()))
                 })
             }
@@ -629,7 +668,18 @@ impl RayonBackend {
 impl Backend for RayonBackend {
     fn linear(&self, g: LinearGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()> {
         g.check_buffers(Pass::Forward, x.v.len(), w.v.len(), y.len())?;
-        self.linear_op(g, linear::Kind::Forward, (x, w), y)
+        self.linear_op(g, linear::Kind::Forward, (x, w), y, false)
+    }
+
+    fn linear_train(
+        &self,
+        g: LinearGeom,
+        x: Operand<'_>,
+        w: Operand<'_>,
+        y: AccOut<'_>,
+    ) -> Result<()> {
+        g.check_buffers(Pass::Forward, x.v.len(), w.v.len(), y.len())?;
+        self.linear_op(g, linear::Kind::Forward, (x, w), y, true)
     }
 
     fn linear_input_grad(
@@ -640,7 +690,7 @@ impl Backend for RayonBackend {
         dx: AccOut<'_>,
     ) -> Result<()> {
         g.check_buffers(Pass::InputGrad, dy.v.len(), w.v.len(), dx.len())?;
-        self.linear_op(g, linear::Kind::InputGrad, (dy, w), dx)
+        self.linear_op(g, linear::Kind::InputGrad, (dy, w), dx, false)
     }
 
     fn linear_weight_grad(
@@ -651,7 +701,7 @@ impl Backend for RayonBackend {
         dw: AccOut<'_>,
     ) -> Result<()> {
         g.check_buffers(Pass::WeightGrad, dy.v.len(), x.v.len(), dw.len())?;
-        self.linear_op(g, linear::Kind::WeightGrad, (dy, x), dw)
+        self.linear_op(g, linear::Kind::WeightGrad, (dy, x), dw, false)
     }
 
     fn conv2d(&self, g: ConvGeom, x: Operand<'_>, w: Operand<'_>, y: AccOut<'_>) -> Result<()> {

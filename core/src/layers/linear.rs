@@ -113,7 +113,12 @@ impl<const IN: usize, const OUT: usize, const B: usize> Layer for Linear<IN, OUT
             spatial: 1,
         };
         product::forward(ctx, &mut self.out, acc, bias, p, |o| {
-            bk.linear(Self::GEOM, xo, wo, o)
+            if ctx.training {
+                // The backward pass's weight gradient reads this `x`.
+                bk.linear_train(Self::GEOM, xo, wo, o)
+            } else {
+                bk.linear(Self::GEOM, xo, wo, o)
+            }
         })
     }
 

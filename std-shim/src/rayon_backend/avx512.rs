@@ -1,5 +1,5 @@
 //! AVX-512 kernels for fully connected products, used when the CPU has
-//! AVX-512 F, BW and VNNI (detected at run time, [`detect`]).
+//! AVX-512 F, BW, VL and VNNI (detected at run time, [`detect`]).
 //!
 //! * [`int8`]: integer products of codes that fit `i8` (formats of at most
 //!   8 bits), by `vpdpbusd`. One operand is read as `code + 128` (unsigned
@@ -30,13 +30,14 @@ use super::scratch::Buf;
 
 mod constant;
 
-pub(super) use constant::{scan as scan_columns, Columns};
+pub(super) use constant::{same_values, scan as scan_columns, scan_codes, Columns};
 
-/// Whether this CPU runs the kernels of this module (AVX-512 F, BW, VNNI,
-/// and POPCNT, which every such CPU has).
+/// Whether this CPU runs the kernels of this module (AVX-512 F, BW, VL,
+/// VNNI, and POPCNT, which every such CPU has).
 pub(super) fn detect() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni")
         && is_x86_feature_detected!("popcnt")
 }
@@ -77,11 +78,20 @@ pub(super) fn int8_fits(k: usize) -> bool {
 /// row of A)` the offset adds is subtracted at the end. Work is split across
 /// threads by row tiles (independent outputs).
 ///
+/// With `codes` (`m * k` bytes), A's codes are also stored there, row by
+/// row as A (meaningful only when this returns `true`): what
+/// [`crate::rayon_backend::ahead`] derives a weight gradient's operand
+/// from.
+///
 /// The caller guarantees: [`detect`] returned `true`; `a.len() == m * k`,
 /// `b.len() == n * k`, `out.len() == m * n`; [`int8_fits`]`(k)`.
-pub(super) fn int8(p: &Int8<'_>, par: bool, out: &mut [i64]) -> bool {
+pub(super) fn int8(p: &Int8<'_>, par: bool, out: &mut [i64], codes: Option<&mut [i8]>) -> bool {
     let Int8 { m, n, k, .. } = *p;
     assert!(p.a.len() == m * k && p.b.len() == n * k && out.len() == m * n);
+    assert!(codes.as_ref().is_none_or(|c| c.len() == m * k));
+    // Where A's codes go, as an address (the two halves below write
+    // disjoint rows of it); 0: nowhere.
+    let cp = codes.map_or(0, |c| c.as_mut_ptr() as usize);
     if k == 0 {
         out.fill(0);
         return true;
@@ -97,9 +107,21 @@ pub(super) fn int8(p: &Int8<'_>, par: bool, out: &mut [i64]) -> bool {
     let mut asum = Buf::<i32>::with_len(tiles * MR, 0);
     let mut pack_a = || {
         let _span = crate::trace::span("int8 pack A");
-        // SAFETY: `detect()` reported AVX-512 F, BW and VNNI (caller's
+        // SAFETY: `detect()` reported AVX-512 F, BW, VL and VNNI (caller's
         // contract); the buffers hold `kw` words per row of every tile.
-        unsafe { pack_rows(p.a, p.ta, k, kw, MR, 0, &mut aq, Some(&mut asum)) }
+        unsafe {
+            pack_rows(
+                p.a,
+                p.ta,
+                k,
+                kw,
+                MR,
+                0,
+                &mut aq,
+                Some(&mut asum),
+                cp as *mut i8,
+            )
+        }
     };
     let mut pack_b = || {
         let _span = crate::trace::span("int8 pack B");
@@ -121,19 +143,23 @@ pub(super) fn int8(p: &Int8<'_>, par: bool, out: &mut [i64]) -> bool {
         let (aq0, aq1) = aq.split_at_mut(ta * kw * MR);
         let (bq0, bq1) = bq.split_at_mut(pb * kw * NP);
         let (s0, s1) = asum.split_at_mut(ta * MR);
-        let half = |a: &[f32], aq: &mut [u32], s: &mut [i32], b: &[f32], pns, bq: &mut [u32]| {
-            let _span = crate::trace::span("int8 pack halves");
-            // SAFETY: as above; each half holds `kw` words per row of its
-            // tiles and panels (split at tile and panel boundaries).
-            unsafe {
-                let fa = pack_rows(a, p.ta, k, kw, MR, 0, aq, Some(s));
-                let fb = pack_panels(b, p.tb, (k, kw, n), pns, bq);
-                fa && fb
-            }
-        };
+        // The second half's codes from row `ta MR` (inside: `ta MR < m`).
+        let cp1 = if cp == 0 { 0 } else { cp + ta * MR * k };
+        let half =
+            |a: &[f32], aq: &mut [u32], s: &mut [i32], b: &[f32], pns, bq: &mut [u32], cp| {
+                let _span = crate::trace::span("int8 pack halves");
+                // SAFETY: as above; each half holds `kw` words per row of its
+                // tiles and panels (split at tile and panel boundaries), and
+                // `cp`, if not null, `k` bytes per row of its rows of A.
+                unsafe {
+                    let fa = pack_rows(a, p.ta, k, kw, MR, 0, aq, Some(s), cp as *mut i8);
+                    let fb = pack_panels(b, p.tb, (k, kw, n), pns, bq);
+                    fa && fb
+                }
+            };
         let (f0, f1) = super::join(
-            || half(a0, aq0, s0, b0, 0..pb, bq0),
-            || half(a1, aq1, s1, b1, pb..panels, bq1),
+            || half(a0, aq0, s0, b0, 0..pb, bq0, cp),
+            || half(a1, aq1, s1, b1, pb..panels, bq1, cp1),
         );
         f0 && f1
     } else if par {
@@ -226,7 +252,7 @@ fn panel_stride(w: usize) -> usize {
 ///
 /// Caller: as [`pack_rows`]; `src` holds the panels' rows; `dst` holds
 /// `kw NP` words per panel.
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn pack_panels(
     src: &[f32],
     t: ToCode,
@@ -240,7 +266,7 @@ unsafe fn pack_panels(
         let rows = &src[i * NP * k..(i * NP + w) * k];
         let g = panel_stride(w);
         let d = &mut dst[i * kw * NP..i * kw * NP + kw * g];
-        fits &= pack_rows(rows, t, k, kw, g, 128, d, None);
+        fits &= pack_rows(rows, t, k, kw, g, 128, d, None, std::ptr::null_mut());
     }
     fits
 }
@@ -256,11 +282,13 @@ const MC: usize = 8;
 /// rows after those are not written (their words keep what the buffer
 /// held: [`int8`] never stores the sums they enter, and skipping their
 /// stores saved a microsecond per MNIST MLP step). With `sums`, each
-/// row's sum of codes (padding rows 0).
+/// row's sum of codes (padding rows 0). With `cp` not null, each row's
+/// codes also at `cp[row * k..][..k]` (signed bytes, as `src`; a code
+/// outside a byte is stored truncated, and the result is then `false`).
 /// `false` if a code lies outside `-128..=127` (NaN reads 0, as in the
 /// reference).
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn pack_rows(
     src: &[f32],
     t: ToCode,
@@ -270,6 +298,7 @@ unsafe fn pack_rows(
     offset: i32,
     dst: &mut [u32],
     mut sums: Option<&mut [i32]>,
+    cp: *mut i8,
 ) -> bool {
     let rows = src.len() / k;
     let groups = rows.div_ceil(g);
@@ -289,6 +318,7 @@ unsafe fn pack_rows(
         zero: _mm_set1_epi8(offset as u8 as i8),
         off: _mm512_set1_epi32(offset),
         dp: dst.as_mut_ptr(),
+        cp,
     };
     for r0 in (0..groups * g).step_by(4) {
         // The row count a constant in each copy, so that the four sums
@@ -325,6 +355,8 @@ struct Rows4<'a> {
     zero: __m128i,
     off: __m512i,
     dp: *mut u32,
+    /// Where each row's codes are copied (`k` bytes a row), or null.
+    cp: *mut i8,
 }
 
 impl Rows4<'_> {
@@ -349,6 +381,7 @@ impl Rows4<'_> {
             zero,
             off,
             dp,
+            cp,
         } = *self;
         let (tg, i) = (r0 / g, r0 % g);
         let base = tg * kw * g + i;
@@ -366,6 +399,11 @@ impl Rows4<'_> {
                 range.1 = _mm512_max_epi32(range.1, q);
                 sum[j] = _mm512_add_epi32(sum[j], q);
                 b[j] = _mm512_cvtepi32_epi8(_mm512_add_epi32(q, off));
+                if !cp.is_null() {
+                    // Inside the copy: row `r0 + j < rows`, lanes `< nl`.
+                    let d = cp.add((r0 + j) * k + k0.min(k));
+                    _mm_mask_storeu_epi8(d, mask, _mm512_cvtepi32_epi8(q));
+                }
             }
             // 4 x 4 transpose of 32-bit words: t[w] = word w of rows 0..4.
             let x0 = _mm_unpacklo_epi32(b[0], b[1]);

@@ -197,6 +197,13 @@ unsafe fn call_half<B: FnOnce() -> RB, RB>(data: *mut ()) {
     }
 }
 
+/// Whether this thread runs `install_hot`'s closure (outside
+/// [`super::serial`]): a job it queues on the pool is picked up by a
+/// polling thread.
+pub(super) fn polling() -> bool {
+    !OWNED.with(|o| o.get()).is_null() && !super::is_serial()
+}
+
 /// `(a(), b())`, `b` on a polling thread when this thread runs
 /// `install_hot`'s closure and its slot is free, else by `rayon::join`.
 /// Panics of either half are resumed here, after both have ended.

@@ -34,7 +34,7 @@ macro_rules! pooled {
     };
 }
 
-pooled!(f32 => F32, f64 => F64, i64 => I64, usize => USIZE, u32 => U32, i32 => I32, u64 => U64);
+pooled!(f32 => F32, f64 => F64, i64 => I64, usize => USIZE, u32 => U32, i32 => I32, u64 => U64, i8 => I8);
 
 /// A vector that goes back to its thread's pool when dropped. Its first
 /// `len` elements are the buffer; the vector may hold more, initialised by
@@ -103,6 +103,15 @@ impl<T: Pooled> Buf<T> {
             b.v.resize(len, fill);
         }
         b
+    }
+
+    /// Makes this buffer `len` elements long, its contents unspecified
+    /// (as [`Buf::with_len`]: elements past the old length are `fill`).
+    pub(super) fn set_len(&mut self, len: usize, fill: T) {
+        if self.v.len() < len {
+            self.v.resize(len, fill);
+        }
+        self.len = len;
     }
 
     /// The elements of `it`.

@@ -37,7 +37,7 @@ pub(in crate::rayon_backend) struct Columns {
     /// lanes inside the row.
     pub(super) whole: Vec<(usize, __mmask16)>,
     /// Packed `x`: row `b` at `xp[b * ld..]`.
-    pub(super) xp: Buf<f32>,
+    pub(in crate::rayon_backend) xp: Buf<f32>,
     /// Floats per packed row (the packed vectors, and one vector of slack
     /// for the stores that pack the last).
     pub(super) ld: usize,
@@ -138,9 +138,67 @@ impl Columns {
         par: bool,
     ) -> Option<Columns> {
         let rows = x.len().checked_div(n).unwrap_or(0);
-        let c = *x.first()?;
+        let mut cols = Columns::plan(*x.first()?, rows, n, masks, Buf::new())?;
+        let (blocks, vecs, ld) = (&cols.blocks, &cols.vecs, cols.ld);
+        let part = |x: &[f32], xp: &mut [f32]| {
+            let _span = crate::trace::span("f32 pack x");
+            // SAFETY: `detect()` reported AVX-512 F (caller's contract);
+            // `xp` holds `ld` floats per row of `x`.
+            unsafe { pack_rows(blocks, vecs, ld, x, n, xp) }
+        };
+        if par && rows >= 2 && x.len() >= 2 * fixnn::accel::MIN_PART {
+            let h = rows / 2;
+            let (x0, x1) = x.split_at(h * n);
+            let (p0, p1) = cols.xp.split_at_mut(h * ld);
+            crate::rayon_backend::join(|| part(x0, p0), || part(x1, p1));
+        } else {
+            part(x, &mut cols.xp);
+        }
+        Some(cols)
+    }
+
+    /// [`Columns::pack`] of the `x` whose values are `codes[i] * step`
+    /// (`rows x n` codes), from the codes, on this thread; `masks` from
+    /// [`scan_codes`] of them; the packed rows in `xp` (any contents,
+    /// lengthened if need be). The caller guarantees: `detect()` reported
+    /// AVX-512 F, BW and VL.
+    pub(in crate::rayon_backend) fn pack_codes(
+        codes: &[i8],
+        n: usize,
+        step: f32,
+        masks: &[__mmask16],
+        xp: Buf<f32>,
+    ) -> Option<Columns> {
+        let rows = codes.len().checked_div(n).unwrap_or(0);
+        let mut cols = Columns::plan(*codes.first()? as f32 * step, rows, n, masks, xp)?;
+        let _span = crate::trace::span("f32 pack codes");
+        // SAFETY: the caller's contract; `xp` holds `ld` floats per row.
+        unsafe {
+            pack_code_rows(
+                &cols.blocks,
+                &cols.vecs,
+                cols.ld,
+                codes,
+                n,
+                step,
+                &mut cols.xp,
+            )
+        };
+        Some(cols)
+    }
+
+    /// The plan of the packed kernel for `rows x n` values whose constant
+    /// lanes (value `c`) are `masks`, with `xp` made room for the packed
+    /// rows; `None` when packing would not save an eighth of the vectors.
+    fn plan(
+        c: f32,
+        rows: usize,
+        n: usize,
+        masks: &[__mmask16],
+        mut xp: Buf<f32>,
+    ) -> Option<Columns> {
         let nv = n.div_ceil(LANES);
-        assert!(rows * n == x.len() && masks.len() == nv);
+        assert!(masks.len() == nv);
         let (mut blocks, mut vecs, mut whole) = (Vec::new(), Vec::new(), Vec::new());
         let (mut start, mut first, mut at) = (0, 0, 0);
         for (j, &m) in masks.iter().enumerate() {
@@ -182,21 +240,7 @@ impl Columns {
             return None;
         }
         let ld = start + LANES;
-        let mut xp = Buf::with_len(rows * ld, 0.0);
-        let part = |x: &[f32], xp: &mut [f32]| {
-            let _span = crate::trace::span("f32 pack x");
-            // SAFETY: `detect()` reported AVX-512 F (caller's contract);
-            // `xp` holds `ld` floats per row of `x`.
-            unsafe { pack_rows(&blocks, &vecs, ld, x, n, xp) }
-        };
-        if par && rows >= 2 && x.len() >= 2 * fixnn::accel::MIN_PART {
-            let h = rows / 2;
-            let (x0, x1) = x.split_at(h * n);
-            let (p0, p1) = xp.split_at_mut(h * ld);
-            crate::rayon_backend::join(|| part(x0, p0), || part(x1, p1));
-        } else {
-            part(x, &mut xp);
-        }
+        xp.set_len(rows * ld, 0.0);
         Some(Columns {
             c,
             blocks,
@@ -205,6 +249,110 @@ impl Columns {
             xp,
             ld,
         })
+    }
+}
+
+/// [`scan`] of the `x` whose values are `codes[i] * step` with a finite,
+/// non-zero `step` (`rows x n` codes; every such value is finite): how many
+/// are non-zero, and the constant lanes (codes equal to `codes[0]` in every
+/// row, which for such values is the same as equal bits). The caller
+/// guarantees: `detect()` reported AVX-512 F, BW and VL.
+pub(in crate::rayon_backend) fn scan_codes(codes: &[i8], n: usize) -> (usize, Vec<__mmask16>) {
+    if n == 0 {
+        return (0, Vec::new());
+    }
+    let nv = n.div_ceil(LANES);
+    let mut m: Vec<__mmask16> = (0..nv).map(|j| valid(j, n)).collect();
+    let c = codes.first().copied().unwrap_or(0);
+    // SAFETY: the caller's contract; whole rows of `n` codes.
+    let nz = unsafe { scan_code_rows(codes, n, c, &mut m) };
+    (nz, m)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,popcnt")]
+unsafe fn scan_code_rows(codes: &[i8], n: usize, c: i8, m: &mut [__mmask16]) -> usize {
+    let cv = _mm_set1_epi8(c);
+    let rows = codes.len() / n;
+    let mut nz = 0usize;
+    // Column by column, the mask in a register (row by row, each vector's
+    // mask went through memory on every row).
+    for (j, m) in m.iter_mut().enumerate() {
+        let valid = valid(j, n);
+        let (mut acc, mut cnt) = (*m, 0u32);
+        let p = codes.as_ptr().add(j * LANES);
+        for r in 0..rows {
+            let v = _mm_maskz_loadu_epi8(valid, p.add(r * n).cast());
+            cnt += _mm_test_epi8_mask(v, v).count_ones();
+            acc &= _mm_cmpeq_epi8_mask(v, cv);
+        }
+        *m = acc;
+        nz += cnt as usize;
+    }
+    nz
+}
+
+/// Whether every value of `x` has the bits of `codes[i] * step` (`x` and
+/// `codes` of one length; in two halves on two threads when `par` and `x`
+/// is long enough for core's element passes to have split it, as
+/// [`scan`]). The caller guarantees: `detect()` reported AVX-512 F, BW and
+/// VL.
+pub(in crate::rayon_backend) fn same_values(x: &[f32], codes: &[i8], step: f32, par: bool) -> bool {
+    if x.len() != codes.len() {
+        return false;
+    }
+    let _span = crate::trace::span("f32 check codes");
+    // SAFETY: the caller's contract; equal lengths.
+    let part = |x: &[f32], c: &[i8]| unsafe { same_rows(x, c, step) };
+    if par && x.len() >= 2 * fixnn::accel::MIN_PART {
+        // Halves at a multiple of 16 values.
+        let h = (x.len() / 2).next_multiple_of(LANES).min(x.len());
+        let (x0, x1) = x.split_at(h);
+        let (c0, c1) = codes.split_at(h);
+        let (a, b) = crate::rayon_backend::join(|| part(x0, c0), || part(x1, c1));
+        a && b
+    } else {
+        part(x, codes)
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn same_rows(x: &[f32], codes: &[i8], step: f32) -> bool {
+    let sv = _mm512_set1_ps(step);
+    let mut bad: __mmask16 = 0;
+    for i in (0..x.len()).step_by(LANES) {
+        let nl = LANES.min(x.len() - i);
+        let valid: __mmask16 = if nl == LANES { !0 } else { (1 << nl) - 1 };
+        let c = _mm_maskz_loadu_epi8(valid, codes.as_ptr().add(i));
+        let v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c)), sv);
+        let xv = _mm512_maskz_loadu_ps(valid, x.as_ptr().add(i));
+        bad |= _mm512_cmpneq_epi32_mask(_mm512_castps_si512(v), _mm512_castps_si512(xv)) & valid;
+    }
+    bad == 0
+}
+
+/// [`pack_rows`] from codes: the packed values are `code * step`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn pack_code_rows(
+    blocks: &[Block],
+    vecs: &[Vector],
+    ld: usize,
+    codes: &[i8],
+    n: usize,
+    step: f32,
+    xp: &mut [f32],
+) {
+    let sv = _mm512_set1_ps(step);
+    for (row, dst) in codes.chunks_exact(n).zip(xp.chunks_exact_mut(ld)) {
+        let d = dst.as_mut_ptr();
+        for b in blocks {
+            // As in `pack_rows`.
+            _mm512_storeu_ps(d.add(b.start + (b.nv - 1) * LANES), _mm512_setzero_ps());
+            for v in &vecs[b.vecs.clone()] {
+                let c = _mm_maskz_loadu_epi8(v.valid, row.as_ptr().add(v.col).cast());
+                let x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c)), sv);
+                _mm512_storeu_ps(d.add(b.start + v.at), _mm512_maskz_compress_ps(v.keep, x));
+            }
+        }
     }
 }
 
