@@ -20,8 +20,6 @@
 //! result is then what scanning and packing `x` gives, whatever the caller
 //! did to `x` in between.
 
-#![allow(unsafe_code)]
-
 use std::arch::x86_64::__mmask16;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -56,8 +54,7 @@ struct Job {
     codes: Buf<i8>,
     /// `x[i] == codes[i] * step`, `step` a finite non-zero power of two.
     step: f32,
-    /// Room for the packed rows, taken on the thread that queued the job
-    /// (where the last job's went back when its gradient was done).
+    /// Room for the packed rows: the last job's ([`Ahead::recycle`]).
     xp: Mutex<Option<Buf<f32>>>,
     claimed: AtomicBool,
     done: AtomicBool,
@@ -65,22 +62,27 @@ struct Job {
 }
 
 impl Job {
-    /// Runs the derivation unless another thread has claimed it.
+    /// Runs the derivation unless another thread has claimed it. A panic
+    /// in it leaves no derivation (the gradient then scans `x`) instead
+    /// of reaching rayon, which would abort the process.
     fn run(&self) {
         if self.claimed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let _span = crate::trace::span("f32 ahead");
-        let (nz, masks) = avx512::scan_codes(&self.codes, self.key.n);
-        let xp = self
-            .xp
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let xp = xp.unwrap_or_default();
-        let cols = Columns::pack_codes(&self.codes, self.key.n, self.step, &masks, xp);
-        *self.out.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(Derived { nz, masks, cols });
+        let derive = || {
+            let _span = crate::trace::span("f32 ahead");
+            let (nz, masks) = avx512::scan_codes(&self.codes, self.key.n);
+            let xp = self
+                .xp
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let xp = xp.unwrap_or_default();
+            let cols = Columns::pack_codes(&self.codes, self.key.n, self.step, &masks, xp);
+            Derived { nz, masks, cols }
+        };
+        let d = std::panic::catch_unwind(std::panic::AssertUnwindSafe(derive)).ok();
+        *self.out.lock().unwrap_or_else(PoisonError::into_inner) = d;
         self.done.store(true, Ordering::Release);
     }
 
@@ -134,7 +136,8 @@ impl Ahead {
     /// one. The caller guarantees: `detect()` reported the AVX-512
     /// kernels, and runs on a pool thread with a polling thread beside it.
     pub(super) fn start(&self, x: &[f32], n: usize, codes: Buf<i8>, step: f32) {
-        if n == 0 || !step.is_finite() || step == 0.0 || codes.len() != x.len() {
+        // Every `code * step` finite (codes lie in -128..=127).
+        if n == 0 || !(step * 128.0).is_finite() || step == 0.0 || codes.len() != x.len() {
             return;
         }
         let job = Arc::new(Job {
@@ -170,7 +173,7 @@ impl Ahead {
     }
 
     /// The job derived from this `x` (`n` values per row), if the latest
-    /// is; it is removed either way only when it matches.
+    /// is (it is then removed; another stays for its own gradient).
     fn find(&self, x: &[f32], n: usize) -> Option<Arc<Job>> {
         let key = Key {
             ptr: x.as_ptr() as usize,
