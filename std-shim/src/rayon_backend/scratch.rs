@@ -36,12 +36,22 @@ macro_rules! pooled {
 
 pooled!(f32 => F32, f64 => F64, i64 => I64, usize => USIZE, u32 => U32, i32 => I32, u64 => U64, i8 => I8);
 
-/// A vector that goes back to its thread's pool when dropped. Its first
-/// `len` elements are the buffer; the vector may hold more, initialised by
-/// an earlier use, so that a later, longer request need not fill them.
+/// A vector that goes back to its thread's pool when dropped. The buffer
+/// is `len` elements from `off`, the first element of the vector at a
+/// 64-byte boundary (so that a kernel's 64-byte vectors do not span two
+/// cache lines: the packed operands of an MNIST MLP step started 32 bytes
+/// into a line, and aligning them gained about 3% of an epoch); the vector
+/// may hold more, initialised by an earlier use, so that a later, longer
+/// request need not fill them.
 pub(super) struct Buf<T: Pooled> {
     v: Vec<T>,
+    off: usize,
     len: usize,
+}
+
+/// Elements a buffer may skip to start at a 64-byte boundary.
+const fn slack<T>() -> usize {
+    64 / std::mem::size_of::<T>()
 }
 
 impl<T: Pooled> Buf<T> {
@@ -52,9 +62,21 @@ impl<T: Pooled> Buf<T> {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let mut b = Buf { v, len: 0 };
+        let mut b = Buf { v, off: 0, len: 0 };
         b.v.clear();
         b
+    }
+
+    /// Makes the buffer `len` elements from the vector's first 64-byte
+    /// boundary, lengthening the vector with `fill` if need be.
+    fn place(&mut self, len: usize, fill: T) {
+        let need = len + slack::<T>();
+        if self.v.len() < need {
+            self.v.resize(need, fill);
+        }
+        // At most `slack` (`align_offset` may decline: usize::MAX).
+        self.off = self.v.as_ptr().align_offset(64).min(slack::<T>());
+        self.len = len;
     }
 
     /// `len` copies of `fill`.
@@ -67,8 +89,7 @@ impl<T: Pooled> Buf<T> {
     /// Makes this buffer `len` copies of `fill`.
     pub(super) fn refill(&mut self, len: usize, fill: T) {
         self.v.clear();
-        self.v.resize(len, fill);
-        self.len = len;
+        self.place(len, fill);
     }
 
     /// A buffer of `len` elements whose contents are unspecified (left
@@ -82,7 +103,7 @@ impl<T: Pooled> Buf<T> {
                 let mut p = p.borrow_mut();
                 let best = (0..p.len()).min_by_key(|&i| {
                     let l = p[i].len();
-                    if l >= len {
+                    if l >= len + slack::<T>() {
                         (0, l)
                     } else {
                         (1, usize::MAX - l)
@@ -98,27 +119,22 @@ impl<T: Pooled> Buf<T> {
         // request and then a long one would otherwise fill the difference
         // on every call (in an MNIST MLP step, 150 KB of the int8 product's
         // packed operands, written on the training thread alone).
-        let mut b = Buf { v, len };
-        if b.v.len() < len {
-            b.v.resize(len, fill);
-        }
+        let mut b = Buf { v, off: 0, len: 0 };
+        b.place(len, fill);
         b
     }
 
     /// Makes this buffer `len` elements long, its contents unspecified
     /// (as [`Buf::with_len`]: elements past the old length are `fill`).
     pub(super) fn set_len(&mut self, len: usize, fill: T) {
-        if self.v.len() < len {
-            self.v.resize(len, fill);
-        }
-        self.len = len;
+        self.place(len, fill);
     }
 
     /// The elements of `it`.
     pub(super) fn collect(it: impl IntoIterator<Item = T>) -> Self {
         let mut b = Self::new();
         b.v.extend(it);
-        b.len = b.v.len();
+        (b.off, b.len) = (0, b.v.len());
         b
     }
 }
@@ -149,13 +165,14 @@ impl<T: Pooled> Drop for Buf<T> {
 impl<T: Pooled> Deref for Buf<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        &self.v[..self.len]
+        &self.v[self.off..self.off + self.len]
     }
 }
 
 impl<T: Pooled> DerefMut for Buf<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.v[..self.len]
+        let (a, b) = (self.off, self.off + self.len);
+        &mut self.v[a..b]
     }
 }
 

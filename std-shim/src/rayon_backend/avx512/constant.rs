@@ -138,7 +138,7 @@ impl Columns {
         par: bool,
     ) -> Option<Columns> {
         let rows = x.len().checked_div(n).unwrap_or(0);
-        let mut cols = Columns::plan(*x.first()?, rows, n, masks, Buf::new())?;
+        let mut cols = Columns::plan(*x.first()?, rows, n, masks, |len| Buf::with_len(len, 0.0))?;
         let (blocks, vecs, ld) = (&cols.blocks, &cols.vecs, cols.ld);
         let part = |x: &[f32], xp: &mut [f32]| {
             let _span = crate::trace::span("f32 pack x");
@@ -170,7 +170,12 @@ impl Columns {
         xp: Buf<f32>,
     ) -> Option<Columns> {
         let rows = codes.len().checked_div(n).unwrap_or(0);
-        let mut cols = Columns::plan(*codes.first()? as f32 * step, rows, n, masks, xp)?;
+        let c = *codes.first()? as f32 * step;
+        let mut cols = Columns::plan(c, rows, n, masks, |len| {
+            let mut xp = xp;
+            xp.set_len(len, 0.0);
+            xp
+        })?;
         let _span = crate::trace::span("f32 pack codes");
         // SAFETY: the caller's contract; `xp` holds `ld` floats per row.
         unsafe {
@@ -188,14 +193,15 @@ impl Columns {
     }
 
     /// The plan of the packed kernel for `rows x n` values whose constant
-    /// lanes (value `c`) are `masks`, with `xp` made room for the packed
-    /// rows; `None` when packing would not save an eighth of the vectors.
+    /// lanes (value `c`) are `masks`, with room for the packed rows from
+    /// `xp(len)`; `None` when packing would not save an eighth of the
+    /// vectors.
     fn plan(
         c: f32,
         rows: usize,
         n: usize,
         masks: &[__mmask16],
-        mut xp: Buf<f32>,
+        xp: impl FnOnce(usize) -> Buf<f32>,
     ) -> Option<Columns> {
         let nv = n.div_ceil(LANES);
         assert!(masks.len() == nv);
@@ -240,13 +246,12 @@ impl Columns {
             return None;
         }
         let ld = start + LANES;
-        xp.set_len(rows * ld, 0.0);
         Some(Columns {
             c,
             blocks,
             vecs,
             whole,
-            xp,
+            xp: xp(rows * ld),
             ld,
         })
     }
