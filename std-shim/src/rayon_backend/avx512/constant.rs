@@ -138,6 +138,7 @@ impl Columns {
         par: bool,
     ) -> Option<Columns> {
         let rows = x.len().checked_div(n).unwrap_or(0);
+        assert!(rows * n == x.len());
         let mut cols = Columns::plan(*x.first()?, rows, n, masks, |len| Buf::with_len(len, 0.0))?;
         let (blocks, vecs, ld) = (&cols.blocks, &cols.vecs, cols.ld);
         let part = |x: &[f32], xp: &mut [f32]| {
@@ -170,6 +171,7 @@ impl Columns {
         xp: Buf<f32>,
     ) -> Option<Columns> {
         let rows = codes.len().checked_div(n).unwrap_or(0);
+        assert!(rows * n == codes.len());
         let c = *codes.first()? as f32 * step;
         let mut cols = Columns::plan(c, rows, n, masks, |len| {
             let mut xp = xp;
