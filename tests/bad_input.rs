@@ -135,3 +135,48 @@ mod core_api;
 mod core_json;
 #[path = "bad_input/files.rs"]
 mod files;
+
+#[test]
+fn a_refused_combination_of_config_fields_says_which() {
+    // `Unsupported` names one field; the model file's error also says
+    // which other field it does not combine with.
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(Edit, &str); 4] = [
+        (
+            |d| {
+                d["multiplier"] = 1_073_741_824u32.into();
+                d["range"] = "running".into();
+            },
+            "config field `range` holds a value this version does not support: a real-valued scale (`multiplier`) is chosen by range `max` only",
+        ),
+        (
+            |d| {
+                d["group"] = "channel".into();
+                d["range"] = "sweep".into();
+            },
+            "config field `range` holds a value this version does not support: grouped scales (`group` other than `tensor`) are chosen by range `max` only",
+        ),
+        (
+            |d| {
+                d["clamp"] = "nics".into();
+                d["zero_point"] = 3.into();
+            },
+            "config field `zero_point` holds a value this version does not support: nics_fix_pt's clamp has no zero point",
+        ),
+        (
+            |d| {
+                d["multiplier"] = 1_073_741_824u32.into();
+                d["zero_point"] = 3.into();
+            },
+            "config field `zero_point` holds a value this version does not support: a real-valued scale (`multiplier`) has no zero point",
+        ),
+    ];
+    for (edit, want) in cases {
+        let text = mlp_spec(|v| edit(&mut v["configs"][0]["data"]));
+        let err = fixnn_std::spec::ModelSpec::parse(&text).expect_err("a refused combination");
+        assert!(
+            err.starts_with("configs[0].data: ") && err.contains(want),
+            "{err}"
+        );
+    }
+}

@@ -215,7 +215,7 @@ fn decode_entry(item: &Value) -> Result<Entry, (Option<String>, String)> {
         let c: QuantConfig = serde_json::from_value(field(k)?)
             .map_err(|e| (Some(n.clone()), format!(".{k}: {e}")))?;
         c.validate()
-            .map_err(|e| (Some(n.clone()), format!(".{k}: {e}")))?;
+            .map_err(|e| (Some(n.clone()), format!(".{k}: {}", invalid(&c, e))))?;
         Ok(c)
     };
     Ok(Entry {
@@ -231,6 +231,37 @@ fn decode_entry(item: &Value) -> Result<Entry, (Option<String>, String)> {
 /// half of the data to its temporary file and aborts the process, as a kill
 /// in the middle of a write would.
 pub const ABORT_MID_WRITE: &str = "FIXNN_TEST_ABORT_MID_WRITE";
+
+/// [`QuantConfig::validate`]'s error for `c`, and for a refused
+/// combination (`Unsupported`, which names only the field) which one.
+pub fn invalid(c: &QuantConfig, e: fixnn::Error) -> String {
+    use fixnn::quant::{Clamp, Group, Method, RangeMethod};
+    let fixnn::Error::Unsupported { field } = e else {
+        return e.to_string();
+    };
+    let auto = matches!(c.method, Method::Auto);
+    let real = c.multiplier != 0 && !matches!(c.method, Method::None);
+    let grouped = !matches!(c.group, Group::Tensor);
+    let why = match field {
+        "range" if auto && c.range != RangeMethod::Max && real => {
+            "a real-valued scale (`multiplier`) is chosen by range `max` only"
+        }
+        "range" if auto && c.range != RangeMethod::Max && grouped => {
+            "grouped scales (`group` other than `tensor`) are chosen by range `max` only"
+        }
+        "zero_point" if matches!(c.clamp, Clamp::Nics) => {
+            "nics_fix_pt's clamp has no zero point (nor range `min_max`)"
+        }
+        "zero_point" if real => {
+            "a real-valued scale (`multiplier`) has no zero point (nor range `min_max`)"
+        }
+        "zero_point" if grouped => {
+            "grouped scales (`group` other than `tensor`) have no zero point"
+        }
+        _ => return e.to_string(),
+    };
+    format!("{e}: {why}")
+}
 
 /// Write `bytes` to `path` atomically: a temporary file in the same
 /// directory, flushed and synced, then renamed over `path`. A crash leaves

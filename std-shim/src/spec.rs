@@ -172,7 +172,8 @@ impl ModelSpec {
         }
         for (i, r) in self.configs.iter().enumerate() {
             for (c, part) in [(&r.data, "data"), (&r.grad, "grad")] {
-                if let Some(Err(e)) = c.as_ref().map(QuantConfig::validate) {
+                if let Some((c, Err(e))) = c.as_ref().map(|c| (c, c.validate())) {
+                    let e = crate::configs::invalid(c, e);
                     return Err(format!("configs[{i}].{part}: {e}"));
                 }
             }
