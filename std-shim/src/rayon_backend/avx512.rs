@@ -79,7 +79,7 @@ pub(super) fn int8_fits(k: usize) -> bool {
 /// threads by row tiles (independent outputs).
 ///
 /// With `codes` (`m * k` bytes), A's codes are also stored there, row by
-/// row as A (meaningful only when this returns `true`): what
+/// row as A (written only when this returns `true` with `n > 0`): what
 /// [`crate::rayon_backend::ahead`] derives a weight gradient's operand
 /// from.
 ///
