@@ -560,8 +560,9 @@ impl RayonBackend {
                     // Rows of `inp` values either way (x, or the weights);
                     // a weight gradient also uses the columns that hold one
                     // value in every row (see `avx512::Columns`).
+                    // (Derived, `x` comes packed: no lanes to pack it by.)
                     let (b_finite, nz_b, masks, derived) = match derived {
-                        Some(d) => (true, d.nz, d.masks, Some(d.cols)),
+                        Some(d) => (true, d.nz, Vec::new(), Some(d.cols)),
                         None => {
                             let (f, nz, m) = avx512::scan_columns(b.v, inp, ctx.par);
                             (f, nz, m, None)

@@ -22,7 +22,6 @@
 //! against 157-179 without; skipping the check gained no more than noise.
 //! See BENCHMARKS.md, "Derived ahead".)
 
-use std::arch::x86_64::__mmask16;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -33,8 +32,6 @@ use super::scratch::Buf;
 pub(super) struct Derived {
     /// Non-zero values of `x`.
     pub nz: usize,
-    /// The constant lanes, as [`avx512::scan_columns`] gives them.
-    pub masks: Vec<__mmask16>,
     /// `x` packed ([`Columns::pack`]), or `None` where that does not pay.
     pub cols: Option<Columns>,
 }
@@ -46,6 +43,16 @@ struct Key {
     ptr: usize,
     len: usize,
     n: usize,
+}
+
+impl Key {
+    fn of(x: &[f32], n: usize) -> Key {
+        Key {
+            ptr: x.as_ptr() as usize,
+            len: x.len(),
+            n,
+        }
+    }
 }
 
 /// The derivation from one forward pass's codes: run once, by the pool
@@ -81,7 +88,7 @@ impl Job {
                 .take();
             let xp = xp.unwrap_or_default();
             let cols = Columns::pack_codes(&self.codes, self.key.n, self.step, &masks, xp);
-            Derived { nz, masks, cols }
+            Derived { nz, cols }
         };
         let d = std::panic::catch_unwind(std::panic::AssertUnwindSafe(derive)).ok();
         *self.out.lock().unwrap_or_else(PoisonError::into_inner) = d;
@@ -92,16 +99,7 @@ impl Job {
     /// still holds the values it was derived from.
     fn checked(&self, x: &[f32], par: bool) -> Option<Derived> {
         self.run();
-        let mut spins = 0u32;
-        while !self.done.load(Ordering::Acquire) {
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1 << 16) {
-                // The thread running it may have been descheduled.
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
+        super::hot::spin_until(&self.done);
         if !avx512::same_values(x, &self.codes, self.step, par) {
             return None;
         }
@@ -109,16 +107,6 @@ impl Job {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
-    }
-}
-
-impl Ahead {
-    /// [`Ahead::find`] and [`Job::take`]: the derivation for this `x`, if
-    /// one was started from it and `x` still holds those values.
-    pub(super) fn take(&self, x: &[f32], n: usize, par: bool) -> Option<Derived> {
-        let d = self.find(x, n)?.checked(x, par)?;
-        self.used.fetch_add(1, Ordering::Relaxed);
-        Some(d)
     }
 }
 
@@ -133,6 +121,14 @@ pub(super) struct Ahead {
 }
 
 impl Ahead {
+    /// [`Ahead::find`] and [`Job::checked`]: the derivation for this `x`,
+    /// if one was started from it and `x` still holds those values.
+    pub(super) fn take(&self, x: &[f32], n: usize, par: bool) -> Option<Derived> {
+        let d = self.find(x, n)?.checked(x, par)?;
+        self.used.fetch_add(1, Ordering::Relaxed);
+        Some(d)
+    }
+
     /// Queues a derivation from `codes` (the codes of `x`, `n` per row,
     /// values `code * step`) on the current pool, replacing any earlier
     /// one. The caller guarantees: `detect()` reported the AVX-512
@@ -143,11 +139,7 @@ impl Ahead {
             return;
         }
         let job = Arc::new(Job {
-            key: Key {
-                ptr: x.as_ptr() as usize,
-                len: x.len(),
-                n,
-            },
+            key: Key::of(x, n),
             xp: Mutex::new(
                 self.spare
                     .lock()
@@ -177,11 +169,7 @@ impl Ahead {
     /// The job derived from this `x` (`n` values per row), if the latest
     /// is (it is then removed; another stays for its own gradient).
     fn find(&self, x: &[f32], n: usize) -> Option<Arc<Job>> {
-        let key = Key {
-            ptr: x.as_ptr() as usize,
-            len: x.len(),
-            n,
-        };
+        let key = Key::of(x, n);
         let mut job = self.job.lock().unwrap_or_else(PoisonError::into_inner);
         if job.as_ref().is_some_and(|j| j.key == key) {
             job.take()

@@ -197,6 +197,20 @@ unsafe fn call_half<B: FnOnce() -> RB, RB>(data: *mut ()) {
     }
 }
 
+/// Spins until `done` is set by the thread running some work, yielding
+/// now and then (that thread may have been descheduled).
+pub(super) fn spin_until(done: &AtomicBool) {
+    let mut spins = 0u32;
+    while !done.load(Ordering::Acquire) {
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(1 << 16) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// Whether this thread runs `install_hot`'s closure (outside
 /// [`super::serial`]): a job it queues on the pool is picked up by a
 /// polling thread.
@@ -247,17 +261,8 @@ where
         // SAFETY: taken back from the slot: only this thread has it.
         unsafe { Job::run(jp) };
     } else {
-        let mut spins = 0u32;
         // SAFETY: `jp` is `job`, alive on this stack.
-        while !unsafe { &*jp }.done.load(Ordering::Acquire) {
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1 << 16) {
-                // The polling thread may have been descheduled.
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
+        spin_until(unsafe { &(*jp).done });
     }
     let rb = half.out.take();
     match (ra, rb) {

@@ -40,7 +40,7 @@ pooled!(f32 => F32, f64 => F64, i64 => I64, usize => USIZE, u32 => U32, i32 => I
 /// is `len` elements from `off`, the first element of the vector at a
 /// 64-byte boundary (so that a kernel's 64-byte vectors do not span two
 /// cache lines: the packed operands of an MNIST MLP step started 32 bytes
-/// into a line, and aligning them gained about 3% of an epoch); the vector
+/// into a line, and aligning them gained about 6% of an epoch); the vector
 /// may hold more, initialised by an earlier use, so that a later, longer
 /// request need not fill them.
 pub(super) struct Buf<T: Pooled> {
