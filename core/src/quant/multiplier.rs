@@ -25,7 +25,10 @@
 //!
 //! * f32 to code ([`RealFormat::round_f32`]): `x = m * 2^e` exactly (its
 //!   bits), and `q = round(m * 2^(e + 31 - step_exp) / M)` is decided by an
-//!   exact integer division ([`requantize_ratio`]): no float multiply.
+//!   exact integer division: no float multiply. The division is a
+//!   multiplication by a stored reciprocal of `M` and one correction
+//!   (`RealFormat::divide`), or [`requantize_ratio`]'s division for values
+//!   far outside the range; both give the exact floor and remainder.
 //! * Accumulator to code ([`RealFormat::mul_shift`], [`round_mul_shift`]):
 //!   `acc * 2^exp` is multiplied by the integer reciprocal
 //!   `M_eff ~ 2^61 / M` and shifted right, the TFLite requantization; one
@@ -44,7 +47,7 @@ use core::num::NonZeroU32;
 
 use super::config::{Clamp, Rounding};
 use super::format::Format;
-use super::round::{decompose_f32, requantize_ratio, shift_right_round};
+use super::round::{decompose_f32, requantize_ratio, round_quotient, shift_right_round};
 use crate::error::{Error, Result};
 
 /// Smallest valid multiplier, `2^30` (the fraction 0.5).
@@ -72,6 +75,10 @@ pub const MULTIPLIER_END: u32 = 1 << 31;
 pub struct RealFormat {
     format: Format,
     multiplier: NonZeroU32,
+    /// `floor((2^64 - 1) / M)`: divides by `M` with a multiplication
+    /// ([`round_f32`](Self::round_f32)); a function of `M`, so comparing
+    /// and hashing are unchanged.
+    recip: u64,
 }
 
 /// An integer requantization `acc -> round(acc * multiplier / 2^shift)`:
@@ -101,6 +108,11 @@ impl RealFormat {
             Some(m) => Ok(RealFormat {
                 format,
                 multiplier: m,
+                // m >= 2^30, so the fallback is unreachable.
+                recip: match u64::MAX.checked_div(multiplier as u64) {
+                    Some(r) => r,
+                    None => 0,
+                },
             }),
             None => Err(Error::Invalid {
                 what: "multiplier must be 0 or in [2^30, 2^31)",
@@ -135,9 +147,66 @@ impl RealFormat {
     /// division by `M`), with `rounding` as in [`requantize_ratio`]
     /// (stochastic: `draw` is the 32-bit random number), then saturated.
     /// NaN and infinities give 0. Returns `(code, saturated)`.
+    ///
+    /// The quotient comes from [`divide`](Self::divide) when it applies (an
+    /// f32 whose code is not far outside the range), else from
+    /// [`requantize_ratio`]'s division; both give the same floor and
+    /// remainder, so the same code.
     pub fn round_f32(self, x: f32, rounding: Rounding, draw: u32) -> (i32, bool) {
         let (m, e) = decompose_f32(x).unwrap_or((0, 0));
-        requantize_ratio(m, e + 31, self.multiplier, self.format, rounding, draw)
+        let exp = e.saturating_add(31);
+        match self.divide(m, exp) {
+            Some((floor, rem, den)) => round_quotient(floor, rem, den, self.format, rounding, draw),
+            None => requantize_ratio(m, exp, self.multiplier, self.format, rounding, draw),
+        }
+    }
+
+    /// The exact quotient `v * 2^(exp - step_exp) / M` as
+    /// `(floor, rem, den)` with `rem` in `[0, den)`, without a division:
+    /// `None` for `v == 0`, `|v| >= M`, or a numerator or denominator of 63
+    /// bits or more (the caller then divides).
+    ///
+    /// With the numerator `n < 2^63` a left shift of `|v|`, the estimate
+    /// `q0 = floor(n * R / 2^64)`, `R = floor((2^64 - 1) / M)`, satisfies
+    /// `n / M - 1 < q0 <= n / M` (`R` is below `2^64 / M` by less than 1,
+    /// and `n / 2^64 < 1/2`), so `q0` is `floor(n / M)` or one less, and
+    /// one comparison of the remainder with `M` corrects it. A right shift
+    /// (`exp < step_exp`) makes the denominator `M * 2^k > |v|`: the
+    /// quotient of `|v|` is 0, remainder `|v|`. A negative `v` turns
+    /// `(q, r)` of `|v|` into the Euclidean `(-q, 0)` or `(-q - 1, den - r)`.
+    fn divide(self, v: i64, exp: i32) -> Option<(i128, i128, i128)> {
+        let m = self.multiplier.get() as u64;
+        let a = v.unsigned_abs();
+        if a == 0 || a >= m {
+            return None;
+        }
+        let left = exp as i64 - self.format.step_exp() as i64;
+        let (q, r, den) = if left >= 0 {
+            // a < 2^31, so left <= 31 keeps the numerator below 2^62.
+            if left > 31 {
+                return None;
+            }
+            let n = a << left;
+            let mut q = ((n as u128 * self.recip as u128) >> 64) as u64;
+            let mut r = n - q * m; // q <= n / M: no wrap
+            if r >= m {
+                q += 1;
+                r -= m;
+            }
+            (q, r, m)
+        } else {
+            // M < 2^31: a shift below 32 keeps the denominator below 2^63.
+            if left < -32 {
+                return None;
+            }
+            (0, a, m << -left)
+        };
+        let (q, r, den) = (q as i128, r as i128, den as i128);
+        Some(match (v < 0, r == 0) {
+            (false, _) => (q, r, den),
+            (true, true) => (-q, 0, den),
+            (true, false) => (-q - 1, den - r, den),
+        })
     }
 
     /// Round the exact value `v * 2^exp` to a code by exact division (the
@@ -523,6 +592,74 @@ mod tests {
                 "{max} {bits}"
             );
         }
+    }
+
+    /// `round_f32`'s division-free quotient gives the code of the dividing
+    /// path (`requantize_ratio`) for every rounding, width and draw: f32s
+    /// of every magnitude from far below a step to far beyond the range,
+    /// both signs, subnormals, and exact ties (multipliers with few
+    /// significant bits, values an odd number of half steps).
+    #[test]
+    fn round_f32_matches_the_exact_division() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let roundings = [
+            Rounding::NearestEven,
+            Rounding::NearestAway,
+            Rounding::Floor,
+            Rounding::Stochastic,
+            Rounding::Tflite,
+        ];
+        let mut used = 0u32;
+        for i in 0..200_000u32 {
+            let r = next();
+            // Multipliers: random, or with only 1 to 8 significant bits
+            // (those make exact half steps representable).
+            let m = if i % 2 == 0 {
+                MULTIPLIER_MIN | (r as u32 & (MULTIPLIER_MIN - 1))
+            } else {
+                let keep = 1 + (r >> 32) as u32 % 8;
+                (MULTIPLIER_MIN | (r as u32 & (MULTIPLIER_MIN - 1))) >> (31 - keep) << (31 - keep)
+            };
+            let bits = 2 + (r >> 40) as u8 % 15;
+            let scale = ((r >> 48) as u8 % 40) as i8 - 20;
+            let Ok(f) = Format::new(bits, scale) else {
+                continue;
+            };
+            let rf = RealFormat::new(f, m).unwrap();
+            let step = rf.to_f32(1);
+            let x = match i % 3 {
+                // A multiple of half a step: ties when odd.
+                0 => ((next() % 600) as f32 - 300.0) * 0.5 * step,
+                // Any f32 from 2^-149 to about 2^40 times the step.
+                1 => {
+                    let b = next() as u32 & 0x807f_ffff | ((next() % 254) as u32) << 23;
+                    f32::from_bits(b)
+                }
+                // Near the range: a few hundred steps around zero.
+                _ => (next() % 1_000_000) as f32 / 1_000_000.0 * 600.0 * step - 300.0 * step,
+            };
+            let draw = next() as u32;
+            let (mx, ex) = decompose_f32(x).unwrap();
+            if rf.divide(mx, ex + 31).is_some() {
+                used += 1;
+            }
+            for rounding in roundings {
+                let want = requantize_ratio(mx, ex + 31, rf.multiplier, f, rounding, draw);
+                assert_eq!(
+                    rf.round_f32(x, rounding, draw),
+                    want,
+                    "x {x:e} M {m} bits {bits} scale {scale} {rounding:?} draw {draw}"
+                );
+            }
+        }
+        // Most values took the division-free path.
+        assert!(used > 100_000, "{used}");
     }
 
     #[test]
