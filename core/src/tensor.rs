@@ -787,7 +787,7 @@ fn quantize_real(
     ctx: &Ctx,
     id: u32,
     v: &mut [f32],
-    mut sat: Option<&mut [bool]>,
+    sat: Option<&mut [bool]>,
 ) -> Result<(Option<Format>, u64)> {
     let Some(rf) = next.update_real_f32(v)? else {
         return Ok((None, 0));
@@ -800,15 +800,7 @@ fn quantize_real(
     cfg.scale = next.scale;
     cfg.multiplier = next.multiplier;
     let r = ctx.rounder(id, cfg.rounding);
-    let mut n = 0;
-    for (i, x) in v.iter_mut().enumerate() {
-        let (q, clamped) = r.round_real_f32(i, *x, rf);
-        *x = rf.to_f32(q);
-        n += clamped as u64;
-        if let Some(s) = sat.as_deref_mut().and_then(|s| s.get_mut(i)) {
-            *s = clamped;
-        }
-    }
+    let n = quant::slice::quantize_real_values(None, v, rf, &r, sat);
     Ok((None, n))
 }
 

@@ -51,7 +51,7 @@ use super::format::{Format, MAX_BITS};
 use super::multiplier::RealFormat;
 use super::range::{choose_scale_codes_for, choose_scale_f32_for, first_non_finite, max_abs_bits};
 use super::round::decompose_f32;
-use super::slice::{quantize_values_in_place, quantize_values_into};
+use super::slice::{quantize_real_values, quantize_values_in_place, quantize_values_into};
 use super::Rounder;
 use crate::error::{Error, Result};
 
@@ -340,26 +340,13 @@ pub fn quantize_f32_grouped(
             let at = rounder.at(rounder.base.wrapping_add(r.start as u32));
             let sat_r = sat.as_deref_mut().and_then(|s| s.get_mut(r.clone()));
             n += match (rf, src) {
-                (Some(rf), _) => {
-                    let mut sat_r = sat_r;
-                    let mut c = 0;
-                    for i in r.clone() {
-                        let xi = src
-                            .and_then(|s| s.get(i))
-                            .or(dst.get(i))
-                            .copied()
-                            .unwrap_or(0.0);
-                        let (q, clamped) = at.round_real_f32(i - r.start, xi, rf);
-                        if let Some(d) = dst.get_mut(i) {
-                            *d = rf.to_f32(q);
-                        }
-                        if let Some(s) = sat_r.as_deref_mut().and_then(|s| s.get_mut(i - r.start)) {
-                            *s = clamped;
-                        }
-                        c += clamped as u64;
+                (Some(rf), _) => match dst.get_mut(r.clone()) {
+                    Some(b) => {
+                        let a = src.and_then(|s| s.get(r.clone()));
+                        quantize_real_values(a, b, rf, &at, sat_r)
                     }
-                    c
-                }
+                    None => 0,
+                },
                 (None, Some(src)) => match (src.get(r.clone()), dst.get_mut(r.clone())) {
                     (Some(a), Some(b)) => quantize_values_into(a, b, f, &at, sat_r),
                     _ => 0,

@@ -41,7 +41,8 @@ pub use format::{check_storage, check_zero_point, pow2_f32, Code, Format, MAX_BI
 pub use math::{ratio_to_f32, sqrt_f32};
 pub use multiplier::{
     multiply_by_quantized_multiplier, round_mul_shift, rounding_divide_by_pot,
-    saturating_rounding_doubling_high_mul, MulShift, RealFormat, MULTIPLIER_END, MULTIPLIER_MIN,
+    saturating_rounding_doubling_high_mul, Guarded, MulShift, RealFormat, MULTIPLIER_END,
+    MULTIPLIER_MIN,
 };
 pub use rng::Stream;
 pub use round::{decompose_f32, requantize_one, requantize_ratio, round_f32};
@@ -112,6 +113,7 @@ impl Rounder {
     /// Round the f32 `x` to a code of the real-valued format `rf` as element
     /// `i` ([`RealFormat::round_f32`], the draw as in [`Rounder::round`]).
     /// Returns `(code, saturated)`.
+    #[inline]
     pub fn round_real_f32(&self, i: usize, x: f32, rf: RealFormat) -> (i32, bool) {
         rf.round_f32(x, self.rounding, self.draw(i))
     }

@@ -81,6 +81,66 @@ pub struct RealFormat {
     recip: u64,
 }
 
+/// [`RealFormat::round_f32`] for many values of one format, on 64-bit
+/// hosts with f64 hardware: `y = x * (2^(31 - step_exp) / M)` in f64, and
+/// the code read from `y` when `y` is far enough from every rounding
+/// decision that the f64 errors cannot move it; `None` otherwise (the
+/// caller then takes [`RealFormat::round_f32`]). Built by
+/// [`RealFormat::guarded`].
+///
+/// Exactness: `x` is exact in f64 and `2^(31 - step_exp)` and `M` are
+/// exact, so the stored inverse and the product each carry one rounding
+/// of relative error at most `2^-53`: `|y - y*| <= |y*| * 2^-51` for the
+/// exact `y* = x * 2^(31 - step_exp) / M`, the quotient whose floor and
+/// remainder the exact path computes. With `|y| < 2^20` that is below
+/// `2^-31`. `y` is accepted only when its fraction `d` (exact:
+/// `y - trunc(y)` for `|y| < 2^52`) lies more than `2^-30` from 0, from 1
+/// and from 1/2, so `y*` has the same floor, is no integer and no tie, and
+/// lies on the same side of the half: nearest, away and TFLite rounding
+/// (ties are the only place they differ) round up iff `d > 1/2`, floor
+/// never. `x = ±0` gives `y = 0` exactly (a non-zero f32 times the inverse,
+/// at least `2^-275`, cannot underflow in f64), code 0, as the exact path.
+/// Stochastic rounding is not guarded (`None` from
+/// [`RealFormat::guarded`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Guarded {
+    format: Format,
+    inv: f64,
+    nearest: bool,
+}
+
+impl Guarded {
+    /// The code and clamp flag of `x`, or `None` if `x` is near a rounding
+    /// decision, outside `|y| < 2^20`, or not finite.
+    #[inline]
+    pub fn round(self, x: f32) -> Option<(i32, bool)> {
+        const G: f64 = 1.0 / (1u64 << 30) as f64;
+        const BIG: f64 = (1u64 << 20) as f64;
+        let y = x as f64 * self.inv;
+        if y == 0.0 {
+            return Some((0, false));
+        }
+        // NaN fails both comparisons.
+        if !(y < BIG && y > -BIG) {
+            return None;
+        }
+        let mut t = y as i64;
+        let mut d = y - t as f64;
+        if d < 0.0 {
+            t -= 1;
+            d += 1.0;
+        }
+        let half = d - 0.5;
+        if d <= G || d >= 1.0 - G || (-G..=G).contains(&half) {
+            return None;
+        }
+        Some(
+            self.format
+                .saturate((t + (self.nearest && half > 0.0) as i64) as i128),
+        )
+    }
+}
+
 /// An integer requantization `acc -> round(acc * multiplier / 2^shift)`:
 /// what a device computes to move an accumulator into a [`RealFormat`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -138,6 +198,7 @@ impl RealFormat {
     /// The real value of `code`, `code * M * 2^(scale - bits - 30)`, as f32:
     /// the product `code * M` is exact in `i64`, then rounded once to f32
     /// (nearest-even; a result in the subnormal range may round twice).
+    #[inline]
     pub fn to_f32(self, code: i32) -> f32 {
         super::acc_to_f32(code as i64 * self.multiplier.get() as i64, self.value_exp())
     }
@@ -148,10 +209,12 @@ impl RealFormat {
     /// (stochastic: `draw` is the 32-bit random number), then saturated.
     /// NaN and infinities give 0. Returns `(code, saturated)`.
     ///
-    /// The quotient comes from [`divide`](Self::divide) when it applies (an
+    /// The quotient comes from a division-free path (a stored reciprocal of
+    /// `M`, exact after one correction) when it applies (an
     /// f32 whose code is not far outside the range), else from
     /// [`requantize_ratio`]'s division; both give the same floor and
     /// remainder, so the same code.
+    #[inline]
     pub fn round_f32(self, x: f32, rounding: Rounding, draw: u32) -> (i32, bool) {
         let (m, e) = decompose_f32(x).unwrap_or((0, 0));
         let exp = e.saturating_add(31);
@@ -159,6 +222,30 @@ impl RealFormat {
             Some((floor, rem, den)) => round_quotient(floor, rem, den, self.format, rounding, draw),
             None => requantize_ratio(m, exp, self.multiplier, self.format, rounding, draw),
         }
+    }
+
+    /// The f64 path for `rounding` ([`Guarded`]): `Some` for nearest, away,
+    /// TFLite and floor rounding on x86-64 and AArch64, `None` for
+    /// stochastic rounding and on targets without f64 hardware (Cortex-M),
+    /// which take [`round_f32`](Self::round_f32)'s integer path: the codes
+    /// are the same.
+    pub fn guarded(self, rounding: Rounding) -> Option<Guarded> {
+        if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            return None;
+        }
+        let nearest = match rounding {
+            Rounding::NearestEven | Rounding::NearestAway | Rounding::Tflite => true,
+            Rounding::Floor => false,
+            Rounding::Stochastic => return None,
+        };
+        // 31 - step_exp is in -95..=174: a normal f64 power of two.
+        let k = 31 - self.format.step_exp() as i64;
+        let p = f64::from_bits(((k + 1023) as u64) << 52);
+        Some(Guarded {
+            format: self.format,
+            inv: p / self.multiplier.get() as f64,
+            nearest,
+        })
     }
 
     /// The exact quotient `v * 2^(exp - step_exp) / M` as
@@ -174,6 +261,7 @@ impl RealFormat {
     /// (`exp < step_exp`) makes the denominator `M * 2^k > |v|`: the
     /// quotient of `|v|` is 0, remainder `|v|`. A negative `v` turns
     /// `(q, r)` of `|v|` into the Euclidean `(-q, 0)` or `(-q - 1, den - r)`.
+    #[inline]
     fn divide(self, v: i64, exp: i32) -> Option<(i128, i128, i128)> {
         let m = self.multiplier.get() as u64;
         let a = v.unsigned_abs();
@@ -615,7 +703,7 @@ mod tests {
             Rounding::Stochastic,
             Rounding::Tflite,
         ];
-        let mut used = 0u32;
+        let (mut used, mut guarded) = (0u32, 0u32);
         for i in 0..200_000u32 {
             let r = next();
             // Multipliers: random, or with only 1 to 8 significant bits
@@ -656,10 +744,21 @@ mod tests {
                     want,
                     "x {x:e} M {m} bits {bits} scale {scale} {rounding:?} draw {draw}"
                 );
+                if let Some(got) = rf.guarded(rounding).and_then(|g| g.round(x)) {
+                    guarded += 1;
+                    assert_eq!(
+                        got, want,
+                        "guarded: x {x:e} M {m} bits {bits} scale {scale} {rounding:?}"
+                    );
+                }
             }
         }
-        // Most values took the division-free path.
+        // Most values took the division-free path, and on 64-bit hosts
+        // most non-stochastic roundings the f64 path.
         assert!(used > 100_000, "{used}");
+        if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            assert!(guarded > 300_000, "{guarded}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@
 
 use super::config::Rounding;
 use super::format::{pow2_f32, Format};
+use super::multiplier::RealFormat;
 use super::Rounder;
 use crate::accel;
 
@@ -582,6 +583,46 @@ fn slow_chunk(
         clamped += s as u32;
     }
     (vals, flags, clamped)
+}
+
+/// Quantize `src` (or `dst` in place when `src` is `None`) to the
+/// real-valued format `rf`, element `i` as [`Rounder::round_real_f32`] of
+/// element `i`, writing [`RealFormat::to_f32`] of each code into `dst` and
+/// each clamp into `sat`; returns how many were clamped. `src` and `sat`
+/// must have `dst`'s length (checked by the callers; a shorter one leaves
+/// the rest of `dst` as it is). The values must be finite.
+///
+/// Elements go through [`RealFormat::guarded`]'s f64 path where it
+/// applies, else the integer path: the same codes (see [`Guarded`]).
+///
+/// [`Guarded`]: super::Guarded
+pub(crate) fn quantize_real_values(
+    src: Option<&[f32]>,
+    dst: &mut [f32],
+    rf: RealFormat,
+    rounder: &Rounder,
+    mut sat: Option<&mut [bool]>,
+) -> u64 {
+    let guarded = rf.guarded(rounder.rounding);
+    let mut n = 0;
+    for (i, d) in dst.iter_mut().enumerate() {
+        let x = match src {
+            Some(s) => match s.get(i) {
+                Some(&x) => x,
+                None => break,
+            },
+            None => *d,
+        };
+        let (q, clamped) = guarded
+            .and_then(|g| g.round(x))
+            .unwrap_or_else(|| rounder.round_real_f32(i, x, rf));
+        *d = rf.to_f32(q);
+        n += clamped as u64;
+        if let Some(s) = sat.as_deref_mut().and_then(|s| s.get_mut(i)) {
+            *s = clamped;
+        }
+    }
+    n
 }
 
 #[cfg(test)]
