@@ -45,7 +45,7 @@ pub use gemm::{chunk_words, gemm, gemm_packed, pack2, CodeConv, Rows};
 pub use im2col::conv2d_pairs_scratch;
 pub use ops::{
     conv2d, conv2d_input_grad, conv2d_weight_grad, linear, linear_input_grad, linear_weight_grad,
-    CodeSlice, Codes, F32Codes,
+    magnitude, CodeSlice, Codes, F32Codes,
 };
 
 /// Whether this build uses the DSP-instruction inner block (`thumbv7em`
