@@ -145,9 +145,9 @@ fn a_refused_combination_of_config_fields_says_which() {
         (
             |d| {
                 d["multiplier"] = 1_073_741_824u32.into();
-                d["range"] = "running".into();
+                d["range"] = "sweep".into();
             },
-            "config field `range` holds a value this version does not support: a real-valued scale (`multiplier`) is chosen by range `max` only",
+            "config field `range` holds a value this version does not support: a real-valued scale (`multiplier`) is chosen by range `max` or `running` only",
         ),
         (
             |d| {

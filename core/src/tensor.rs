@@ -799,6 +799,7 @@ fn quantize_real(
     }
     cfg.scale = next.scale;
     cfg.multiplier = next.multiplier;
+    cfg.ema = next.ema;
     let r = ctx.rounder(id, cfg.rounding);
     let n = quant::slice::quantize_real_values(None, v, rf, &r, sat);
     Ok((None, n))
@@ -881,6 +882,7 @@ fn requantize_into(
         };
         cfg.scale = next.scale;
         cfg.multiplier = next.multiplier;
+        cfg.ema = next.ema;
         let r = ctx.rounder(id, cfg.rounding);
         let mut n = 0;
         for (i, (d, &a)) in dst.iter_mut().zip(acc).enumerate() {

@@ -68,6 +68,50 @@ fn golden_f32_sequence() {
     assert_eq!(got, want);
 }
 
+/// A real-valued scale with range Running: the moving average stands for
+/// `max |x|` (hardware clamp: the range is `r * 128 / 127` at 8 bits,
+/// rounded up to a 31-bit multiplier), where range Max follows each batch.
+/// The integer-data path keeps the same state, and eval (Fixed) keeps it.
+#[test]
+fn golden_real_valued_running_range() {
+    let real = |range| QuantConfig {
+        range,
+        ..QuantConfig::auto_real(8)
+    };
+    let (mut run, mut max) = (real(RangeMethod::Running), real(RangeMethod::Max));
+    // r = 1.5: range 1.5 * 128/127 = 2 * (96/127), M = ceil(96 * 2^31 / 127).
+    run.update_real_f32(&[0.5, -1.5]).unwrap();
+    assert_eq!(
+        (run.ema, run.scale, run.multiplier),
+        (0x80C0_0000, 1, 1_623_294_727)
+    );
+    // r = 1.5 + (3.5 - 1.5) / 16 = 1.625: M = ceil(104 * 2^31 / 127);
+    // Max takes 3.5: range 4 * (112/127), M = ceil(112 * 2^31 / 127).
+    let rf = run.update_real_f32(&[3.5]).unwrap().unwrap();
+    assert_eq!(
+        (run.ema, run.scale, run.multiplier),
+        (0x80D0_0000, 1, 1_758_569_287)
+    );
+    assert_eq!((rf.format().scale(), rf.multiplier()), (1, 1_758_569_287));
+    max.update_real_f32(&[3.5]).unwrap();
+    assert_eq!((max.scale, max.multiplier), (2, 1_893_843_848));
+    // The same data as codes (3.5 = 7 * 2^-1) takes the same step.
+    let mut codes = real(RangeMethod::Running);
+    codes.update_real_codes(-1, &[1i32, -3]).unwrap();
+    codes.update_real_codes(-1, &[7i32]).unwrap();
+    assert_eq!(codes, run);
+    // Fixed keeps scale, multiplier and state.
+    let mut fixed = QuantConfig {
+        method: Method::Fixed,
+        ..run
+    };
+    fixed.update_real_f32(&[100.0]).unwrap();
+    assert_eq!(
+        (fixed.scale, fixed.multiplier, fixed.ema),
+        (run.scale, run.multiplier, run.ema)
+    );
+}
+
 #[test]
 fn golden_f32_rounding_toward_the_observation() {
     let got = series_f32(&[&[1.0], &[1.000_000_1], &[1.0], &[-1.0]]);
@@ -322,4 +366,44 @@ fn layers_carry_the_state_between_steps_and_eval_leaves_it() {
         states,
         [(m(0.875), 0), (m(0.90625), 0), (m(0.876953125), 0)]
     );
+}
+
+/// The same with real-valued scales: a Quant layer (f32 path) and a Linear
+/// layer's output (accumulator path) keep the moving average between
+/// steps, and their configs equal one config stepped by hand.
+#[test]
+fn layers_carry_the_real_valued_state_between_steps() {
+    let bk = RefBackend;
+    let real_running = || QuantConfig {
+        range: RangeMethod::Running,
+        ..QuantConfig::auto_real(8)
+    };
+    let mut q = Quant::<S2<1, 2>>::new(0);
+    q.out.quant.cfg = real_running();
+    let mut cfg = real_running();
+    for (step, x) in [[0.5f32, -1.5], [3.5, 0.0], [0.25, 0.0]].iter().enumerate() {
+        let mut t = Tensor::<S2<1, 2>>::zeros();
+        t.flat_mut().copy_from_slice(x);
+        q.forward(&bk, &Ctx::train(1, step as u32), &t).unwrap();
+        cfg.update_real_f32(x).unwrap();
+        assert_eq!(q.out.quant.cfg, cfg, "step {step}");
+    }
+    assert_eq!(cfg.ema, 0x80C5_0000); // as in golden_f32_sequence
+
+    let mut l = Linear::<2, 2, 1>::new(1);
+    l.weight.quant.cfg = QuantConfig::fixed(8, 0);
+    l.out.quant.cfg = real_running();
+    l.weight.master = [[0.5, -0.25], [0.75, 0.125]];
+    let mut x = Tensor::<S2<1, 2>>::zeros();
+    x.fmt = Some(fixnn::Format::new(8, 2).unwrap());
+    let mut cfg = real_running();
+    for (step, v) in [[1.0f32, 1.0], [2.0, -1.0], [0.5, 0.5]].iter().enumerate() {
+        x.flat_mut().copy_from_slice(v);
+        l.forward(&bk, &Ctx::train(1, step as u32), &x).unwrap();
+        // Outputs as in the power-of-two test: 0.875, 1.375, 0.4375 at most.
+        let top = [0.875f32, 1.375, 0.4375][step];
+        cfg.update_real_f32(&[top]).unwrap();
+        assert_eq!(l.out.quant.cfg, cfg, "step {step}");
+    }
+    assert_ne!(cfg.ema, running::EMPTY);
 }

@@ -243,8 +243,8 @@ pub fn invalid(c: &QuantConfig, e: fixnn::Error) -> String {
     let real = c.multiplier != 0 && !matches!(c.method, Method::None);
     let grouped = !matches!(c.group, Group::Tensor);
     let why = match field {
-        "range" if auto && c.range != RangeMethod::Max && real => {
-            "a real-valued scale (`multiplier`) is chosen by range `max` only"
+        "range" if auto && !matches!(c.range, RangeMethod::Max | RangeMethod::Running) && real => {
+            "a real-valued scale (`multiplier`) is chosen by range `max` or `running` only"
         }
         "range" if auto && c.range != RangeMethod::Max && grouped => {
             "grouped scales (`group` other than `tensor`) are chosen by range `max` only"

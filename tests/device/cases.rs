@@ -339,11 +339,16 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                         if range == RangeMethod::Running && r % 2 == 1 {
                             c.ema = seeded_ema(scale);
                         }
+                        // Real-valued scales with the running range too
+                        // (the blob with Max in this slot has the same
+                        // multipliers, so it still differs only in range).
+                        if (i + r + k).is_multiple_of(3) {
+                            c.multiplier = MULTIPLIERS[((i + r) % 3) as usize];
+                        }
                     } else if (i + r + k).is_multiple_of(3) {
-                        // Auto with a multiplier chooses it (range Max only);
-                        // Fixed uses one of 0.5 .. 1. Never in the running
-                        // slot, so that the blob with Max in that slot
-                        // differs from this one only there.
+                        // Auto with a multiplier chooses it (range Max
+                        // here, Running in the running slot); Fixed uses
+                        // one of 0.5 .. 1.
                         c.multiplier = MULTIPLIERS[((i + r) % 3) as usize];
                         if method == Method::Auto {
                             c.range = RangeMethod::Max;
@@ -398,6 +403,9 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
                         real_layers.insert(layer.clone());
                         if c.rounding == Rounding::Tflite {
                             set.insert("real Tflite".to_string());
+                        }
+                        if c.method == Method::Auto && c.range == RangeMethod::Running {
+                            set.insert("real Auto Running".to_string());
                         }
                     }
                     if c.method != Method::None {
@@ -456,6 +464,7 @@ fn mix_blob_with<C: Case<MIX_B, CLASSES>>(running: RangeMethod) -> Vec<u8> {
         want.extend(ROUNDINGS.iter().map(|m| format!("{m:?}")));
         want.extend(["real Auto".to_string(), "real Fixed".to_string()]);
         want.push("real Tflite".to_string());
+        want.push("real Auto Running".to_string());
         want.extend([Clamp::Hardware, Clamp::Nics].map(|c| format!("{c:?}")));
         for g in [Group::Channel, Group::Batch] {
             want.extend([Method::Auto, Method::Fixed].map(|m| format!("group {g:?} {m:?}")));

@@ -40,7 +40,11 @@ pub enum RangeMethod {
     /// An exponential moving average of `max |x|` over the steps (momentum
     /// 1/16, kept in [`QuantConfig::ema`]), with a power-of-two scale that
     /// goes up at once and down only when the average falls below 3/4 of
-    /// the next lower range. See [`crate::quant::running`].
+    /// the next lower range. See [`crate::quant::running`]. With a
+    /// real-valued scale ([`QuantConfig::multiplier`]) the average itself
+    /// is the range, as `max |x|` is for Max (no hysteresis: there is no
+    /// power of two to flip across, and the average moves by at most 1/16
+    /// of the gap per step).
     Running,
     /// An asymmetric range: the smallest power-of-two step whose `2^bits`
     /// codes, shifted by an integer zero point, cover `[min(x, 0), max(x, 0)]`;
@@ -200,8 +204,10 @@ pub enum Group {
 /// `q * (M / 2^31) * 2^(scale + 1 - bits) = q * M * 2^(scale - bits - 30)`
 /// and the range is `(M / 2^31) * 2^scale` (see [`RealFormat`]). Method
 /// Auto then chooses `scale` and `M` together from `max |x|`
-/// ([`RealFormat::from_max_for`]; range Max only, as nics_fix_pt supports
-/// `float_scale` with no other range method): with [`Clamp::Nics`] as
+/// ([`RealFormat::from_max_for`]; range Max, as nics_fix_pt's `float_scale`,
+/// or [`RangeMethod::Running`], whose moving average then stands for
+/// `max |x|`, as PyTorch's moving-average observers do; no other range
+/// method): with [`Clamp::Nics`] as
 /// nics_fix_pt's `float_scale` with `RANGE_MAX` does (range = `max |x|`,
 /// step = `max |x| / 2^(bits - 1)`: the maximum is code `2^(bits-1)`, which
 /// that clamp keeps); with the hardware clamp the range is
@@ -376,7 +382,7 @@ impl QuantConfig {
     ///   `bits = 16`.
     /// * [`Error::Invalid`] if `multiplier` is neither 0 nor in `[2^30, 2^31)`.
     /// * [`Error::Unsupported`] naming `range` for Auto with a multiplier and
-    ///   a range method other than Max.
+    ///   a range method other than Max or Running.
     /// * [`Error::Invalid`] if `ema` is not a packed running range
     ///   ([`running::is_valid`](super::running::is_valid)).
     /// * [`Error::Invalid`] for [`Clamp::Nics`] with `bits = 16` (its top
@@ -426,7 +432,7 @@ impl QuantConfig {
         }
         if self.multiplier != 0
             && matches!(self.method, Method::Auto)
-            && !matches!(self.range, RangeMethod::Max)
+            && !matches!(self.range, RangeMethod::Max | RangeMethod::Running)
         {
             return Err(Error::Unsupported { field: "range" });
         }
@@ -609,13 +615,18 @@ impl QuantConfig {
                 let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
                 return Err(Error::NonFinite { index });
             }
-            let (m, e) = super::round::decompose_f32(f32::from_bits(big)).unwrap_or((0, 0));
-            self.set_real(RealFormat::from_max_for(
-                self.bits,
-                self.clamp,
-                m.unsigned_abs(),
-                e,
-            )?);
+            if self.range == RangeMethod::Running {
+                let obs = super::running::observe_f32(x)?;
+                self.step_running_real(obs)?;
+            } else {
+                let (m, e) = super::round::decompose_f32(f32::from_bits(big)).unwrap_or((0, 0));
+                self.set_real(RealFormat::from_max_for(
+                    self.bits,
+                    self.clamp,
+                    m.unsigned_abs(),
+                    e,
+                )?);
+            }
         }
         self.real_format()
     }
@@ -638,9 +649,27 @@ impl QuantConfig {
             let Some(big) = q.iter().map(|&v| v.into().unsigned_abs()).max() else {
                 return Err(Error::EmptyInput);
             };
-            self.set_real(RealFormat::from_max_for(self.bits, self.clamp, big, exp)?);
+            if self.range == RangeMethod::Running {
+                self.step_running_real(super::running::observe_codes(exp, q)?)?;
+            } else {
+                self.set_real(RealFormat::from_max_for(self.bits, self.clamp, big, exp)?);
+            }
         }
         self.real_format()
+    }
+
+    /// One step of [`RangeMethod::Running`] for a real-valued scale: the
+    /// average after observing `obs` is the range, as `max |x|` is for
+    /// range Max ([`RealFormat::from_max_for`]; an empty average, all-zero
+    /// data so far, gives its `eps`). No hysteresis: the average moves by
+    /// at most 1/16 of the gap per step, and a real-valued range has no
+    /// power of two to flip across. `self` is unchanged on error.
+    fn step_running_real(&mut self, obs: u32) -> Result<()> {
+        let ema = super::running::update(self.ema, obs);
+        let (m, e) = super::running::decode(ema).map_or((0, 0), |(m, e)| (m as u64, e - 23));
+        self.set_real(RealFormat::from_max_for(self.bits, self.clamp, m, e)?);
+        self.ema = ema;
+        Ok(())
     }
 
     fn set_real(&mut self, rf: RealFormat) {

@@ -704,7 +704,8 @@ mod tests {
             Rounding::Tflite,
         ];
         let (mut used, mut guarded) = (0u32, 0u32);
-        for i in 0..200_000u32 {
+        let n = if cfg!(miri) { 2_000 } else { 200_000u32 };
+        for i in 0..n {
             let r = next();
             // Multipliers: random, or with only 1 to 8 significant bits
             // (those make exact half steps representable).
@@ -755,9 +756,9 @@ mod tests {
         }
         // Most values took the division-free path, and on 64-bit hosts
         // most non-stochastic roundings the f64 path.
-        assert!(used > 100_000, "{used}");
+        assert!(used > n / 2, "{used} of {n}");
         if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
-            assert!(guarded > 300_000, "{guarded}");
+            assert!(guarded > n * 3 / 2, "{guarded} of {n} * 5");
         }
     }
 
