@@ -68,6 +68,17 @@
 //! Without state ([`choose_scale_f32`](super::range::choose_scale_f32) and
 //! friends) `Running` chooses what a first observation would: Max's scale.
 //!
+//! # Real-valued scales
+//!
+//! A config with a multiplier ([`QuantConfig::multiplier`]) keeps the same
+//! state and update, and takes `r'` itself as the range, as range Max takes
+//! `max |x|` ([`RealFormat::from_max_for`](super::RealFormat::from_max_for);
+//! an empty state gives its `eps`). There is no hysteresis: the range moves
+//! with the average, by at most 1/16 of the gap to the observation per
+//! step, and has no power of two to flip across.
+//!
+//! [`QuantConfig::multiplier`]: crate::QuantConfig::multiplier
+//!
 //! [`QuantConfig::ema`]: crate::QuantConfig::ema
 //!
 //! # Examples
