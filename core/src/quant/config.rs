@@ -596,29 +596,33 @@ impl QuantConfig {
     /// scale: Auto sets `scale` and `multiplier` from `max |x|` with
     /// [`RealFormat::from_max_for`] (the config's clamp: `max |x|` is the top
     /// code; integer arithmetic on the f32 bits; all-zero
-    /// data gives nics_fix_pt's `eps`, the f32 nearest `1e-5`); Fixed keeps
-    /// them; None returns `Ok(None)`.
+    /// data gives nics_fix_pt's `eps`, the f32 nearest `1e-5`), or with
+    /// range [`RangeMethod::Running`] from the moving average after
+    /// observing `max |x|` (kept in `ema`); Fixed keeps them; None returns
+    /// `Ok(None)`.
     ///
     /// # Errors
     ///
     /// As [`real_format`](Self::real_format); for Auto also
-    /// [`Error::EmptyInput`] and [`Error::NonFinite`]. `self` is unchanged
-    /// on error.
+    /// [`Error::EmptyInput`] and [`Error::NonFinite`], and with range
+    /// Running [`Error::TooManyElements`] (more than `2^32` elements).
+    /// `self` is unchanged on error.
     pub fn update_real_f32(&mut self, x: &[f32]) -> Result<Option<RealFormat>> {
         self.real_format()?;
         if self.method == Method::Auto {
-            if x.is_empty() {
-                return Err(Error::EmptyInput);
-            }
-            let big = super::range::max_abs_bits(x);
-            if big >= 0x7f80_0000 {
-                let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
-                return Err(Error::NonFinite { index });
-            }
             if self.range == RangeMethod::Running {
+                // Refuses empty and non-finite data as below.
                 let obs = super::running::observe_f32(x)?;
                 self.step_running_real(obs)?;
             } else {
+                if x.is_empty() {
+                    return Err(Error::EmptyInput);
+                }
+                let big = super::range::max_abs_bits(x);
+                if big >= 0x7f80_0000 {
+                    let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                    return Err(Error::NonFinite { index });
+                }
                 let (m, e) = super::round::decompose_f32(f32::from_bits(big)).unwrap_or((0, 0));
                 self.set_real(RealFormat::from_max_for(
                     self.bits,
@@ -638,7 +642,8 @@ impl QuantConfig {
     /// # Errors
     ///
     /// As [`real_format`](Self::real_format); for Auto also
-    /// [`Error::EmptyInput`]. `self` is unchanged on error.
+    /// [`Error::EmptyInput`], and with range Running
+    /// [`Error::TooManyElements`]. `self` is unchanged on error.
     pub fn update_real_codes<S: Copy + Into<i64>>(
         &mut self,
         exp: i32,
@@ -646,12 +651,13 @@ impl QuantConfig {
     ) -> Result<Option<RealFormat>> {
         self.real_format()?;
         if self.method == Method::Auto {
-            let Some(big) = q.iter().map(|&v| v.into().unsigned_abs()).max() else {
-                return Err(Error::EmptyInput);
-            };
             if self.range == RangeMethod::Running {
+                // Refuses empty data as below.
                 self.step_running_real(super::running::observe_codes(exp, q)?)?;
             } else {
+                let Some(big) = q.iter().map(|&v| v.into().unsigned_abs()).max() else {
+                    return Err(Error::EmptyInput);
+                };
                 self.set_real(RealFormat::from_max_for(self.bits, self.clamp, big, exp)?);
             }
         }
