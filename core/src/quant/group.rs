@@ -51,8 +51,11 @@ use super::format::{Format, MAX_BITS};
 use super::multiplier::RealFormat;
 use super::range::{choose_scale_codes_for, choose_scale_f32_for, first_non_finite, max_abs_bits};
 use super::round::decompose_f32;
-use super::slice::{quantize_real_values, quantize_values_in_place, quantize_values_into};
+use super::slice::{
+    quantize_real_values, quantize_values_in_place, quantize_values_into, real_values_body,
+};
 use super::Rounder;
+use crate::accel::{self, Split};
 use crate::error::{Error, Result};
 
 /// Where the groups of a tensor lie in its row-major buffer (see the
@@ -333,6 +336,10 @@ pub fn quantize_f32_grouped(
         })?;
     }
     let store = &grouping.store;
+    if real && layout.outer == 1 {
+        let n = real_contiguous(cfg, store, layout.inner, rounder, src, dst, sat)?;
+        return Ok((carrying_format(cfg, store, layout.groups), n));
+    }
     let mut n = 0;
     for g in 0..layout.groups {
         let (f, rf) = group_format(cfg, store, g)?;
@@ -359,6 +366,49 @@ pub fn quantize_f32_grouped(
         }
     }
     Ok((carrying_format(cfg, store, layout.groups), n))
+}
+
+/// The real-valued pass of [`quantize_f32_grouped`] when each group is one
+/// contiguous run of `inner` elements (`outer == 1`: a parameter's output
+/// channels), as one [`accel::split_pass`]: a part of the buffer may start
+/// or end inside a group, and each element draws as element `base + i` of
+/// the whole tensor, so the result is that of the group-by-group loop.
+/// Every group's format is checked first, so the pass itself cannot fail.
+fn real_contiguous(
+    cfg: &QuantConfig,
+    store: &GroupsMut<'_>,
+    inner: usize,
+    rounder: &Rounder,
+    src: Option<&[f32]>,
+    dst: &mut [f32],
+    sat: Option<&mut [bool]>,
+) -> Result<u64> {
+    let inner = inner.max(1);
+    for g in 0..dst.len().div_ceil(inner) {
+        group_format(cfg, store, g)?;
+    }
+    let len = dst.len();
+    Ok(accel::split_pass(
+        len,
+        (src, (dst, sat)),
+        |mut rest, off| {
+            // Element `at` of the tensor is the part's first one left.
+            let (mut n, mut at, end) = (0, off, off + rest.1 .0.len());
+            while at < end {
+                let g = at / inner;
+                let next = (g + 1) * inner;
+                let ((s, (d, st)), tail) = rest.split(next - at);
+                if let Ok((_, Some(rf))) = group_format(cfg, store, g) {
+                    let r = rounder.at(rounder.base.wrapping_add(at as u32));
+                    n += real_values_body(s, d, rf, &r, st);
+                }
+                at = next;
+                rest = tail;
+            }
+            n
+        },
+        |a, b| a + b,
+    ))
 }
 
 /// Requantize accumulators `acc * 2^exp` into `dst` by a grouped config

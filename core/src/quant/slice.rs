@@ -594,9 +594,28 @@ fn slow_chunk(
 ///
 /// Elements go through [`RealFormat::guarded`]'s f64 path where it
 /// applies, else the integer path: the same codes (see [`Guarded`]).
+/// Large slices are split across threads as in
+/// [`quantize_values_in_place`] (each part's rounder starts at the part's
+/// element index).
 ///
 /// [`Guarded`]: super::Guarded
 pub(crate) fn quantize_real_values(
+    src: Option<&[f32]>,
+    dst: &mut [f32],
+    rf: RealFormat,
+    rounder: &Rounder,
+    sat: Option<&mut [bool]>,
+) -> u64 {
+    accel::split_pass(
+        dst.len(),
+        (src, (dst, sat)),
+        |(src, (dst, sat)), off| real_values_body(src, dst, rf, &part(rounder, off), sat),
+        |a, b| a + b,
+    )
+}
+
+/// [`quantize_real_values`] on one part, on this thread.
+pub(crate) fn real_values_body(
     src: Option<&[f32]>,
     dst: &mut [f32],
     rf: RealFormat,
