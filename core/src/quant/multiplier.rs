@@ -93,8 +93,9 @@ pub struct RealFormat {
 /// of relative error at most `2^-53`: `|y - y*| <= |y*| * 2^-51` for the
 /// exact `y* = x * 2^(31 - step_exp) / M`, the quotient whose floor and
 /// remainder the exact path computes. With `|y| < 2^20` that is below
-/// `2^-31`. `y` is accepted only when its fraction `d` (exact:
-/// `y - trunc(y)` for `|y| < 2^52`) lies more than `2^-30` from 0, from 1
+/// `2^-31`. `y` is accepted only when its fraction `d` (`y - trunc(y)`,
+/// exact for `|y| < 2^52`, plus 1 for a negative `y`, within `2^-53`: the
+/// total error stays below `2^-30`) lies more than `2^-30` from 0, from 1
 /// and from 1/2, so `y*` has the same floor, is no integer and no tie, and
 /// lies on the same side of the half: nearest, away and TFLite rounding
 /// (ties are the only place they differ) round up iff `d > 1/2`, floor
