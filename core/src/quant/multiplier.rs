@@ -81,8 +81,8 @@ pub struct RealFormat {
     recip: u64,
 }
 
-/// [`RealFormat::round_f32`] for many values of one format, on 64-bit
-/// hosts with f64 hardware: `y = x * (2^(31 - step_exp) / M)` in f64, and
+/// [`RealFormat::round_f32`] for many values of one format, on x86-64
+/// (SSE2 f64, no extended precision): `y = x * (2^(31 - step_exp) / M)` in f64, and
 /// the code read from `y` when `y` is far enough from every rounding
 /// decision that the f64 errors cannot move it; `None` otherwise (the
 /// caller then takes [`RealFormat::round_f32`]). Built by
@@ -226,12 +226,12 @@ impl RealFormat {
     }
 
     /// The f64 path for `rounding` ([`Guarded`]): `Some` for nearest, away,
-    /// TFLite and floor rounding on x86-64 and AArch64, `None` for
-    /// stochastic rounding and on targets without f64 hardware (Cortex-M),
-    /// which take [`round_f32`](Self::round_f32)'s integer path: the codes
-    /// are the same.
+    /// TFLite and floor rounding on x86-64 (the host it was tested on),
+    /// `None` for stochastic rounding and on every other target (Cortex-M
+    /// has no f64 hardware), which take [`round_f32`](Self::round_f32)'s
+    /// integer path: the codes are the same.
     pub fn guarded(self, rounding: Rounding) -> Option<Guarded> {
-        if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        if !cfg!(target_arch = "x86_64") {
             return None;
         }
         let nearest = match rounding {
@@ -758,7 +758,7 @@ mod tests {
         // Most values took the division-free path, and on 64-bit hosts
         // most non-stochastic roundings the f64 path.
         assert!(used > n / 2, "{used} of {n}");
-        if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        if cfg!(target_arch = "x86_64") {
             assert!(guarded > n * 3 / 2, "{guarded} of {n} * 5");
         }
     }
